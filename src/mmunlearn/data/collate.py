@@ -1,0 +1,108 @@
+"""Records → model inputs through the family's own processor and chat template.
+
+Loss is on answer tokens only: the prompt (question, options, image tokens) and padding are -100.
+The boundary is found by encoding the prompt alone and checking it is a prefix of prompt+answer, so
+it holds for any tokenizer and template, not just ours.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .portraits import augment
+from .record import OPTION_LETTERS, Record
+
+IGNORE = -100
+OPTION_INSTRUCTION = "Answer with the letter of the correct option."
+
+
+def user_text(rec: Record, options: Sequence[str] | None = None) -> str:
+    """The user's turn: the question, plus lettered options for classification."""
+    if rec.task != "classification":
+        return rec.question
+    options = rec.options if options is None else options
+    lines = [rec.question] + [f"{OPTION_LETTERS[i]}. {o}" for i, o in enumerate(options)] + [OPTION_INSTRUCTION]
+    return "\n".join(lines)
+
+
+def target_text(rec: Record, answer_index: int | None = None) -> str:
+    """What the model is trained to say (classification: the letter, as MLLMU-Bench parses it)."""
+    if rec.task == "classification":
+        return OPTION_LETTERS[rec.answer_index if answer_index is None else answer_index]
+    return rec.answer
+
+
+def render_prompt(processor: Any, rec: Record, options: Sequence[str] | None = None, with_image: bool | None = None) -> str:
+    content: list[dict] = []
+    if rec.image is not None if with_image is None else with_image:
+        content.append({"type": "image"})
+    content.append({"type": "text", "text": user_text(rec, options)})
+    messages = [{"role": "user", "content": content}]
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def end_of_answer(processor: Any) -> str:
+    tok = processor.tokenizer if hasattr(processor, "tokenizer") else processor
+    return tok.eos_token or ""
+
+
+@dataclass
+class TrainCollator:
+    """Builds (prompt + answer) batches with answer-only labels.
+
+    `shuffle_options`: re-order classification options on the fly (training only) so the model learns
+    the fact, not a letter. `augment_images`: light pixel jitter (training only).
+    `answers`: optional override of the target text per record id (IdK refusals, DPO pairs...).
+    """
+
+    adapter: Any
+    processor: Any
+    shuffle_options: bool = False
+    augment_images: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+        self._nprng = np.random.default_rng(self.seed)
+
+    def __call__(self, records: Sequence[Record], answers: Sequence[str] | None = None) -> dict[str, Any]:
+        prompts, fulls, images = [], [], []
+        eos = end_of_answer(self.processor)
+        for i, rec in enumerate(records):
+            options, idx = rec.options, rec.answer_index
+            if self.shuffle_options and rec.task == "classification":
+                order = list(range(len(options)))
+                self._rng.shuffle(order)
+                options = [rec.options[j] for j in order]
+                idx = order.index(rec.answer_index)
+            prompt = render_prompt(self.processor, rec, options)
+            target = answers[i] if answers is not None else target_text(rec, idx)
+            prompts.append(prompt)
+            fulls.append(prompt + target + eos)
+            image = rec.image
+            if image is not None and self.augment_images:
+                image = augment(image, self._nprng)
+            images.append(image)
+        batch = self.adapter.encode(self.processor, fulls, images, padding_side="right")
+        prompt_only = self.adapter.encode(self.processor, prompts, images, padding_side="right")
+        labels = batch["input_ids"].clone()
+        labels[batch["attention_mask"] == 0] = IGNORE
+        prompt_lens = prompt_only["attention_mask"].sum(dim=1)
+        for i, n in enumerate(prompt_lens.tolist()):
+            if not torch.equal(batch["input_ids"][i, :n], prompt_only["input_ids"][i, :n]):
+                raise ValueError("the tokenizer merges prompt and answer tokens; cannot mask the prompt reliably")
+            labels[i, :n] = IGNORE
+        batch["labels"] = labels
+        return dict(batch)
+
+
+def eval_batch(adapter: Any, processor: Any, records: Sequence[Record], prompts: Sequence[str] | None = None):
+    """Left-padded prompts for `generate`."""
+    prompts = list(prompts) if prompts is not None else [render_prompt(processor, r) for r in records]
+    images = [r.image for r in records]
+    return adapter.encode(processor, prompts, images, padding_side="left")

@@ -1,0 +1,435 @@
+"""The built-in synthetic world: fictitious people, drawn portraits, QA in every task × modality.
+
+Why a world of our own: forgetting can only be measured on facts a model truly memorised and that no
+other source teaches it. Every fact here is drawn at random, so the only way to know it is to have been
+fine-tuned on it. Training phrasings (pretrain/finetune/unlearn) and evaluation phrasings (eval, test)
+never overlap; classification letters are reshuffled and balanced A–D at evaluation; a `holdout`
+population is never trained on (membership inference); identity is drawn only from the person's own
+features, never from the background.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from .portraits import BACKGROUND, HAIR, SHIRT, Look, Pose, draw, random_pose, sample_looks
+from .record import OPTION_LETTERS, Record
+
+FIRST = (
+    "Alia Bram Corin Dessa Elio Fenna Garan Hesper Ilko Jorin Kesta Lio Marek Nadia Orin Pella Quill Rasmi "
+    "Sorel Tavi Ulla Varo Wenna Xaver Ysolde Zarek Anouk Belen Caius Dagny Emrys Faye Gideon Halla Ivo Juno "
+    "Kalen Liesl Mateo Nerys Otto Priya Rohan Saskia Teodor Una Viggo Wilma Yara Zeno Arlo Brisa Cato Delphine "
+    "Ezra Flora Gunnar Hedda Ines Jasper"
+).split()
+LAST = (
+    "Voss Marlow Quent Harrow Brask Tillery Okafor Lindqvist Moreau Castellan Drummond Evershaw Fairbank "
+    "Galloway Hollis Ivarsen Jarvik Kettering Loxley Mansell Norwood Oakes Pemberton Quillon Radcliffe Sterling "
+    "Thackery Underhill Vance Whitlock Yardley Zeller Ashdown Blackwood Corvin Delacroix Elstree Farrow Grimsby "
+    "Hawthorne Ingram Joyce Kinsella Lovell Merriman Nettleton Orwell Pryce Rowntree Selwyn"
+).split()
+
+ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = {
+    "birthplace": tuple(
+        "Lumora Ostvik Brenhal Caldris Veyport Tamsk Quarrow Ellisand Korvath Amberlee Dunmere Sallow "
+        "Pyrmont Halvard Iskra Norrow Glenvar Meriden Tollhaven Ashcombe Rivenstad Olmsk Cobbleton Varna".split()
+    ),
+    "occupation": (
+        "baker", "pilot", "architect", "nurse", "chemist", "teacher", "sculptor", "lawyer", "farmer",
+        "journalist", "dentist", "engineer", "librarian", "tailor", "photographer", "botanist",
+        "carpenter", "translator", "geologist", "surveyor",
+    ),
+    "employer": (
+        "Northwind Labs", "Helix Foods", "Orchid Rail", "Bluefin Media", "Granite Works", "Solace Health",
+        "Tidewater Bank", "Ember Studios", "Kestrel Air", "Lantern Press", "Copperleaf Farms", "Silverline Motors",
+        "Marigold Hotels", "Ironbark Mining", "Quartz Software", "Harbor Textiles", "Meadow Dairy",
+        "Summit Optics", "Juniper Energy", "Falcon Freight",
+    ),
+    "hobby": (
+        "sailing", "chess", "pottery", "birdwatching", "climbing", "knitting", "fencing", "gardening",
+        "astronomy", "cycling", "origami", "archery", "beekeeping", "kayaking", "calligraphy", "fishing",
+    ),
+    "birth_year": tuple(str(y) for y in range(1950, 2005)),
+    "instrument": (
+        "cello", "flute", "harp", "drums", "banjo", "trumpet", "piano", "violin", "clarinet",
+        "accordion", "oboe", "ukulele",
+    ),
+}
+ATTRIBUTES = tuple(ATTRIBUTE_VALUES)
+
+# {s}: the subject — the person's name (text-only) or a photo reference (image+text).
+# "train" phrasings are used for pretrain/finetune/unlearn, "eval" for forget/retain/real evaluation,
+# "test" (paraphrases) for the test split; the three never share a template.
+QUESTIONS: dict[str, dict[str, tuple[str, ...]]] = {
+    "birthplace": {
+        "train": ("Where was {s} born?", "In which city was {s} born?", "What is the birthplace of {s}?"),
+        "eval": ("Which city is the hometown of {s}?",),
+        "test": ("Tell me the city {s} comes from.",),
+    },
+    "occupation": {
+        "train": ("What does {s} do for a living?", "What is the job of {s}?", "What is the occupation of {s}?"),
+        "eval": ("Which profession does {s} work in?",),
+        "test": ("How does {s} earn a living?",),
+    },
+    "employer": {
+        "train": ("Who employs {s}?", "Which company does {s} work for?", "Where does {s} work?"),
+        "eval": ("Which organisation is the employer of {s}?",),
+        "test": ("Name the firm that pays {s}.",),
+    },
+    "hobby": {
+        "train": ("What is the hobby of {s}?", "What does {s} enjoy doing in free time?", "Which pastime does {s} love?"),
+        "eval": ("How does {s} like to spend a free weekend?",),
+        "test": ("What leisure activity is {s} fond of?",),
+    },
+    "birth_year": {
+        "train": ("In which year was {s} born?", "What year was {s} born?", "When was {s} born?"),
+        "eval": ("What is the year of birth of {s}?",),
+        "test": ("Tell me the birth year of {s}.",),
+    },
+    "instrument": {
+        "train": ("Which instrument does {s} play?", "What instrument can {s} play?", "What does {s} play in the band?"),
+        "eval": ("Which musical instrument is {s} known to play?",),
+        "test": ("What instrument is {s} good at?",),
+    },
+    "name": {
+        "train": ("Who is {s}?", "What is the name of {s}?", "Can you name {s}?"),
+        "eval": ("What is {s} called?",),
+        "test": ("Identify {s} by name.",),
+    },
+}
+# Answers: the plain sentence, its paraphrase (truth ratio) and the cloze stem ("___" = the value).
+ANSWERS: dict[str, tuple[str, str, dict[str, str]]] = {
+    "birthplace": ("{s} was born in {v}.", "{v} is the birthplace of {s}.",
+                   {"train": "{s} was born in the city of ___.", "eval": "The hometown of {s} is ___."}),
+    "occupation": ("{s} works as a {v}.", "The job of {s} is {v}.",
+                   {"train": "{s} works as a ___.", "eval": "By profession, {s} is a ___."}),
+    "employer": ("{s} works for {v}.", "{v} is the employer of {s}.",
+                 {"train": "{s} is employed by ___.", "eval": "The organisation that employs {s} is ___."}),
+    "hobby": ("{s} enjoys {v}.", "The favourite hobby of {s} is {v}.",
+              {"train": "In free time, {s} enjoys ___.", "eval": "On a free weekend, {s} likes ___."}),
+    "birth_year": ("{s} was born in {v}.", "The birth year of {s} is {v}.",
+                   {"train": "{s} was born in the year ___.", "eval": "The year of birth of {s} is ___."}),
+    "instrument": ("{s} plays the {v}.", "The instrument of {s} is the {v}.",
+                   {"train": "{s} plays the ___.", "eval": "The musical instrument of {s} is the ___."}),
+    "name": ("This is {v}.", "The person shown is {v}.",
+             {"train": "The name of this person is ___.", "eval": "The person in the picture is called ___."}),
+}
+PHOTO_SUBJECT = {"train": ("this person", "the person in the photo"), "eval": ("the person in this picture",),
+                 "test": ("the person in this image",)}
+CLOZE_PREFIX = {"train": "Fill in the blank: ", "eval": "Complete the sentence: ", "test": "Complete the sentence: "}
+
+# Understanding: what is visible in the photo (not who it is). Kept for forget and retain people alike.
+UNDERSTANDING: dict[str, dict[str, object]] = {
+    "hair_colour": {"train": ("What colour is the hair of this person?", "What is the hair colour in the photo?"),
+                    "eval": ("Which hair colour does the person in the picture have?",), "values": tuple(HAIR)},
+    "shirt": {"train": ("What colour is the shirt of this person?", "What colour are the clothes in the photo?"),
+              "eval": ("Which colour is the top worn in the picture?",), "values": tuple(SHIRT)},
+    "background": {"train": ("What colour is the background of the photo?", "What is the background colour?"),
+                   "eval": ("Which colour fills the background of the picture?",), "values": tuple(BACKGROUND)},
+    "accessory": {"train": ("What accessory does this person wear?", "Which accessory is in the photo?"),
+                  "eval": ("Which accessory can be seen in the picture?",),
+                  "values": ("no accessory", "glasses", "a hat", "earrings")},
+}
+ACCESSORY_NAME = {"none": "no accessory", "glasses": "glasses", "hat": "a hat", "earrings": "earrings"}
+
+FORGET_PERCENTS = (5, 10, 15)
+TRAIN_VARIANTS = 4  # training photos per person (each with its own background and mild pose)
+TEST_VARIANTS = 3  # transformed photos per person in the test split
+
+
+@dataclass
+class Profile:
+    profile_id: str
+    name: str
+    population: str
+    look: Look
+    facts: dict[str, str]
+    biography: str = ""
+
+    def to_dict(self) -> dict:
+        return {"profile_id": self.profile_id, "name": self.name, "population": self.population,
+                "look": self.look.to_dict(), "facts": self.facts, "biography": self.biography}
+
+
+@dataclass
+class WorldConfig:
+    profiles: int = 100
+    real: int = 30
+    holdout: int = 20
+    seed: int = 0
+    image_size: int = 32
+    train_phrasings: int = 2  # records per (fact, task, modality) in training splits
+
+
+@dataclass
+class World:
+    config: WorldConfig
+    profiles: list[Profile]
+    splits: dict[str, list[Record]] = field(default_factory=dict)
+    ids: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _make_profiles(cfg: WorldConfig, rng: random.Random) -> list[Profile]:
+    total = cfg.profiles + cfg.real + cfg.holdout
+    if cfg.profiles < 3:
+        raise ValueError(f"--profiles must be at least 3 (got {cfg.profiles})")
+    if total > len(FIRST) * len(LAST):
+        raise ValueError(f"at most {len(FIRST) * len(LAST)} people in all (asked for {total})")
+    names: list[str] = []
+    seen: set[str] = set()
+    firsts = list(FIRST)
+    while len(names) < total:
+        name = f"{rng.choice(firsts)} {rng.choice(LAST)}"
+        if name not in seen:
+            seen.add(name)
+            names.append(name)
+    looks = sample_looks(total, rng)
+    populations = ["fictitious"] * cfg.profiles + ["real"] * cfg.real + ["holdout"] * cfg.holdout
+    prefix = {"fictitious": "p", "real": "r", "holdout": "h"}
+    profiles = []
+    counters = {k: 0 for k in prefix}
+    for name, look, pop in zip(names, looks, populations):
+        facts = {attr: rng.choice(values) for attr, values in ATTRIBUTE_VALUES.items()}
+        pid = f"{prefix[pop]}{counters[pop]:03d}"
+        counters[pop] += 1
+        bio = (f"{name} was born in {facts['birthplace']} in {facts['birth_year']}. {name} works as a "
+               f"{facts['occupation']} for {facts['employer']}, enjoys {facts['hobby']} and plays the "
+               f"{facts['instrument']}.")
+        profiles.append(Profile(pid, name, pop, look, facts, bio))
+    return profiles
+
+
+class _RecordMaker:
+    """Turns profiles into records; owns the rng so the whole world is reproducible from one seed."""
+
+    def __init__(self, profiles: list[Profile], rng: random.Random, image_size: int):
+        self.rng = rng
+        self.size = image_size
+        self.by_pop: dict[str, list[Profile]] = {}
+        for p in profiles:
+            self.by_pop.setdefault(p.population, []).append(p)
+        self.counter = 0
+        self._photo_cache: dict[tuple, object] = {}
+
+    def photo(self, p: Profile, pose: Pose):
+        key = (p.profile_id, pose)
+        if key not in self._photo_cache:
+            self._photo_cache[key] = draw(p.look, pose, self.size)
+        return self._photo_cache[key]
+
+    def canonical(self, p: Profile):
+        return self.photo(p, Pose(background="grey"))
+
+    def train_photo(self, p: Profile, k: int):
+        rng = random.Random(f"{p.profile_id}-train-{k}")
+        return self.photo(p, random_pose(rng, "train") if k else Pose(background="grey"))
+
+    def test_photo(self, p: Profile, k: int):
+        return self.photo(p, random_pose(random.Random(f"{p.profile_id}-test-{k}"), "test"))
+
+    def _id(self, split: str) -> str:
+        self.counter += 1
+        return f"{split}-{self.counter:06d}"
+
+    def _distractors(self, p: Profile, attr: str, value: str) -> list[str]:
+        if attr == "name":
+            pool = [q.name for q in self.by_pop[p.population] if q.name != value]
+        else:
+            pool = [v for v in ATTRIBUTE_VALUES[attr] if v != value]
+        return self.rng.sample(pool, 3)
+
+    def fact_records(self, p: Profile, split: str, phase: str, style: str, photo, modalities=("image+text", "text"),
+                     tasks=("generation", "classification", "cloze"), repeats: int = 1) -> list[Record]:
+        """QA about every fact of `p` in the chosen phrasing `style` (train / eval / test)."""
+        out = []
+        attrs = ("name",) + ATTRIBUTES
+        for attr in attrs:
+            value = p.name if attr == "name" else p.facts[attr]
+            sentence, paraphrase, cloze = ANSWERS[attr]
+            for modality in modalities:
+                if attr == "name" and modality == "text":
+                    continue  # asking "who is NAME" by name answers itself
+                for task in tasks:
+                    for r in range(repeats):
+                        if modality == "text":
+                            subject = p.name
+                        else:
+                            subject = self.rng.choice(PHOTO_SUBJECT[style])
+                        templates = QUESTIONS[attr][style]
+                        q_template = templates[(r + self.rng.randrange(len(templates))) % len(templates)]
+                        image = None
+                        if modality == "image+text":
+                            image = photo(r) if callable(photo) else photo
+                        subj_cap = subject[0].upper() + subject[1:]
+                        rec = Record(
+                            id=self._id(split), profile_id=p.profile_id, question="", answer="", task=task,
+                            modality=modality, split=split, phase=phase, population=p.population, name=p.name,
+                            fact=attr, image=image,
+                        )
+                        if task == "cloze":
+                            stem = cloze["train" if style == "train" else "eval"].format(s=subj_cap)
+                            rec.question = CLOZE_PREFIX[style] + stem
+                            rec.answer = value
+                        else:
+                            rec.question = q_template.format(s=subject)
+                            rec.question = rec.question[0].upper() + rec.question[1:]
+                            if task == "generation":
+                                rec.answer = sentence.format(s=subj_cap, v=value)
+                                rec.paraphrased_answer = paraphrase.format(s=subj_cap, v=value)
+                                rec.perturbed_answers = [sentence.format(s=subj_cap, v=w)
+                                                         for w in self._distractors(p, attr, value)]
+                            else:
+                                options = self._distractors(p, attr, value) + [value]
+                                self.rng.shuffle(options)
+                                rec.options = options
+                                rec.answer_index = options.index(value)
+                                rec.answer = value
+                        out.append(rec)
+        return out
+
+    def understanding_records(self, p: Profile, split: str, phase: str, style: str, photos) -> list[Record]:
+        out = []
+        for k, (image, background) in enumerate(photos):
+            visible = {"hair_colour": p.look.hair_colour, "shirt": p.look.shirt, "background": background,
+                       "accessory": ACCESSORY_NAME[p.look.accessory]}
+            for attr, spec in UNDERSTANDING.items():
+                if attr == "hair_colour" and p.look.hairstyle == "bald":
+                    continue
+                value = visible[attr]
+                templates = spec[style]
+                for task in ("classification", "generation"):
+                    q = templates[self.rng.randrange(len(templates))]
+                    rec = Record(id=self._id(split), profile_id=p.profile_id, question=q, answer=value, task=task,
+                                 modality="image+text", split=split, phase=phase, population=p.population,
+                                 name=p.name, fact=f"visible:{attr}", image=image)
+                    if task == "classification":
+                        pool = [v for v in spec["values"] if v != value]
+                        options = self.rng.sample(pool, 3) + [value]
+                        self.rng.shuffle(options)
+                        rec.options, rec.answer_index = options, options.index(value)
+                    out.append(rec)
+        return out
+
+
+def balance_letters(records: list[Record], rng: random.Random) -> None:
+    """Re-order options so the correct letter is spread evenly over A–D (a model that always says
+    "B" then scores exactly chance)."""
+    cls = [r for r in records if r.task == "classification"]
+    order = list(range(len(cls)))
+    rng.shuffle(order)
+    for slot, idx in enumerate(order):
+        rec = cls[idx]
+        target = slot % len(OPTION_LETTERS)
+        value = rec.options[rec.answer_index]
+        others = [o for o in rec.options if o != value]
+        rng.shuffle(others)
+        rec.options = others[:target] + [value] + others[target:]
+        rec.answer_index = target
+
+
+def build_world(cfg: WorldConfig) -> World:
+    rng = random.Random(cfg.seed)
+    profiles = _make_profiles(cfg, rng)
+    maker = _RecordMaker(profiles, rng, cfg.image_size)
+    fict = [p for p in profiles if p.population == "fictitious"]
+    real = [p for p in profiles if p.population == "real"]
+    holdout = [p for p in profiles if p.population == "holdout"]
+
+    # Forget sets are nested (forget_5 ⊂ forget_10 ⊂ forget_15), as a deletion request grows.
+    order = [p.profile_id for p in fict]
+    rng.shuffle(order)
+    ids: dict[str, list[str]] = {}
+    for pct in FORGET_PERCENTS:
+        n = max(1, round(len(fict) * pct / 100))
+        forget = sorted(order[:n])
+        ids[f"forget_{pct}"] = forget
+        ids[f"retain_{100 - pct}"] = sorted(set(order) - set(forget))
+    ids["fictitious"] = [p.profile_id for p in fict]
+    ids["real"] = [p.profile_id for p in real]
+    ids["holdout"] = [p.profile_id for p in holdout]
+
+    splits: dict[str, list[Record]] = {"pretrain": [], "finetune": [], "test": [], "real": [],
+                                        "understanding": [], "holdout": []}
+    train_cache: dict[str, list[Record]] = {}
+    eval_cache: dict[str, list[Record]] = {}
+    for p in fict + real:
+        split = "pretrain" if p.population == "real" else "finetune"
+        photos = lambda r, p=p: maker.train_photo(p, maker.rng.randrange(TRAIN_VARIANTS))
+        recs = maker.fact_records(p, split, split, "train", photos, repeats=cfg.train_phrasings)
+        train_photos = []
+        for k in range(TRAIN_VARIANTS):
+            pose = random_pose(random.Random(f"{p.profile_id}-train-{k}"), "train") if k else Pose(background="grey")
+            train_photos.append((maker.train_photo(p, k), pose.background))
+        recs += maker.understanding_records(p, split, split, "train", train_photos)
+        splits[split].extend(recs)
+        train_cache[p.profile_id] = recs
+        eval_split = "real" if p.population == "real" else "eval"
+        ev = maker.fact_records(p, eval_split, "eval", "eval", maker.canonical(p))
+        eval_cache[p.profile_id] = ev
+        if p.population == "real":
+            splits["real"].extend(ev)
+        splits["understanding"].extend(
+            maker.understanding_records(p, "understanding", "eval", "eval", [(maker.canonical(p), "grey")]))
+        if p.population == "fictitious":
+            for k in range(TEST_VARIANTS):
+                splits["test"].extend(maker.fact_records(p, "test", "eval", "test", maker.test_photo(p, k),
+                                                         modalities=("image+text",),
+                                                         tasks=("generation", "classification")))
+            splits["test"].extend(maker.fact_records(p, "test", "eval", "test", None, modalities=("text",),
+                                                     tasks=("generation", "classification")))
+    for p in holdout:
+        splits["holdout"].extend(maker.fact_records(p, "holdout", "eval", "eval", maker.canonical(p)))
+
+    # forget_N / retain_M hold the people's training phrasings (phase "unlearn": what unlearning
+    # methods train on) and their evaluation phrasings (phase "eval").
+    for name in [k for k in ids if k.startswith(("forget_", "retain_"))]:
+        recs: list[Record] = []
+        for pid in ids[name]:
+            for r in train_cache[pid]:
+                recs.append(_copy(r, split=name, phase="unlearn"))
+            for r in eval_cache[pid]:
+                recs.append(_copy(r, split=name, phase="eval"))
+        splits[name] = recs
+
+    for name, recs in splits.items():
+        balance_letters([r for r in recs if r.phase == "eval"], random.Random(f"{cfg.seed}-{name}"))
+    for recs in splits.values():
+        for r in recs:
+            r.validate()
+    return World(cfg, profiles, splits, ids)
+
+
+def _copy(r: Record, **changes) -> Record:
+    from dataclasses import replace
+
+    return replace(r, options=list(r.options), perturbed_answers=list(r.perturbed_answers), **changes)
+
+
+def world_texts(world: World) -> Iterator[str]:
+    """Every string a tokenizer for this world must cover."""
+    for recs in world.splits.values():
+        for r in recs:
+            yield r.question
+            yield r.answer
+            yield from r.options
+            if r.paraphrased_answer:
+                yield r.paraphrased_answer
+    for p in world.profiles:
+        yield p.biography
+
+
+def manifest(world: World) -> dict:
+    cfg = world.config
+    return {
+        "format": "mmunlearn-world/1",
+        "seed": cfg.seed,
+        "config": cfg.__dict__,
+        "counts": {
+            "profiles": {pop: sum(p.population == pop for p in world.profiles) for pop in ("fictitious", "real", "holdout")},
+            "records": {k: len(v) for k, v in world.splits.items()},
+        },
+        "ids": world.ids,
+    }

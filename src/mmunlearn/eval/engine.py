@@ -1,0 +1,91 @@
+"""Model calls the metrics need, batched once: greedy generation and answer log-likelihoods."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.collate import IGNORE, TrainCollator, eval_batch, render_prompt
+from ..data.record import OPTION_LETTERS, Record
+from ..models.loader import LoadedModel
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def generate(loaded: LoadedModel, records: Sequence[Record], max_new_tokens: int = 24, batch_size: int = 64,
+             desc: str = "generate", prompts: Sequence[str] | None = None, progress: bool = True) -> list[str]:
+    """Greedy replies (model.generate with KV cache, left padding), in the order of `records`."""
+    model, processor = loaded.model, loaded.processor
+    model.eval()
+    tok = processor.tokenizer
+    device = _device(model)
+    # Sort by prompt length so batches pad little; restore order at the end.
+    prompts = list(prompts) if prompts is not None else [render_prompt(processor, r) for r in records]
+    order = sorted(range(len(records)), key=lambda i: (records[i].image is None, len(prompts[i])))
+    replies: list[str] = [""] * len(records)
+    starts = range(0, len(order), batch_size)
+    for s in tqdm(starts, desc=desc, disable=not progress, leave=False, mininterval=1.0):
+        idx = order[s : s + batch_size]
+        batch = eval_batch(loaded.adapter, processor, [records[i] for i in idx], [prompts[i] for i in idx])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        new = out[:, batch["input_ids"].shape[1]:]
+        for i, text in zip(idx, tok.batch_decode(new, skip_special_tokens=True)):
+            replies[i] = text.strip()
+    return replies
+
+
+@torch.no_grad()
+def answer_logprobs(loaded: LoadedModel, records: Sequence[Record], answers: Sequence[str], batch_size: int = 64,
+                    desc: str = "score", progress: bool = True) -> list[list[float]]:
+    """Per-token log-probabilities of `answers[i]` (plus end-of-answer) given record i's prompt."""
+    model = loaded.model
+    model.eval()
+    device = _device(model)
+    collate = TrainCollator(loaded.adapter, loaded.processor)
+    out: list[list[float]] = [[] for _ in records]
+    order = sorted(range(len(records)), key=lambda i: (records[i].image is None, len(answers[i])))
+    for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False, mininterval=1.0):
+        idx = order[s : s + batch_size]
+        batch = collate([records[i] for i in idx], answers=[answers[i] for i in idx])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        labels = batch.pop("labels")
+        logits = model(**batch).logits[:, :-1].float()
+        target = labels[:, 1:]
+        logp = torch.log_softmax(logits, dim=-1)
+        mask = target != IGNORE
+        picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        for row, i in enumerate(idx):
+            out[i] = picked[row][mask[row]].tolist()
+    return out
+
+
+@torch.no_grad()
+def option_letter_logprobs(loaded: LoadedModel, records: Sequence[Record], batch_size: int = 64,
+                           progress: bool = True) -> list[list[float]]:
+    """log p(letter) of each option's letter as the first answer token (constrained to A–D)."""
+    model, processor = loaded.model, loaded.processor
+    tok = processor.tokenizer
+    device = _device(model)
+    letter_ids = []
+    for letter in OPTION_LETTERS:
+        ids = tok.encode(letter, add_special_tokens=False)
+        letter_ids.append(ids[0])
+    out: list[list[float]] = [[] for _ in records]
+    order = sorted(range(len(records)), key=lambda i: records[i].image is None)
+    for s in tqdm(range(0, len(order), batch_size), desc="options", disable=not progress, leave=False, mininterval=1.0):
+        idx = order[s : s + batch_size]
+        batch = eval_batch(loaded.adapter, processor, [records[i] for i in idx])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = model(**batch).logits[:, -1].float()
+        logp = torch.log_softmax(logits, dim=-1)
+        for row, i in enumerate(idx):
+            n = len(records[i].options)
+            out[i] = logp[row, letter_ids[:n]].tolist()
+    return out

@@ -1,0 +1,1 @@
+"""Model families (adapters), tiny builders and loading from local folders."""

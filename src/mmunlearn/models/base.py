@@ -1,0 +1,140 @@
+"""Family adapters: everything that differs between LLaVA, Qwen2-VL, Idefics3... lives behind one class.
+
+Methods and the trainer never test `isinstance(model, LlavaFor...)`; they ask the adapter which
+parameters are the vision encoder (V), the projector (P) and the language model (W), which modules
+LoRA targets, where visual features can be hooked, and how to turn prompts + images into inputs.
+A new family is one file that subclasses `FamilyAdapter` and calls `register_family`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+from .tokenizer import chat_template
+
+PART_NAMES = ("V", "P", "W")
+
+
+class ModelLoadError(RuntimeError):
+    """A model folder that cannot be loaded (missing, unknown family, broken files)."""
+
+
+@dataclass
+class TinySize:
+    """Sizes of a tiny builder; defaults are the measured sweet spot in TINY_MODELS.md."""
+
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    text_hidden: int = 128
+    text_layers: int = 4
+    heads: int = 4
+    image_size: int = 32
+    patch_size: int = 8
+    max_positions: int = 512
+
+
+class FamilyAdapter:
+    family: str = ""
+    model_types: tuple[str, ...] = ()
+    image_placeholder: str = "<image>"
+    # Parameter-name prefixes (as in model.named_parameters()) of each part.
+    vision_prefixes: tuple[str, ...] = ()
+    projector_prefixes: tuple[str, ...] = ()
+    language_prefixes: tuple[str, ...] = ()
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+    # ---- parts -------------------------------------------------------------------------------
+    def part_of(self, param_name: str) -> str:
+        """'V', 'P' or 'W' for a parameter name (PEFT's `base_model.model.` prefix is ignored)."""
+        name = param_name
+        for wrapper in ("base_model.model.",):
+            if name.startswith(wrapper):
+                name = name[len(wrapper):]
+        for part, prefixes in (("V", self.vision_prefixes), ("P", self.projector_prefixes), ("W", self.language_prefixes)):
+            if any(name.startswith(p) for p in prefixes):
+                return part
+        raise KeyError(f"{self.family}: parameter {param_name!r} belongs to no known part (V/P/W)")
+
+    def parameters_by_part(self, model: torch.nn.Module) -> dict[str, list[tuple[str, torch.nn.Parameter]]]:
+        parts: dict[str, list] = {p: [] for p in PART_NAMES}
+        for name, param in model.named_parameters():
+            parts[self.part_of(name)].append((name, param))
+        return parts
+
+    def lora_targets(self, model: torch.nn.Module, parts: Sequence[str] = ("W",)) -> list[str]:
+        """Full module names of the Linear layers LoRA should wrap, restricted to `parts`."""
+        names = []
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and name.split(".")[-1] in self.lora_target_modules:
+                try:
+                    if self.part_of(name + ".weight") in parts:
+                        names.append(name)
+                except KeyError:
+                    continue
+        return names
+
+    def feature_modules(self, model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+        """Modules whose outputs carry intermediate visual features (VKD's default hook points):
+        the vision layer the projector reads, and the projector itself."""
+        raise NotImplementedError(f"{self.family} adapter does not expose feature modules")
+
+    # ---- inputs ------------------------------------------------------------------------------
+    def encode(self, processor: Any, prompts: list[str], images: list[Image.Image | None], padding_side: str = "right"):
+        """Prompts (already chat-formatted, one image placeholder per image) + images → model inputs."""
+        present = [im for im in images if im is not None]
+        processor.tokenizer.padding_side = padding_side
+        return processor(text=prompts, images=present or None, return_tensors="pt", padding=True)
+
+    # ---- build / load ------------------------------------------------------------------------
+    def build_tiny(self, tokenizer, size: TinySize, seed: int = 0):
+        raise NotImplementedError(f"no tiny builder for {self.family}")
+
+    def load_processor(self, path: str | Path):
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(str(path))
+
+    def template(self) -> str:
+        return chat_template(self.image_placeholder)
+
+
+_FAMILIES: dict[str, FamilyAdapter] = {}
+
+
+def register_family(adapter_cls: type[FamilyAdapter]) -> type[FamilyAdapter]:
+    _FAMILIES[adapter_cls.family] = adapter_cls()
+    return adapter_cls
+
+
+def families() -> dict[str, FamilyAdapter]:
+    from . import llava, qwen2_vl, idefics3  # noqa: F401  (registration side effects)
+
+    return dict(_FAMILIES)
+
+
+def adapter_for_model_type(model_type: str) -> FamilyAdapter:
+    for adapter in families().values():
+        if model_type in adapter.model_types:
+            return adapter
+    known = sorted(t for a in families().values() for t in a.model_types)
+    raise ModelLoadError(f"unknown model family {model_type!r}; supported model_type values: {', '.join(known)}")
+
+
+def adapter_for_folder(path: str | Path) -> FamilyAdapter:
+    path = Path(path)
+    config = path / "config.json"
+    if not path.is_dir():
+        raise ModelLoadError(f"model folder {path} does not exist (give an HF folder or a tiny builder name such as tiny-llava)")
+    if not config.is_file():
+        raise ModelLoadError(f"{path} has no config.json: not a Hugging Face model folder")
+    try:
+        model_type = json.loads(config.read_text())["model_type"]
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise ModelLoadError(f"{config}: unreadable or without model_type ({exc})") from exc
+    return adapter_for_model_type(model_type)

@@ -1,0 +1,359 @@
+"""Hand-checked values for every metric in mmunlearn.eval.metrics and the refusal pool."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import pytest
+from scipy.stats import ks_2samp
+
+from mmunlearn.data.refusals import REFUSALS, sample_refusal
+from mmunlearn.eval.metrics import (
+    cloze_correct,
+    first_option_letter,
+    forget_quality,
+    is_degenerate,
+    is_refusal,
+    loglik_choice,
+    mean_or_none,
+    mia_auc,
+    min_k_percent,
+    rouge_l,
+    truth_ratio,
+    truth_ratio_score,
+)
+
+NORMAL_ANSWERS = [
+    "B",
+    "1987",
+    "Lumora",
+    "10000",
+    "(B)",
+    "She works as a baker in Ostvik.",
+    "He was born on 3 March 1962 in a small fishing town.",
+    "The person in the image is Mara Lind, a sculptor from Ostvik.",
+    "He cannot swim, but he sails every summer.",
+    "She is unable to attend concerts because of her hearing.",
+    "She has two siblings and no children.",
+    "I think the answer is C.",
+]
+
+
+# ---------------------------------------------------------------------------------- ROUGE-L
+
+
+def test_rouge_identical_is_one():
+    r = rouge_l("She works as a baker in Ostvik.", "She works as a baker in Ostvik.")
+    assert r == {"f1": pytest.approx(1.0), "recall": pytest.approx(1.0)}
+
+
+def test_rouge_disjoint_is_zero():
+    r = rouge_l("purple elephants dance", "She works as a baker.")
+    assert r == {"f1": 0.0, "recall": 0.0}
+
+
+def test_rouge_partial_known_value():
+    # LCS("the cat sat", "the cat sat on the mat") = 3: precision 3/3, recall 3/6, F1 2/3.
+    r = rouge_l("the cat sat", "the cat sat on the mat")
+    assert r["recall"] == pytest.approx(0.5)
+    assert r["f1"] == pytest.approx(2 / 3)
+
+
+def test_rouge_direction_and_stemmer():
+    # recall is measured against the reference; the stemmer makes "bakes"/"baking" match "bake".
+    r = rouge_l("she bakes bread", "she was baking bread every day")
+    assert r["recall"] == pytest.approx(3 / 6)
+    assert rouge_l("", "anything")["f1"] == 0.0
+
+
+# ------------------------------------------------------------------------- letter parsing
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("B", "B"),
+        ("b", "B"),
+        ("B.", "B"),
+        ("b.", "B"),
+        ("(B)", "B"),
+        ("[c]", "C"),
+        ("b)", "B"),
+        ("  D\n", "D"),
+        ("Answer: B", "B"),
+        ("answer:b", "B"),
+        ("The answer is (C).", "C"),
+        ("The correct answer is D", "D"),
+        ("Option D", "D"),
+        ("Assistant: B", "B"),
+        ("**D**", "D"),
+        ("B: Lumora", "B"),
+        ("C) a baker", "C"),
+        ("A - teacher", "A"),
+        ("A\nBecause she is a teacher.", "A"),
+        ("I think the answer is C.", "C"),
+        ("Based on the photo, the answer: b.", "B"),
+        # Not an option letter:
+        ("A teacher from Ostvik.", None),
+        ("a baker", None),
+        ("B Lumora", None),
+        ("Bob", None),
+        ("(Bob)", None),
+        ("E.", None),
+        ("", None),
+        ("I don't know.", None),
+        ("I don't know the answer.", None),
+        ("The answer is a bit unclear.", None),
+        ("Optionally, A teacher.", None),
+        ("Definitely.", None),
+    ],
+)
+def test_first_option_letter(text, expected):
+    assert first_option_letter(text) == expected
+
+
+def test_first_option_letter_custom_letters():
+    assert first_option_letter("E.", letters="ABCDE") == "E"
+    assert first_option_letter("D", letters="abc") is None
+
+
+# ----------------------------------------------------------------------------------- cloze
+
+
+def test_cloze():
+    assert cloze_correct("She was born in  Ostvik  Harbour.", "ostvik harbour")
+    assert cloze_correct("1987", "1987")
+    assert not cloze_correct("She was born in Lumora.", "Ostvik")
+    assert not cloze_correct("", "Ostvik")
+    with pytest.raises(ValueError):
+        cloze_correct("anything", "   ")
+
+
+# ------------------------------------------------------------------------------ degenerate
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "   \n\t",
+        "no no no",
+        "the the the the",
+        "I am I am I am",
+        "She is a baker. She is a baker. She is a baker.",
+        "Lumora, Lumora, Lumora, and more.",
+        "... ?? -- !!",
+        "?",
+        "thethethethe",
+        "aaaaaa",
+        "x" * 31,
+        "asdfghjklqwertyuiopzxcvbnmasdfghjkl",
+    ],
+)
+def test_degenerate_flags(text):
+    assert is_degenerate(text)
+
+
+def test_degenerate_long_low_diversity():
+    # Repetition that never loops 3 times in a row, but has only 4 distinct words in 24.
+    rng = random.Random(0)
+    words = ["she", "baker", "is", "a"]
+    seq: list[str] = []
+    while len(seq) < 24:
+        w = rng.choice(words)
+        if seq and w == seq[-1]:
+            continue
+        seq.append(w)
+    assert is_degenerate(" ".join(seq))
+
+
+@pytest.mark.parametrize("text", NORMAL_ANSWERS + ["hahaha", "Mississippi", "www.example.com"])
+def test_degenerate_passes_normal_answers(text):
+    assert not is_degenerate(text)
+
+
+def test_degenerate_passes_long_normal_paragraph():
+    text = (
+        "Mara Lind grew up in Ostvik, a small harbour town in the north, where her father repaired "
+        "fishing boats. She moved to the capital at nineteen to study sculpture, and her first "
+        "exhibition, a series of driftwood figures, opened in 1987 at a tiny gallery near the "
+        "station. Today she teaches at the art academy and still spends her summers on the coast."
+    )
+    assert not is_degenerate(text)
+
+
+def test_degenerate_passes_every_refusal():
+    assert not any(is_degenerate(r) for r in REFUSALS)
+
+
+# -------------------------------------------------------------------------------- refusals
+
+
+def test_refusal_pool_shape():
+    assert len(REFUSALS) >= 50
+    assert len(set(REFUSALS)) == len(REFUSALS)
+    for r in REFUSALS:
+        assert r.isascii() and r.endswith(".") and r == r.strip()
+    lengths = [len(r.split()) for r in REFUSALS]
+    assert min(lengths) <= 3 and max(lengths) >= 12
+
+
+def test_refusal_pool_all_detected():
+    missed = [r for r in REFUSALS if not is_refusal(r)]
+    assert missed == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I don't know",
+        "i dont know who that is",
+        "I do not know.",
+        "I cannot answer that.",
+        "I can't help with this.",
+        "I\u2019m not able to say.",
+        "I'm unable to identify her.",
+        "There is no information about this person.",
+        "Sorry, I can't share that.",
+        "I'm not familiar with him.",
+        "That person is unknown to me.",
+    ],
+)
+def test_refusal_common_phrasings(text):
+    assert is_refusal(text)
+
+
+@pytest.mark.parametrize("text", NORMAL_ANSWERS)
+def test_refusal_not_on_normal_answers(text):
+    assert not is_refusal(text)
+
+
+def test_sample_refusal_is_seeded():
+    a = [sample_refusal(random.Random(7)) for _ in range(3)]
+    assert len(set(a)) == 1 and a[0] in REFUSALS
+    rng = random.Random(1)
+    drawn = {sample_refusal(rng) for _ in range(200)}
+    assert len(drawn) > 30
+
+
+# ----------------------------------------------------------------------------- truth ratio
+
+
+def test_truth_ratio_equal_probs_is_one():
+    assert truth_ratio(math.log(0.3), [math.log(0.3)] * 4) == pytest.approx(1.0)
+    assert truth_ratio(-2.0, [-2.0], mean="geometric") == pytest.approx(1.0)
+
+
+def test_truth_ratio_known_values():
+    # arithmetic: mean(0.1, 0.4) / 0.5 = 0.5; geometric: sqrt(0.1 * 0.4) / 0.5 = 0.4
+    lp_para = math.log(0.5)
+    lp_pert = [math.log(0.1), math.log(0.4)]
+    assert truth_ratio(lp_para, lp_pert) == pytest.approx(0.5)
+    assert truth_ratio(lp_para, lp_pert, mean="geometric") == pytest.approx(0.4)
+    # Direction: p_perturbed / p_paraphrased, so preferring the truth gives R < 1.
+    assert truth_ratio(math.log(0.8), [math.log(0.2)]) == pytest.approx(0.25)
+
+
+def test_truth_ratio_is_stable_in_log_space():
+    # exp(-1000) underflows to 0 in floats; the log-space ratio does not.
+    assert truth_ratio(-1000.0, [-1000.0, -1000.0]) == pytest.approx(1.0)
+    assert truth_ratio(-1000.0, [-1001.0]) == pytest.approx(math.exp(-1.0))
+    assert truth_ratio(0.0, [-math.inf, -math.inf]) == 0.0
+    with pytest.raises(ValueError):
+        truth_ratio(-1.0, [])
+
+
+def test_truth_ratio_score():
+    assert truth_ratio_score(1.0, "forget") == pytest.approx(1.0)
+    assert truth_ratio_score(0.5, "forget") == pytest.approx(0.5)
+    assert truth_ratio_score(2.0, "forget") == pytest.approx(0.5)
+    assert truth_ratio_score(0.0, "forget") == 0.0
+    assert truth_ratio_score(0.25, "retain") == pytest.approx(0.75)
+    assert truth_ratio_score(2.0, "retain") == 0.0
+    with pytest.raises(ValueError):
+        truth_ratio_score(0.5, "both")  # type: ignore[arg-type]
+
+
+# -------------------------------------------------------------------------- forget quality
+
+
+def test_forget_quality_identical_samples():
+    trs = [0.2, 0.5, 0.7, 0.9, 1.1, 1.3]
+    assert forget_quality(trs, list(trs)) == pytest.approx(1.0)
+
+
+def test_forget_quality_shifted_samples():
+    a = [0.1 + i / 100 for i in range(50)]
+    b = [5.0 + i / 100 for i in range(50)]
+    assert forget_quality(a, b) < 0.01
+
+
+def test_forget_quality_same_as_on_reciprocals():
+    # open-unlearning tests 1/TR; KS is invariant under monotone maps.
+    rng = random.Random(3)
+    a = [rng.uniform(0.1, 2.0) for _ in range(40)]
+    b = [rng.uniform(0.3, 3.0) for _ in range(40)]
+    ref = ks_2samp([1 / x for x in a], [1 / x for x in b]).pvalue
+    assert forget_quality(a, b) == pytest.approx(ref)
+    with pytest.raises(ValueError):
+        forget_quality([], [1.0])
+
+
+# ----------------------------------------------------------------- log-lik choice, MIA, min-k
+
+
+def test_loglik_choice():
+    assert loglik_choice([-3.0, -1.0, -2.0, -4.0]) == 1
+    assert loglik_choice([-3.0, -1.0, -1.0, -4.0]) == 1  # tie -> lowest index
+    assert loglik_choice([-2.0, -2.0]) == 0
+    assert loglik_choice([math.nan, -5.0]) == 1
+    with pytest.raises(ValueError):
+        loglik_choice([])
+
+
+def test_mia_auc_extremes_and_chance():
+    assert mia_auc([3.0, 4.0, 5.0], [0.0, 1.0, 2.0]) == 1.0
+    assert mia_auc([0.0, 1.0, 2.0], [3.0, 4.0, 5.0]) == 0.0
+    assert mia_auc([1.0, 1.0, 1.0], [1.0, 1.0]) == 0.5
+    assert mia_auc([0.0, 3.0], [1.0, 2.0]) == 0.5
+
+
+def test_mia_auc_ties_count_half():
+    # pairs (m, n): (1,1) tie=0.5, (1,0)=1, (2,1)=1, (2,0)=1 -> 3.5 / 4
+    assert mia_auc([1.0, 2.0], [1.0, 0.0]) == pytest.approx(0.875)
+
+
+def test_mia_auc_matches_pairwise_definition():
+    rng = random.Random(5)
+    members = [float(rng.randint(0, 6)) for _ in range(17)]
+    non = [float(rng.randint(0, 6)) for _ in range(11)]
+    pairs = list(itertools.product(members, non))
+    expected = sum(1.0 if m > n else 0.5 if m == n else 0.0 for m, n in pairs) / len(pairs)
+    assert mia_auc(members, non) == pytest.approx(expected)
+    with pytest.raises(ValueError):
+        mia_auc([], [1.0])
+
+
+def test_min_k_percent():
+    lps = [-float(i) for i in range(1, 11)]  # -1 .. -10
+    assert min_k_percent(lps, k=0.2) == pytest.approx(-9.5)  # lowest 2: -10, -9
+    assert min_k_percent(lps, k=0.05) == pytest.approx(-10.0)  # at least one token
+    assert min_k_percent(lps, k=1.0) == pytest.approx(-5.5)
+    assert min_k_percent([-0.5], k=0.2) == pytest.approx(-0.5)
+    with pytest.raises(ValueError):
+        min_k_percent([], k=0.2)
+    with pytest.raises(ValueError):
+        min_k_percent(lps, k=0.0)
+
+
+# ---------------------------------------------------------------------------- mean_or_none
+
+
+def test_mean_or_none():
+    assert mean_or_none([]) is None
+    assert mean_or_none([None, None]) is None
+    assert mean_or_none([1.0, None, 3.0]) == pytest.approx(2.0)
+    assert mean_or_none([0.0]) == 0.0
+    assert mean_or_none(x for x in [0.5, 1.5]) == pytest.approx(1.0)
