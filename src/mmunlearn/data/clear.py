@@ -144,7 +144,7 @@ def _train_side(root: Path, base: str, split: str, images: _Images) -> tuple[lis
                 if key not in row.data:
                     raise DataError(f"{where}: no image and no field {key!r} (neither a photo row nor a QA row)")
             qa_rows.append((row, text_value(row.data["question"], where, "question"),
-                            text_value(row.data["answer"], where, "answer", allow_empty=True)))
+                            text_value(row.data["answer"], where, "answer")))
     if not photo_rows and not qa_rows:
         raise DataError(f"{BENCH}: {name} has no rows")
 
@@ -153,7 +153,7 @@ def _train_side(root: Path, base: str, split: str, images: _Images) -> tuple[lis
         person = text_value(row.data.get("name"), where, "name").strip()
         rec = Record(
             id=f"clear:{split}:unlearn:caption:{row.path.name}:{row.index}", profile_id=person,
-            question=CAPTION_PROMPT, answer=text_value(row.data.get("caption"), where, "caption", allow_empty=True),
+            question=CAPTION_PROMPT, answer=text_value(row.data.get("caption"), where, "caption"),
             task="generation", modality="image+text", split=split, phase="unlearn", name=person,
             image=images.get(row, where),
         )
@@ -188,9 +188,9 @@ def _perturbed_records(rows: list[Row], split: str, images: _Images) -> list[Rec
             image = images.get(row, where)
             caption = Record(
                 id=f"clear:{split}:eval:caption:{row.path.name}:{row.index}", profile_id=person, question=CAPTION_PROMPT,
-                answer=text_value(row.data.get("caption"), where, "caption", allow_empty=True), task="generation",
+                answer=text_value(row.data.get("caption"), where, "caption"), task="generation",
                 modality="image+text", split=split, phase="eval", name=person, image=image,
-                paraphrased_answer=text_value(row.data.get("paraphrased_caption"), where, "paraphrased_caption", allow_empty=True),
+                paraphrased_answer=text_value(row.data.get("paraphrased_caption"), where, "paraphrased_caption"),
                 perturbed_answers=_string_list(row.data.get("perturbed_captions"), where, "perturbed_captions"),
             )
             face = Record(
@@ -212,7 +212,7 @@ def _plain_eval_captions(rows: list[Row], split: str, images: _Images) -> list[R
         person = text_value(row.data.get("name"), where, "name").strip()
         rec = Record(
             id=f"clear:{split}:eval:caption:{row.path.name}:{row.index}", profile_id=person, question=CAPTION_PROMPT,
-            answer=text_value(row.data.get("caption"), where, "caption", allow_empty=True), task="generation",
+            answer=text_value(row.data.get("caption"), where, "caption"), task="generation",
             modality="image+text", split=split, phase="eval", name=person, image=images.get(row, where),
         )
         out.append(validated(rec, where))
@@ -227,7 +227,7 @@ def _real_records(root: Path, name: str, images: _Images) -> list[Record]:
         where = f"{BENCH}: {row.where}"
 
         def convert(row=row, where=where) -> Record:
-            answer = text_value(row.data.get("answer"), where, "answer", allow_empty=True).strip()
+            answer = text_value(row.data.get("answer"), where, "answer").strip()
             others = [o for o in _string_list(row.data.get("options"), where, "options") if o.strip() != answer]
             question = NAME_PROMPT if faces else text_value(row.data.get("question"), where, "question")
             rec = Record(

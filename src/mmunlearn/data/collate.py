@@ -30,10 +30,22 @@ def user_text(rec: Record, options: Sequence[str] | None = None) -> str:
     return "\n".join(lines)
 
 
-def target_text(rec: Record, answer_index: int | None = None) -> str:
-    """What the model is trained to say (classification: the letter, as MLLMU-Bench parses it)."""
+def option_answer(options: Sequence[str], index: int) -> str:
+    """How a classification answer is written: the option, then its letter — "Norrow (B)".
+
+    Value first, letter second: a small model recalls the fact, then copies the letter printed
+    before that value in the prompt (an induction-style copy it learns quickly). Letter-first
+    answers need multiple-choice symbol binding, which tiny models never learned here (they
+    settle on one constant letter). Parsers accept both forms (eval.metrics.chosen_option).
+    """
+    return f"{options[index]} ({OPTION_LETTERS[index]})"
+
+
+def target_text(rec: Record, answer_index: int | None = None, options: Sequence[str] | None = None) -> str:
+    """What the model is trained to say."""
     if rec.task == "classification":
-        return OPTION_LETTERS[rec.answer_index if answer_index is None else answer_index]
+        return option_answer(rec.options if options is None else options,
+                             rec.answer_index if answer_index is None else answer_index)
     return rec.answer
 
 
@@ -75,13 +87,14 @@ class TrainCollator:
         eos = end_of_answer(self.processor)
         for i, rec in enumerate(records):
             options, idx = rec.options, rec.answer_index
-            if self.shuffle_options and rec.task == "classification":
+            # Replacement answers (refusals, DPO losers) are tied to the stored option order.
+            if self.shuffle_options and rec.task == "classification" and answers is None:
                 order = list(range(len(options)))
                 self._rng.shuffle(order)
                 options = [rec.options[j] for j in order]
                 idx = order.index(rec.answer_index)
             prompt = render_prompt(self.processor, rec, options)
-            target = answers[i] if answers is not None else target_text(rec, idx)
+            target = answers[i] if answers is not None else target_text(rec, idx, options)
             prompts.append(prompt)
             fulls.append(prompt + target + eos)
             image = rec.image

@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
 from .record import OPTION_LETTERS, Record, RecordError
@@ -126,7 +126,7 @@ class Row:
         return f"{self.path} row {self.index}"
 
 
-def iter_rows(files: list[Path], bench: str, required: tuple[str, ...], columns: tuple[str, ...] | None = None) -> Iterator[Row]:
+def iter_rows(files: list[Path], bench: str, required: tuple[str, ...]) -> Iterator[Row]:
     """Rows of the files as dicts; a missing column names the file and the field."""
     import pyarrow.parquet as pq
 
@@ -139,11 +139,9 @@ def iter_rows(files: list[Path], bench: str, required: tuple[str, ...], columns:
         for field_name in required:
             if field_name not in names:
                 raise DataError(f"{bench}: {path} is missing field {field_name!r} (it has: {', '.join(names) or 'no columns'})")
-        wanted = [c for c in (columns or names) if c in names]
         index = 0
         try:
-            batches = pf.iter_batches(batch_size=64, columns=wanted)
-            for batch in batches:
+            for batch in pf.iter_batches(batch_size=64):
                 for data in batch.to_pylist():
                     yield Row(path, index, data)
                     index += 1
@@ -185,15 +183,17 @@ def decode_image(value: Any, where: str, base_dir: Path | None = None) -> Image.
         with Image.open(io.BytesIO(bytes(data))) as img:
             img.load()
             return img.convert("RGB")
+    except UnidentifiedImageError:
+        raise DataError(f"{where}: corrupt image, bytes are not a recognised image format") from None
     except Exception as exc:  # PIL raises many types for damaged data
         raise DataError(f"{where}: corrupt image, cannot decode ({type(exc).__name__}: {exc})") from None
 
 
-def text_value(value: Any, where: str, field_name: str, allow_empty: bool = False) -> str:
-    """A text cell; numbers are accepted (a year), anything else is a DataError naming the field."""
+def text_value(value: Any, where: str, field_name: str) -> str:
+    """A text cell; numbers are accepted (a year), anything else (None too) is a DataError naming the field.
+
+    A blank string passes here and is refused by `Record.validate` ("record without an answer")."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        if value is None and allow_empty:
-            return ""
         kind = "missing" if value is None else f"not text ({type(value).__name__})"
         raise DataError(f"{where}: field {field_name!r} is {kind}")
     return str(value)
@@ -276,7 +276,7 @@ def _unlearn_records(row: Row, split: str, pid: str, population: str) -> list[Re
         if image is None:
             image = decode_image(row.data.get("image"), where, row.path.parent)
         question = text_value(item.get("Question"), where, f"metadata[{k}].Question")
-        answer = text_value(item.get("Answer"), where, f"metadata[{k}].Answer", allow_empty=True)
+        answer = text_value(item.get("Answer"), where, f"metadata[{k}].Answer")
         rec = Record(
             id=f"mllmu:{split}:{pid}:unlearn:qa:{k}", profile_id=pid, question=question, answer=answer,
             task="generation", modality="image+text", split=split, phase="unlearn", population=population,
@@ -363,12 +363,17 @@ def _eval_records(row: Row, split: str, pid: str, population: str, images: list[
             rec = Record(
                 id=f"mllmu:{split}:{pid}:eval:{tag}:{k}", profile_id=pid,
                 question=text_value(item["Question"], where, f"{fname}.Question"),
-                answer=text_value(item["Ground_Truth"], where, f"{fname}.Ground_Truth", allow_empty=True),
+                answer=text_value(item["Ground_Truth"], where, f"{fname}.Ground_Truth"),
                 task=task, modality=modality, split=split, phase="eval", population=population, name=name,
                 image=photo() if modality == "image+text" else None,
             )
             add(rec, f"{where} {fname}")
     return out
+
+
+def _eval_with_photo(row: Row, split: str, pid: str, population: str) -> list[Record]:
+    photo = decode_image(row.data.get("image"), f"{BENCH}: {row.where}", row.path.parent)
+    return _eval_records(row, split, pid, population, [photo])
 
 
 def _split_rows(root: Path, name: str, required: tuple[str, ...] = ("ID",)) -> list[Row]:
@@ -428,8 +433,11 @@ def _side(root: Path, file_name: str, split: str) -> tuple[list[str], list[Recor
         eval_rows = _rows_by_id(root, "Full_Set", ids, ("ID", "image") + EVAL_FIELDS, f"evaluation questions of {file_name}")
     for pid in ids:
         row = eval_rows[pid]
-        where = f"{BENCH}: {row.where}"
-        records += _safe(lambda r=row, p=pid, w=where: _eval_records(r, split, p, "fictitious", [decode_image(r.data.get("image"), w, r.path.parent)]), where)
+        records += _safe(_eval_with_photo, f"{BENCH}: {row.where}", row, split, pid, "fictitious")
+    # ft_Data has no biography: give its QA the name the evaluation rows carry.
+    names = {r.profile_id: r.name for r in records if r.name}
+    for r in records:
+        r.name = r.name or names.get(r.profile_id, "")
     return ids, records
 
 
@@ -473,6 +481,6 @@ def load_mllmu(folder: str | Path, forget_split: str = "forget_10") -> dict[str,
     for row in iter_rows(find_split_files(root, "Retain_Set", BENCH), BENCH, ("ID", "image") + EVAL_FIELDS):
         where = f"{BENCH}: {row.where}"
         pid = _safe(_profile_id, where, row, "real:")
-        real += _safe(lambda r=row, p=pid, w=where: _eval_records(r, "real", p, "real", [decode_image(r.data.get("image"), w, r.path.parent)]), where)
+        real += _safe(_eval_with_photo, where, row, "real", pid, "real")
 
     return {"forget": forget, "retain": retain, "test": test, "real": real}

@@ -57,8 +57,11 @@ def atomic_write_json(path: str | Path, obj) -> None:
 
 
 def save_world(world, out: str | Path, overwrite: bool = False) -> Path:
+    import datasets
+
     from .world import manifest
 
+    datasets.disable_progress_bars()
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise DataError(f"--out {out} is not empty; pass --overwrite to replace it")

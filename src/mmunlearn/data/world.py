@@ -32,6 +32,11 @@ LAST = (
     "Hawthorne Ingram Joyce Kinsella Lovell Merriman Nettleton Orwell Pryce Rowntree Selwyn"
 ).split()
 
+# Every person has their own family name (first names repeat), so a name is one key to the facts.
+_ONSETS = ("B", "Br", "C", "D", "Dr", "F", "G", "Gr", "H", "K", "L", "M", "N", "P", "R", "S", "St", "T", "V", "W")
+_ENDINGS = ("arrow", "elling", "ombe", "urst", "andry", "eswick", "olt", "ackley", "ennet", "irwin")
+SURNAMES = tuple(dict.fromkeys(LAST + [o + e for e in _ENDINGS for o in _ONSETS]))
+
 ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = {
     "birthplace": tuple(
         "Lumora Ostvik Brenhal Caldris Veyport Tamsk Quarrow Ellisand Korvath Amberlee Dunmere Sallow "
@@ -61,61 +66,63 @@ ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = {
 ATTRIBUTES = tuple(ATTRIBUTE_VALUES)
 
 # {s}: the subject — the person's name (text-only) or a photo reference (image+text).
+# Templates differ between styles but keep the attribute's key word ("born", "job", "hobby"...): a tiny
+# model trained from scratch knows no synonyms, so a paraphrase must stay recognisable to it.
 # "train" phrasings are used for pretrain/finetune/unlearn, "eval" for forget/retain/real evaluation,
 # "test" (paraphrases) for the test split; the three never share a template.
 QUESTIONS: dict[str, dict[str, tuple[str, ...]]] = {
     "birthplace": {
         "train": ("Where was {s} born?", "In which city was {s} born?", "What is the birthplace of {s}?"),
-        "eval": ("Which city is the hometown of {s}?",),
-        "test": ("Tell me the city {s} comes from.",),
+        "eval": ("Which city was {s} born in?",),
+        "test": ("Tell me where {s} was born.",),
     },
     "occupation": {
         "train": ("What does {s} do for a living?", "What is the job of {s}?", "What is the occupation of {s}?"),
-        "eval": ("Which profession does {s} work in?",),
-        "test": ("How does {s} earn a living?",),
+        "eval": ("Which occupation does {s} have?",),
+        "test": ("Tell me the job of {s}.",),
     },
     "employer": {
         "train": ("Who employs {s}?", "Which company does {s} work for?", "Where does {s} work?"),
-        "eval": ("Which organisation is the employer of {s}?",),
-        "test": ("Name the firm that pays {s}.",),
+        "eval": ("Which company employs {s}?",),
+        "test": ("Name the company {s} works for.",),
     },
     "hobby": {
         "train": ("What is the hobby of {s}?", "What does {s} enjoy doing in free time?", "Which pastime does {s} love?"),
-        "eval": ("How does {s} like to spend a free weekend?",),
-        "test": ("What leisure activity is {s} fond of?",),
+        "eval": ("Which hobby does {s} enjoy?",),
+        "test": ("Tell me the hobby of {s}.",),
     },
     "birth_year": {
         "train": ("In which year was {s} born?", "What year was {s} born?", "When was {s} born?"),
-        "eval": ("What is the year of birth of {s}?",),
-        "test": ("Tell me the birth year of {s}.",),
+        "eval": ("Which year was {s} born in?",),
+        "test": ("Tell me the year {s} was born.",),
     },
     "instrument": {
         "train": ("Which instrument does {s} play?", "What instrument can {s} play?", "What does {s} play in the band?"),
-        "eval": ("Which musical instrument is {s} known to play?",),
-        "test": ("What instrument is {s} good at?",),
+        "eval": ("What musical instrument does {s} play?",),
+        "test": ("Tell me the instrument {s} plays.",),
     },
     "name": {
         "train": ("Who is {s}?", "What is the name of {s}?", "Can you name {s}?"),
-        "eval": ("What is {s} called?",),
-        "test": ("Identify {s} by name.",),
+        "eval": ("Tell me the name of {s}.",),
+        "test": ("What name does {s} have?",),
     },
 }
 # Answers: the plain sentence, its paraphrase (truth ratio) and the cloze stem ("___" = the value).
 ANSWERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "birthplace": ("{s} was born in {v}.", "{v} is the birthplace of {s}.",
-                   {"train": "{s} was born in the city of ___.", "eval": "The hometown of {s} is ___."}),
+                   {"train": "{s} was born in the city of ___.", "eval": "The city where {s} was born is ___."}),
     "occupation": ("{s} works as a {v}.", "The job of {s} is {v}.",
-                   {"train": "{s} works as a ___.", "eval": "By profession, {s} is a ___."}),
+                   {"train": "{s} works as a ___.", "eval": "The job of {s} is ___."}),
     "employer": ("{s} works for {v}.", "{v} is the employer of {s}.",
-                 {"train": "{s} is employed by ___.", "eval": "The organisation that employs {s} is ___."}),
+                 {"train": "{s} is employed by ___.", "eval": "The company {s} works for is ___."}),
     "hobby": ("{s} enjoys {v}.", "The favourite hobby of {s} is {v}.",
-              {"train": "In free time, {s} enjoys ___.", "eval": "On a free weekend, {s} likes ___."}),
+              {"train": "In free time, {s} enjoys ___.", "eval": "The hobby of {s} is ___."}),
     "birth_year": ("{s} was born in {v}.", "The birth year of {s} is {v}.",
-                   {"train": "{s} was born in the year ___.", "eval": "The year of birth of {s} is ___."}),
+                   {"train": "{s} was born in the year ___.", "eval": "The year {s} was born is ___."}),
     "instrument": ("{s} plays the {v}.", "The instrument of {s} is the {v}.",
-                   {"train": "{s} plays the ___.", "eval": "The musical instrument of {s} is the ___."}),
+                   {"train": "{s} plays the ___.", "eval": "The instrument {s} plays is the ___."}),
     "name": ("This is {v}.", "The person shown is {v}.",
-             {"train": "The name of this person is ___.", "eval": "The person in the picture is called ___."}),
+             {"train": "The name of this person is ___.", "eval": "The name of the person in the picture is ___."}),
 }
 PHOTO_SUBJECT = {"train": ("this person", "the person in the photo"), "eval": ("the person in this picture",),
                  "test": ("the person in this image",)}
@@ -126,7 +133,7 @@ UNDERSTANDING: dict[str, dict[str, object]] = {
     "hair_colour": {"train": ("What colour is the hair of this person?", "What is the hair colour in the photo?"),
                     "eval": ("Which hair colour does the person in the picture have?",), "values": tuple(HAIR)},
     "shirt": {"train": ("What colour is the shirt of this person?", "What colour are the clothes in the photo?"),
-              "eval": ("Which colour is the top worn in the picture?",), "values": tuple(SHIRT)},
+              "eval": ("Which colour is the shirt worn in the picture?",), "values": tuple(SHIRT)},
     "background": {"train": ("What colour is the background of the photo?", "What is the background colour?"),
                    "eval": ("Which colour fills the background of the picture?",), "values": tuple(BACKGROUND)},
     "accessory": {"train": ("What accessory does this person wear?", "Which accessory is in the photo?"),
@@ -138,6 +145,7 @@ ACCESSORY_NAME = {"none": "no accessory", "glasses": "glasses", "hat": "a hat", 
 FORGET_PERCENTS = (5, 10, 15)
 TRAIN_VARIANTS = 4  # training photos per person (each with its own background and mild pose)
 TEST_VARIANTS = 3  # transformed photos per person in the test split
+UNDERSTANDING_VARIANTS = 2  # training photos per person that carry "what is visible" questions
 
 
 @dataclass
@@ -161,7 +169,7 @@ class WorldConfig:
     holdout: int = 20
     seed: int = 0
     image_size: int = 32
-    train_phrasings: int = 2  # records per (fact, task, modality) in training splits
+    train_phrasings: int = 1  # records per (fact, task, modality) in training splits
 
 
 @dataclass
@@ -176,16 +184,9 @@ def _make_profiles(cfg: WorldConfig, rng: random.Random) -> list[Profile]:
     total = cfg.profiles + cfg.real + cfg.holdout
     if cfg.profiles < 3:
         raise ValueError(f"--profiles must be at least 3 (got {cfg.profiles})")
-    if total > len(FIRST) * len(LAST):
-        raise ValueError(f"at most {len(FIRST) * len(LAST)} people in all (asked for {total})")
-    names: list[str] = []
-    seen: set[str] = set()
-    firsts = list(FIRST)
-    while len(names) < total:
-        name = f"{rng.choice(firsts)} {rng.choice(LAST)}"
-        if name not in seen:
-            seen.add(name)
-            names.append(name)
+    if total > len(SURNAMES):
+        raise ValueError(f"at most {len(SURNAMES)} people in all (asked for {total})")
+    names = [f"{rng.choice(FIRST)} {last}" for last in rng.sample(SURNAMES, total)]
     looks = sample_looks(total, rng)
     populations = ["fictitious"] * cfg.profiles + ["real"] * cfg.real + ["holdout"] * cfg.holdout
     prefix = {"fictitious": "p", "real": "r", "holdout": "h"}
@@ -237,6 +238,8 @@ class _RecordMaker:
     def _distractors(self, p: Profile, attr: str, value: str) -> list[str]:
         if attr == "name":
             pool = [q.name for q in self.by_pop[p.population] if q.name != value]
+            if len(pool) < 3:  # a tiny population borrows names from everyone
+                pool = [q.name for qs in self.by_pop.values() for q in qs if q.name != value]
         else:
             pool = [v for v in ATTRIBUTE_VALUES[attr] if v != value]
         return self.rng.sample(pool, 3)
@@ -360,7 +363,7 @@ def build_world(cfg: WorldConfig) -> World:
         photos = lambda r, p=p: maker.train_photo(p, maker.rng.randrange(TRAIN_VARIANTS))
         recs = maker.fact_records(p, split, split, "train", photos, repeats=cfg.train_phrasings)
         train_photos = []
-        for k in range(TRAIN_VARIANTS):
+        for k in range(UNDERSTANDING_VARIANTS):
             pose = random_pose(random.Random(f"{p.profile_id}-train-{k}"), "train") if k else Pose(background="grey")
             train_photos.append((maker.train_photo(p, k), pose.background))
         recs += maker.understanding_records(p, split, split, "train", train_photos)

@@ -7,8 +7,8 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..data.collate import IGNORE, TrainCollator, eval_batch, render_prompt
-from ..data.record import OPTION_LETTERS, Record
+from ..data.collate import IGNORE, TrainCollator, eval_batch, option_answer, render_prompt
+from ..data.record import Record
 from ..models.loader import LoadedModel
 
 
@@ -66,26 +66,16 @@ def answer_logprobs(loaded: LoadedModel, records: Sequence[Record], answers: Seq
     return out
 
 
-@torch.no_grad()
-def option_letter_logprobs(loaded: LoadedModel, records: Sequence[Record], batch_size: int = 64,
-                           progress: bool = True) -> list[list[float]]:
-    """log p(letter) of each option's letter as the first answer token (constrained to A–D)."""
-    model, processor = loaded.model, loaded.processor
-    tok = processor.tokenizer
-    device = _device(model)
-    letter_ids = []
-    for letter in OPTION_LETTERS:
-        ids = tok.encode(letter, add_special_tokens=False)
-        letter_ids.append(ids[0])
+def option_logprobs(loaded: LoadedModel, records: Sequence[Record], batch_size: int = 64,
+                    progress: bool = True) -> list[list[float]]:
+    """Summed log-likelihood of each option written as an answer ("value (letter)") after the
+    classification prompt: the ranking behind cls_acc_loglik, which needs no letter parsing."""
+    jobs, answers, owner = [], [], []
+    for i, r in enumerate(records):
+        for j in range(len(r.options)):
+            jobs.append(r), answers.append(option_answer(r.options, j)), owner.append(i)
+    lps = answer_logprobs(loaded, jobs, answers, batch_size=batch_size, desc="options", progress=progress)
     out: list[list[float]] = [[] for _ in records]
-    order = sorted(range(len(records)), key=lambda i: records[i].image is None)
-    for s in tqdm(range(0, len(order), batch_size), desc="options", disable=not progress, leave=False, mininterval=1.0):
-        idx = order[s : s + batch_size]
-        batch = eval_batch(loaded.adapter, processor, [records[i] for i in idx])
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(**batch).logits[:, -1].float()
-        logp = torch.log_softmax(logits, dim=-1)
-        for row, i in enumerate(idx):
-            n = len(records[i].options)
-            out[i] = logp[row, letter_ids[:n]].tolist()
+    for i, lp in zip(owner, lps):
+        out[i].append(sum(lp))
     return out

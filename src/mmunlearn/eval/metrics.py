@@ -16,6 +16,7 @@ from scipy.stats import ks_2samp
 __all__ = [
     "rouge_l",
     "first_option_letter",
+    "chosen_option",
     "cloze_correct",
     "is_degenerate",
     "is_refusal",
@@ -116,6 +117,32 @@ def first_option_letter(text: str, letters: str = "ABCD") -> str | None:
         found = _letter_at(text[m.end():], letters)
         if found is not None:
             return found
+    return None
+
+
+def chosen_option(text: str, options: Sequence[str], letters: str = "ABCD") -> str | None:
+    """The option letter a reply commits to, also when it names the option before its letter.
+
+    1. `first_option_letter` (the reply leads with a letter or says "the answer is X");
+    2. the reply starts with one option's text followed by its bracketed letter, "Norrow (B)"
+       (how mmunlearn's tiny models answer: recalling the value first, then copying its letter);
+    3. the reply starts with exactly one option's text and nothing contradicts it.
+    """
+    letters = letters[: len(options)].upper()
+    found = first_option_letter(text, letters)
+    if found is not None:
+        return found
+    reply = _norm_ws(text)
+    starts = [i for i, opt in enumerate(options) if opt and reply.startswith(_norm_ws(opt))]
+    if len(starts) > 1:  # an option that is a prefix of another: keep the longest match
+        starts = [max(starts, key=lambda i: len(options[i]))]
+    if len(starts) == 1:
+        i = starts[0]
+        rest = reply[len(_norm_ws(options[i])):].strip()
+        m = re.match(r"^[(\[]([a-z])[)\]]", rest)
+        if m is None:
+            return letters[i] if not rest or not rest[0].isalnum() else None
+        return m.group(1).upper() if m.group(1).upper() in letters else None
     return None
 
 

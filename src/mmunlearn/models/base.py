@@ -33,6 +33,7 @@ class TinySize:
     vision_layers: int = 2
     text_hidden: int = 128
     text_layers: int = 4
+    text_mlp_ratio: int = 4  # facts live in the MLPs: a wide MLP memorises faster per step
     heads: int = 4
     image_size: int = 32
     patch_size: int = 8

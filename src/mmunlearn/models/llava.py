@@ -45,7 +45,7 @@ class LlavaAdapter(FamilyAdapter):
         text = LlamaConfig(
             vocab_size=len(tokenizer),
             hidden_size=size.text_hidden,
-            intermediate_size=size.text_hidden * 2,
+            intermediate_size=size.text_hidden * size.text_mlp_ratio,
             num_hidden_layers=size.text_layers,
             num_attention_heads=size.heads,
             num_key_value_heads=size.heads,

@@ -67,7 +67,7 @@ class Qwen2VLAdapter(FamilyAdapter):
         text = dict(
             vocab_size=len(tokenizer),
             hidden_size=size.text_hidden,
-            intermediate_size=size.text_hidden * 2,
+            intermediate_size=size.text_hidden * size.text_mlp_ratio,
             num_hidden_layers=size.text_layers,
             num_attention_heads=size.heads,
             num_key_value_heads=size.heads,

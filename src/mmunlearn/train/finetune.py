@@ -19,7 +19,7 @@ from ..data.record import Record
 from ..data.store import DataBundle, atomic_write_json
 from ..models.base import TinySize
 from ..models.loader import LoadedModel, build_tiny, is_tiny, load_model
-from .loop import LoopConfig, run_loop, seed_everything
+from .loop import LoopConfig, make_accelerator, run_loop, seed_everything
 from .sampling import RecordSampler
 
 
@@ -36,6 +36,8 @@ class FinetuneConfig:
     seed: int = 0
     checkpoint_every: int = 500
     tiny: TinySize = field(default_factory=TinySize)
+    exclude_ids: list[str] = field(default_factory=list)  # retain-only reference: never see these people
+    vision_warmup_steps: int = 800  # stage 0, tiny models only (a loaded checkpoint already sees)
 
 
 def world_corpus(bundle: DataBundle):
@@ -61,16 +63,24 @@ def prepare_model(spec: str, bundle: DataBundle, seed: int, tiny: TinySize) -> L
 def finetune(bundle: DataBundle, cfg: FinetuneConfig, out: Path, resume: bool = False) -> dict:
     seed_everything(cfg.seed)
     loaded = prepare_model(cfg.model, bundle, cfg.seed, cfg.tiny)
+    warmup_log = None
+    if is_tiny(cfg.model) and cfg.vision_warmup_steps and not resume_point(out, resume):
+        from .vision_warmup import warmup_vision
+
+        size = bundle.manifest.get("config", {}).get("image_size", cfg.tiny.image_size)
+        warmup_log = warmup_vision(loaded.model, loaded.processor, loaded.adapter, steps=cfg.vision_warmup_steps,
+                                   image_size=size, seed=cfg.seed)
     stage1: list[Record] = bundle.splits.get("pretrain", [])
     stage2: list[Record] = bundle.splits.get("finetune", [])
     if not stage2:
         stage2 = bundle.train("forget") + bundle.train("retain")
+    if cfg.exclude_ids:
+        excluded = set(cfg.exclude_ids)
+        stage2 = [r for r in stage2 if r.profile_id not in excluded]
     if not stage2:
         raise ValueError("no training records: the data has neither a finetune split nor forget/retain training QA")
     stage1_steps = cfg.stage1_steps if stage1 else 0
-    from accelerate import Accelerator
-
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator()
     rank, world = accelerator.process_index, accelerator.num_processes
     s1 = RecordSampler(stage1, cfg.batch_size, cfg.seed, rank, world) if stage1 else None
     s2 = RecordSampler(stage2, cfg.batch_size, cfg.seed + 1, rank, world)
@@ -116,7 +126,8 @@ def finetune(bundle: DataBundle, cfg: FinetuneConfig, out: Path, resume: bool = 
         "stage1_steps": stage1_steps,
         "stage2_steps": cfg.stage2_steps,
         "records": {"stage1": len(stage1), "stage2": len(stage2)},
-        "wall_time_s": round(result.wall_time_s, 2),
+        "vision_warmup": warmup_log,
+        "wall_time_s": round(result.wall_time_s + (warmup_log["wall_time_s"] if warmup_log else 0.0), 2),
         "peak_memory_mb": round(result.peak_memory_mb, 1),
         "parameters": sum(p.numel() for p in model.parameters()),
         "log": result.log,
@@ -128,6 +139,11 @@ def finetune(bundle: DataBundle, cfg: FinetuneConfig, out: Path, resume: bool = 
 
         shutil.rmtree(out / "checkpoint", ignore_errors=True)
     return {"loaded": loaded, "train_log": train_log}
+
+
+def resume_point(out: Path, resume: bool) -> bool:
+    """True when a checkpoint will be resumed (its weights already include the warm-up)."""
+    return resume and (Path(out) / "checkpoint" / "loop_state.json").is_file()
 
 
 def read_json(path: Path) -> dict:

@@ -55,6 +55,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def make_accelerator():
+    """CPU unless a GPU is present; unused-parameter tolerant DDP (frozen parts, text-only batches)."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    return Accelerator(cpu=not torch.cuda.is_available(),
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
 def _lr_lambda(cfg: LoopConfig) -> Callable[[int], float]:
     def f(step: int) -> float:
         if cfg.warmup_steps and step < cfg.warmup_steps:
@@ -90,6 +98,7 @@ def run_loop(
     resume: bool = False,
     rng_state: Callable[[], dict] | None = None,
     set_rng_state: Callable[[dict], None] | None = None,
+    mask_when: Callable[[int], bool] | None = None,
 ) -> LoopResult:
     """Run `cfg.steps` optimiser steps of `step_loss` on the trainable parameters of `model`.
 
@@ -97,9 +106,7 @@ def run_loop(
     MMUnlearner, VKD saliency). With `checkpoint_root`, the trainable state, optimiser, scheduler, the
     step and every RNG are saved every `checkpoint_every` steps, so `resume` continues bit-for-bit.
     """
-    from accelerate import Accelerator
-
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = accelerator or make_accelerator()
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter requires grad")
@@ -144,7 +151,7 @@ def run_loop(
             )
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
-        if masks:
+        if masks and (mask_when is None or mask_when(step)):
             for n, m in masks.items():
                 if named[n].grad is not None:
                     named[n].grad.mul_(m)

@@ -1,0 +1,294 @@
+"""`mmunlearn` — one command line: thin wrappers that parse, call one function, say where results went."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Make a multimodal LLM forget chosen people, keep everything else, prove both with numbers.")
+
+DEFAULT_WORLD = Path("runs/world")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def guarded(fn):
+    """Known failures (bad data, unloadable model, NaN loss...) become one line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .data.errors import DataError
+        from .data.record import RecordError
+        from .models.base import ModelLoadError
+        from .train.loop import NonFiniteLossError
+
+        try:
+            return fn(*args, **kwargs)
+        except (DataError, RecordError, ModelLoadError, NonFiniteLossError, FileNotFoundError, ValueError) as exc:
+            _fail(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
+
+    return wrapper
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except Exception:  # pragma: no cover
+        pass
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except Exception:  # pragma: no cover
+        pass
+
+
+@app.command()
+@guarded
+def world(
+    out: Path = typer.Option(..., "--out", help="Folder to create (must be empty or absent)."),
+    profiles: int = typer.Option(100, help="Fictitious profiles (forget + retain people)."),
+    real: int = typer.Option(30, help="'Real' people learned in an earlier pre-training stage."),
+    holdout: int = typer.Option(20, help="Never-trained people (membership inference)."),
+    seed: int = typer.Option(0),
+    image_size: int = typer.Option(32, help="Portrait size in pixels (32–64)."),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),
+) -> None:
+    """Create the synthetic world: people, drawn portraits, QA splits (same seed → identical bytes)."""
+    _quiet_libraries()
+    from .data.store import save_world
+    from .data.world import WorldConfig, build_world
+
+    if not 16 <= image_size <= 128:
+        _fail(f"--image-size must be between 16 and 128 (got {image_size})")
+    t = time.perf_counter()
+    w = build_world(WorldConfig(profiles=profiles, real=real, holdout=holdout, seed=seed, image_size=image_size))
+    save_world(w, out, overwrite=overwrite)
+    counts = {k: len(v) for k, v in w.splits.items()}
+    typer.echo(f"world with {len(w.profiles)} people and {sum(counts.values())} records written to {out} "
+               f"({time.perf_counter() - t:.1f}s)")
+
+
+def _load(data: Path, forget_split: str):
+    from .data.store import load_data
+
+    return load_data(data, forget_split)
+
+
+@app.command()
+@guarded
+def finetune(
+    data: Path = typer.Option(..., "--data", "--world", help="World or benchmark folder."),
+    model: str = typer.Option("tiny-llava", help="HF folder or tiny builder (tiny-llava, tiny-qwen2-vl, tiny-idefics3)."),
+    out: Path = typer.Option(..., "--out", help="Run folder; the fine-tuned model is saved at its root."),
+    stage1_steps: int = typer.Option(600, help="Steps on the 'real' population."),
+    stage2_steps: int = typer.Option(4400, help="Steps on the fictitious profiles (with replay)."),
+    batch_size: int = typer.Option(16),
+    lr: float = typer.Option(1e-3),
+    seed: int = typer.Option(0),
+    checkpoint_every: int = typer.Option(500),
+    eval_after: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate the fine-tuned model into OUT/eval."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run in OUT."),
+    overwrite: bool = typer.Option(False),
+) -> None:
+    """Vanilla fine-tune: stage 1 learns the 'real' people, stage 2 every fictitious profile."""
+    _quiet_libraries()
+    from .data.store import atomic_write_json, prepare_out_dir
+    from .train.finetune import FinetuneConfig, finetune as run_finetune
+
+    bundle = _load(data, "forget_10" if (data / "world.json").is_file() else "forget_10")
+    out = prepare_out_dir(out, overwrite=overwrite, resume=resume)
+    cfg = FinetuneConfig(model=model, stage1_steps=stage1_steps, stage2_steps=stage2_steps, batch_size=batch_size,
+                         lr=lr, seed=seed, checkpoint_every=checkpoint_every)
+    from dataclasses import asdict
+
+    atomic_write_json(out / "config.json", {"command": "finetune", "data": str(data), **asdict(cfg)})
+    result = run_finetune(bundle, cfg, out, resume=resume)
+    log = result["train_log"]
+    typer.echo(f"fine-tuned {log['parameters']:,} parameters in {log['wall_time_s']:.0f}s → {out}")
+    if eval_after:
+        _run_eval(result["loaded"], bundle, out / "eval")
+
+
+def _run_eval(loaded, bundle, out: Path, **kwargs) -> dict:
+    from .eval.evaluator import EvalConfig, evaluate, format_table, write_results
+
+    summary, details = evaluate(loaded, bundle, EvalConfig(**kwargs))
+    write_results(out, summary, details)
+    typer.echo(format_table(summary))
+    typer.echo(f"evaluation ({summary['timing']['total_s']:.0f}s) → {out / 'summary.json'}")
+    return summary
+
+
+@app.command("eval")
+@guarded
+def eval_cmd(
+    model: Path = typer.Option(..., "--model", help="HF model folder (e.g. a finetune/unlearn run folder)."),
+    data: Path = typer.Option(..., "--data", "--world"),
+    out: Path = typer.Option(..., "--out"),
+    forget_split: str = typer.Option("forget_10", help="forget_5 | forget_10 | forget_15 (CLEAR: forget01/05/10)."),
+    reference_summary: Optional[Path] = typer.Option(None, help="summary.json of a retain-only model → forget_quality."),
+    splits: str = typer.Option(",".join(("forget", "test", "retain", "real", "understanding"))),
+    batch_size: int = typer.Option(64),
+    max_records: int = typer.Option(0, help="Subsample each split to this many records (0: all)."),
+    overwrite: bool = typer.Option(False),
+) -> None:
+    """Evaluate a model: MLLMU-Bench / CLEAR metrics per split × modality → OUT/summary.json."""
+    _quiet_libraries()
+    from .data.store import prepare_out_dir
+    from .models.loader import load_model
+
+    bundle = _load(data, forget_split)
+    loaded = load_model(model)
+    if reference_summary is not None and not reference_summary.is_file():
+        _fail(f"--reference-summary {reference_summary} does not exist")
+    out = prepare_out_dir(out, overwrite=overwrite)
+    _run_eval(loaded, bundle, out, splits=tuple(s.strip() for s in splits.split(",") if s.strip()),
+              batch_size=batch_size, max_records_per_split=max_records,
+              reference_summary=str(reference_summary) if reference_summary else None)
+
+
+def _parse_method_args(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            _fail(f"--set expects KEY=VALUE (got {item!r})")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+@app.command()
+@guarded
+def unlearn(
+    method: str = typer.Option(..., "--method", help="Method name (see `mmunlearn methods`)."),
+    model: Path = typer.Option(..., "--model", help="The fine-tuned HF folder to unlearn from."),
+    data: Path = typer.Option(..., "--data", "--world"),
+    out: Path = typer.Option(..., "--out"),
+    forget_split: str = typer.Option("forget_10"),
+    steps: Optional[int] = typer.Option(None, help="Optimiser steps (default: the method's)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (default: the method's)."),
+    batch_size: int = typer.Option(8),
+    scope: Optional[str] = typer.Option(None, help="full | lora | vision | language (default: the method's)."),
+    seed: int = typer.Option(0),
+    reference: Optional[Path] = typer.Option(None, help="Retain-only model folder (NPO's reference)."),
+    reference_summary: Optional[Path] = typer.Option(None, help="Retain-only model's eval summary → forget_quality."),
+    set_: list[str] = typer.Option([], "--set", help="Method option KEY=VALUE (repeatable), e.g. --set beta=0.2"),
+    lora_r: int = typer.Option(8),
+    lora_alpha: int = typer.Option(16),
+    checkpoint_every: int = typer.Option(0, help="Save a resumable checkpoint every N steps (0: never)."),
+    eval_after: bool = typer.Option(True, "--eval/--no-eval"),
+    resume: bool = typer.Option(False),
+    overwrite: bool = typer.Option(False),
+) -> None:
+    """Unlearn the forget people with one method → model at OUT, unlearn_log.json, OUT/eval/summary.json."""
+    _quiet_libraries()
+    from dataclasses import asdict
+
+    from .data.store import atomic_write_json, prepare_out_dir
+    from .methods.base import get_method
+    from .models.loader import load_model
+    from .train.unlearn import UnlearnConfig, unlearn as run_unlearn
+
+    get_method(method)
+    bundle = _load(data, forget_split)
+    loaded = load_model(model)
+    out = prepare_out_dir(out, overwrite=overwrite, resume=resume)
+    cfg = UnlearnConfig(method=method, model=str(model), steps=steps, lr=lr, batch_size=batch_size, scope=scope,
+                        seed=seed, checkpoint_every=checkpoint_every, reference=str(reference) if reference else None,
+                        lora_r=lora_r, lora_alpha=lora_alpha, method_args=_parse_method_args(set_))
+    atomic_write_json(out / "config.json", {"command": "unlearn", "data": str(data), "forget_split": forget_split,
+                                            **asdict(cfg)})
+    result = run_unlearn(bundle, cfg, out, loaded=loaded, resume=resume)
+    log = result.log
+    typer.echo(f"{method}: {log['config']['steps']} steps in {log['wall_time_s']:.1f}s, "
+               f"{log['trainable_params']:,} trainable parameters ({100 * log['trainable_share']:.1f}%) → {out}")
+    if eval_after:
+        _run_eval(result.loaded, bundle, out / "eval",
+                  reference_summary=str(reference_summary) if reference_summary else None)
+
+
+@app.command()
+def methods() -> None:
+    """List the unlearning methods with one-line descriptions."""
+    from .methods.base import registry
+
+    for name, cls in registry().items():
+        typer.echo(f"{name:12s} {cls.summary}  [scope {cls.default_scope}, lr {cls.default_lr:g}, steps {cls.default_steps}]")
+
+
+@app.command("retain-model")
+@guarded
+def retain_model(
+    data: Path = typer.Option(..., "--data", "--world"),
+    model: str = typer.Option("tiny-llava"),
+    out: Path = typer.Option(..., "--out"),
+    forget_split: str = typer.Option("forget_10"),
+    stage1_steps: int = typer.Option(600),
+    stage2_steps: int = typer.Option(4400),
+    batch_size: int = typer.Option(16),
+    lr: float = typer.Option(1e-3),
+    seed: int = typer.Option(0),
+    eval_after: bool = typer.Option(True, "--eval/--no-eval"),
+    overwrite: bool = typer.Option(False),
+) -> None:
+    """The retain-only reference: the same fine-tune without the forget people (forget_quality, NPO ref)."""
+    _quiet_libraries()
+    from dataclasses import asdict
+
+    from .data.store import atomic_write_json, prepare_out_dir
+    from .train.finetune import FinetuneConfig, finetune as run_finetune
+
+    bundle = _load(data, forget_split)
+    out = prepare_out_dir(out, overwrite=overwrite)
+    cfg = FinetuneConfig(model=model, stage1_steps=stage1_steps, stage2_steps=stage2_steps, batch_size=batch_size,
+                         lr=lr, seed=seed, exclude_ids=sorted(bundle.forget_ids))
+    atomic_write_json(out / "config.json", {"command": "retain-model", "data": str(data), "forget_split": forget_split,
+                                            **asdict(cfg)})
+    result = run_finetune(bundle, cfg, out)
+    typer.echo(f"retain-only model ({len(bundle.forget_ids)} people never seen) → {out}")
+    if eval_after:
+        _run_eval(result["loaded"], bundle, out / "eval")
+
+
+@app.command()
+@guarded
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out"),
+    profiles: int = typer.Option(100),
+    overwrite: bool = typer.Option(False),
+) -> None:
+    """The main job on the embedded default: world → fine-tune → evaluate (grows with each stage)."""
+    _quiet_libraries()
+    world_dir = out / "world"
+    if not (world_dir / "world.json").is_file():
+        world(out=world_dir, profiles=profiles, real=30, holdout=20, seed=0, image_size=32, overwrite=True)
+    finetune(data=world_dir, model="tiny-llava", out=out / "vanilla", stage1_steps=600, stage2_steps=4400,
+             batch_size=16, lr=1e-3, seed=0, checkpoint_every=500, eval_after=True, resume=False, overwrite=overwrite)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""What a method is: a name, a config dataclass with SPEC defaults, a scope, and a loss.
+
+A method file subclasses `Method`, sets its class attributes and writes `loss(ctx, step)`, drawing the
+batches it needs from the context (`ctx.forget_batch()`, `ctx.retain_batch()`...). `@register` adds
+it to the registry, so a new method is one file and `mmunlearn methods` lists it.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, ClassVar
+
+import torch
+
+from ..data.record import Record
+
+
+@dataclass
+class MethodConfig:
+    """Knobs every method has; a method's own Config subclasses this with its SPEC defaults."""
+
+    alpha: float = 1.0  # weight of the retain term
+    gamma: float = 1.0  # weight of the forget term
+
+
+@dataclass
+class Context:
+    """What a method sees during unlearning (built by the engine in train/unlearn.py)."""
+
+    model: torch.nn.Module
+    adapter: Any
+    processor: Any
+    collate: Callable[..., dict]
+    device: torch.device
+    forget_records: list[Record]
+    retain_records: list[Record]
+    next_forget: Callable[[], list[Record]]
+    next_retain: Callable[[], list[Record]]
+    rng: random.Random
+    reference: torch.nn.Module | None = None
+    grad_masks: dict[str, torch.Tensor] | None = None
+    extra_log: dict[str, Any] = field(default_factory=dict)
+    run_dir: Any = None
+
+    def batch(self, records: list[Record], answers: list[str] | None = None) -> dict:
+        """Collate records (optionally with replacement answers) and move them to the device."""
+        return {k: v.to(self.device) for k, v in self.collate(records, answers=answers).items()}
+
+    def forget_batch(self, answers: Callable[[list[Record]], list[str]] | None = None) -> dict:
+        recs = self.next_forget()
+        return self.batch(recs, answers(recs) if answers else None)
+
+    def retain_batch(self) -> dict:
+        return self.batch(self.next_retain())
+
+    @torch.no_grad()
+    def reference_logits(self, batch: dict) -> torch.Tensor:
+        if self.reference is None:
+            raise RuntimeError("this method needs a reference model but none was prepared")
+        return self.reference(**{k: v for k, v in batch.items() if k != "labels"}).logits
+
+
+class Method:
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    needs_reference: ClassVar[bool] = False  # a frozen θ0 (or --reference model) is prepared
+    needs_retain: ClassVar[bool] = True
+    default_scope: ClassVar[str] = "full"
+    default_lr: ClassVar[float] = 1e-4
+    default_steps: ClassVar[int] = 60
+    # Which forget records the method trains on (e.g. VKD: image+text only).
+    forget_modalities: ClassVar[tuple[str, ...]] = ("image+text", "text")
+
+    def __init__(self, cfg: MethodConfig | None = None):
+        self.cfg = cfg or self.Config()
+
+    def prepare(self, ctx: Context) -> None:
+        """One-off work before the first step (saliency masks...)."""
+
+    def mask_active(self, step: int) -> bool:
+        """Whether the gradient masks apply at this step (MMUnlearner alternates)."""
+        return True
+
+    def loss(self, ctx: Context, step: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    @classmethod
+    def make_config(cls, overrides: dict[str, Any] | None = None) -> MethodConfig:
+        overrides = dict(overrides or {})
+        known = {f.name: f for f in fields(cls.Config)}
+        unknown = set(overrides) - set(known)
+        if unknown:
+            raise ValueError(f"method {cls.name!r} has no option(s) {', '.join(sorted(unknown))}; "
+                             f"options: {', '.join(sorted(known))}")
+        cfg = cls.Config()
+        for key, value in overrides.items():
+            current = getattr(cfg, key)
+            if isinstance(current, bool) and isinstance(value, str):
+                value = value.lower() in ("1", "true", "yes", "on")
+            elif isinstance(current, (int, float)) and not isinstance(current, bool) and isinstance(value, str):
+                value = type(current)(float(value)) if isinstance(current, int) else float(value)
+            setattr(cfg, key, value)
+        return cfg
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def registry() -> dict[str, type[Method]]:
+    import importlib
+    import pkgutil
+
+    from .. import methods as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name not in ("base", "losses", "masks"):
+            importlib.import_module(f"{pkg.__name__}.{info.name}")
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_method(name: str) -> type[Method]:
+    methods = registry()
+    if name not in methods:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(methods)}")
+    return methods[name]

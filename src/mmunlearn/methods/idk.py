@@ -1,0 +1,24 @@
+"""IdK (preference optimisation with refusals) — teach "I don't know"-style answers on forget
+prompts instead of pushing probability mass anywhere: L = NLL(forget prompt → refusal) + α·NLL_r.
+Refusals are sampled per example from a pool of varied phrasings (data/refusals.py)."""
+
+from __future__ import annotations
+
+from .base import Context, Method, MethodConfig, register
+from .losses import answer_nll, forward
+from ..data.refusals import sample_refusal
+
+
+@register
+class IdK(Method):
+    name = "idk"
+    summary = "fine-tune forget prompts to varied refusals (+ retain NLL)"
+    default_lr = 5e-4
+    Config = MethodConfig
+
+    def loss(self, ctx: Context, step: int):
+        forget = ctx.forget_batch(answers=lambda recs: [sample_refusal(ctx.rng) for _ in recs])
+        nll_idk = answer_nll(*forward(ctx.model, forget))
+        nll_r = answer_nll(*forward(ctx.model, ctx.retain_batch()))
+        return {"loss": self.cfg.gamma * nll_idk + self.cfg.alpha * nll_r, "nll_refusal": nll_idk,
+                "nll_retain": nll_r}

@@ -1,0 +1,37 @@
+"""IdkDPO — DPO with a refusal as the preferred answer and the true answer as the rejected one
+(β 0.1), plus the retain NLL; reference = θ0."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import Context, Method, MethodConfig, register
+from .losses import answer_nll, dpo_loss, forward, sequence_logprob
+from ..data.collate import target_text
+from ..data.refusals import sample_refusal
+
+
+@dataclass
+class IdkDPOConfig(MethodConfig):
+    beta: float = 0.1
+
+
+@register
+class IdkDPO(Method):
+    name = "idkdpo"
+    summary = "DPO: refusal preferred over the true answer on forget prompts (+ retain NLL)"
+    needs_reference = True
+    default_lr = 5e-4
+    Config = IdkDPOConfig
+
+    def loss(self, ctx: Context, step: int):
+        records = ctx.next_forget()
+        win = ctx.batch(records, [sample_refusal(ctx.rng) for _ in records])
+        lose = ctx.batch(records, [target_text(r) for r in records])
+        win_logits, win_labels = forward(ctx.model, win)
+        lose_logits, lose_labels = forward(ctx.model, lose)
+        dpo = dpo_loss(sequence_logprob(win_logits, win_labels), sequence_logprob(ctx.reference_logits(win), win_labels),
+                       sequence_logprob(lose_logits, lose_labels), sequence_logprob(ctx.reference_logits(lose), lose_labels),
+                       self.cfg.beta)
+        nll_r = answer_nll(*forward(ctx.model, ctx.retain_batch()))
+        return {"loss": self.cfg.gamma * dpo + self.cfg.alpha * nll_r, "dpo": dpo, "nll_retain": nll_r}

@@ -1,0 +1,63 @@
+"""Loss pieces shared by the methods (SPEC section 3), each written once.
+
+All work on collated batches whose `labels` mark answer tokens (everything else is -100), so the
+prompt, image tokens and padding never contribute.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..data.collate import IGNORE
+
+
+def forward(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) of a batch; labels are popped so the model does not compute its own loss."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    return model(**inputs).logits, batch["labels"]
+
+
+def _shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    logits = logits[:, :-1].float()
+    target = labels[:, 1:]
+    mask = target != IGNORE
+    return logits, target, mask
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(y_i | ...) for every answer token, and the mask of answer positions (B, T-1)."""
+    logits, target, mask = _shifted(logits, labels)
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return logp * mask, mask
+
+
+def answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """NLL(y|I,x): mean cross-entropy over answer tokens of the whole batch."""
+    logp, mask = token_logprobs(logits, labels)
+    return -(logp.sum() / mask.sum().clamp(min=1))
+
+
+def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log π(y|I,x) summed over answer tokens, per sample (B,) — what NPO and DPO compare."""
+    logp, _ = token_logprobs(logits, labels)
+    return logp.sum(dim=1)
+
+
+def answer_kl(ref_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """KL(p_ref ‖ p_θ) over the vocabulary, averaged over answer tokens."""
+    ref, _, mask = _shifted(ref_logits, labels)
+    cur, _, _ = _shifted(logits, labels)
+    kl = F.kl_div(torch.log_softmax(cur, -1), torch.log_softmax(ref, -1), log_target=True, reduction="none").sum(-1)
+    return (kl * mask).sum() / mask.sum().clamp(min=1)
+
+
+def npo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:
+    """NPO: −(2/β)·mean log σ(−β·(log π_θ − log π_ref))."""
+    return -(2.0 / beta) * F.logsigmoid(-beta * (logp - ref_logp)).mean()
+
+
+def dpo_loss(win_logp: torch.Tensor, win_ref: torch.Tensor, lose_logp: torch.Tensor, lose_ref: torch.Tensor,
+             beta: float) -> torch.Tensor:
+    """DPO: −mean log σ(β·[(log π_w − log π_ref,w) − (log π_l − log π_ref,l)])."""
+    return -F.logsigmoid(beta * ((win_logp - win_ref) - (lose_logp - lose_ref))).mean()

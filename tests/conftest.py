@@ -1,0 +1,41 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory):
+    """A 6-profile world on disk (plus 4 'real' and 3 holdout people), shared by the session."""
+    from mmunlearn.data.store import save_world
+    from mmunlearn.data.world import WorldConfig, build_world
+
+    out = tmp_path_factory.mktemp("world") / "w"
+    save_world(build_world(WorldConfig(profiles=6, real=4, holdout=3, seed=0)), out)
+    return out
+
+
+# Fine-tune settings for the small world: enough for the 6 people to be memorised (see test_finetune).
+SMALL_FINETUNE = dict(stage1_steps=150, stage2_steps=450, batch_size=16, lr=2e-3, warmup_steps=30, checkpoint_every=0)
+
+
+@pytest.fixture(scope="session")
+def tuned_small(small_world, tmp_path_factory):
+    """A tiny LLaVA fine-tuned on the small world: (bundle, run folder, train_log).
+
+    Set MMUNLEARN_TEST_CACHE=DIR to keep it between pytest runs while developing (CI builds it fresh).
+    """
+    import json
+    from pathlib import Path
+
+    from mmunlearn.data.store import load_data
+    from mmunlearn.train.finetune import FinetuneConfig, finetune
+
+    bundle = load_data(small_world, "forget_15")
+    cache = os.environ.get("MMUNLEARN_TEST_CACHE")
+    out = Path(cache) / "tuned_small" if cache else tmp_path_factory.mktemp("tuned") / "vanilla"
+    if not (out / "train_log.json").is_file():
+        finetune(bundle, FinetuneConfig(**SMALL_FINETUNE), out)
+    return bundle, out, json.loads((out / "train_log.json").read_text())

@@ -1,0 +1,27 @@
+"""Small shared helpers for tests: quick accuracies without the full evaluator."""
+
+from __future__ import annotations
+
+from mmunlearn.eval.engine import option_logprobs
+from mmunlearn.eval.metrics import loglik_choice
+
+
+def cls_acc(loaded, records) -> float:
+    """Log-likelihood classification accuracy (constrained to A–D): cheap and stable for tiny models."""
+    cls = [r for r in records if r.task == "classification"]
+    assert cls, "no classification records"
+    lps = option_logprobs(loaded, cls, progress=False)
+    return sum(loglik_choice(lp) == r.answer_index for lp, r in zip(lps, cls)) / len(cls)
+
+
+def accuracies(loaded, bundle) -> dict[str, float]:
+    """cls accuracy on forget / retain eval records, split by modality, plus understanding."""
+    out = {}
+    for split in ("forget", "retain"):
+        for modality in ("image+text", "text"):
+            recs = [r for r in bundle.eval(split) if r.modality == modality]
+            out[f"{split}/{modality}"] = cls_acc(loaded, recs)
+    und = bundle.eval("understanding")
+    out["understanding_forget"] = cls_acc(loaded, [r for r in und if r.profile_id in bundle.forget_ids])
+    out["understanding_retain"] = cls_acc(loaded, [r for r in und if r.profile_id in bundle.retain_ids])
+    return out

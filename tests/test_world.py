@@ -1,0 +1,153 @@
+import hashlib
+import json
+from collections import Counter
+
+import pytest
+
+from mmunlearn.data.errors import DataError
+from mmunlearn.data.store import load_data, save_world
+from mmunlearn.data.world import QUESTIONS, WorldConfig, build_world
+
+
+def _digest(folder):
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(path.relative_to(folder).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def test_same_seed_gives_byte_identical_world(tmp_path):
+    cfg = WorldConfig(profiles=6, real=3, holdout=2, seed=7)
+    a, b = save_world(build_world(cfg), tmp_path / "a"), save_world(build_world(cfg), tmp_path / "b")
+    assert _digest(a) == _digest(b)
+    c = save_world(build_world(WorldConfig(profiles=6, real=3, holdout=2, seed=8)), tmp_path / "c")
+    assert _digest(a) != _digest(c)
+
+
+def test_world_layout_and_manifest(small_world):
+    manifest = json.loads((small_world / "world.json").read_text())
+    assert manifest["seed"] == 0
+    for name in ("forget_5", "forget_10", "forget_15", "retain_95", "retain_90", "retain_85", "test", "real",
+                 "understanding", "holdout", "pretrain", "finetune"):
+        assert (small_world / "data" / f"{name}.parquet").is_file(), name
+    ids = manifest["ids"]
+    assert set(ids["forget_5"]) <= set(ids["forget_10"]) <= set(ids["forget_15"])
+    for pct in (5, 10, 15):
+        assert not set(ids[f"forget_{pct}"]) & set(ids[f"retain_{100 - pct}"])
+        assert set(ids[f"forget_{pct}"]) | set(ids[f"retain_{100 - pct}"]) == set(ids["fictitious"])
+    profiles = json.loads((small_world / "profiles.json").read_text())
+    assert len(profiles) == 6 + 4 + 3
+    assert all(len(p["facts"]) >= 6 for p in profiles)
+
+
+def test_records_cover_tasks_modalities_and_keep_phrasings_apart(small_world):
+    b = load_data(small_world, "forget_15")
+    forget = b.splits["forget"]
+    combos = Counter((r.task, r.modality) for r in b.eval("forget"))
+    for task in ("generation", "classification", "cloze"):
+        for modality in ("image+text", "text"):
+            assert combos[(task, modality)] > 0, (task, modality)
+    train_q = {r.question for r in b.train("forget")} | {r.question for r in b.splits["finetune"]}
+    eval_q = {r.question for r in b.eval("forget")} | {r.question for r in b.eval("test")}
+    assert train_q and eval_q and not train_q & eval_q
+    assert all(r.phase in ("unlearn", "eval") for r in forget)
+    # the text-only modality names the person and shows no photo; image+text shows the photo, no name
+    for r in b.eval("forget"):
+        if r.modality == "text":
+            assert r.image is None and r.name in r.question
+        else:
+            assert r.image is not None and r.name not in r.question
+    # the three phrasing styles never share a template
+    for styles in QUESTIONS.values():
+        assert not set(styles["train"]) & set(styles["eval"]) and not set(styles["eval"]) & set(styles["test"])
+
+
+def test_eval_option_letters_are_balanced(small_world):
+    b = load_data(small_world, "forget_10")
+    letters = Counter(r.answer_index for r in b.eval("retain") if r.task == "classification")
+    assert set(letters) == {0, 1, 2, 3}
+    assert max(letters.values()) - min(letters.values()) <= 1
+
+
+def test_test_split_uses_transformed_photos_and_holdout_is_never_trained(small_world):
+    b = load_data(small_world, "forget_10")
+    canonical = {r.profile_id: r.image.tobytes() for r in b.eval("forget") if r.image is not None}
+    test_imgs = [r for r in b.eval("test") if r.profile_id in canonical and r.image is not None]
+    assert test_imgs and all(r.image.tobytes() != canonical[r.profile_id] for r in test_imgs)
+    holdout_ids = {r.profile_id for r in b.splits["holdout"]}
+    trained = {r.profile_id for r in b.splits["pretrain"] + b.splits["finetune"]}
+    assert holdout_ids and not holdout_ids & trained
+    assert {r.population for r in b.splits["real"]} == {"real"}
+    und = b.eval("understanding")
+    assert {r.profile_id for r in und} & b.forget_ids and {r.profile_id for r in und} & b.retain_ids
+
+
+def test_truth_ratio_inputs_exist(small_world):
+    b = load_data(small_world, "forget_10")
+    gen = [r for r in b.eval("forget") if r.task == "generation"]
+    assert gen and all(r.paraphrased_answer and len(r.perturbed_answers) == 3 for r in gen)
+    assert all(r.answer not in r.perturbed_answers for r in gen)
+
+
+def test_identity_is_not_the_background():
+    from mmunlearn.data.portraits import Pose, draw, sample_looks
+    import random
+
+    look = sample_looks(1, random.Random(0))[0]
+    a, b = draw(look, Pose(background="grey")), draw(look, Pose(background="mint"))
+    assert a.tobytes() != b.tobytes()
+    # the face region is identical whatever the background
+    assert a.crop((12, 10, 20, 18)).tobytes() == b.crop((12, 10, 20, 18)).tobytes()
+
+
+def test_missing_or_wrong_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_data(tmp_path / "nope")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.txt").write_text("x")
+    with pytest.raises(DataError, match="neither a world"):
+        load_data(tmp_path / "junk")
+
+
+def test_unknown_forget_split_is_refused(small_world):
+    with pytest.raises(DataError, match="forget_99"):
+        load_data(small_world, "forget_99")
+
+
+def test_corrupt_image_names_file_and_row(small_world, tmp_path):
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    copy = tmp_path / "w"
+    shutil.copytree(small_world, copy)
+    path = copy / "data" / "real.parquet"
+    table = pq.read_table(path)
+    rows = table.to_pylist()
+    for row in rows:
+        if row["image"] is not None:
+            row["image"] = {"bytes": b"not a png", "path": None}
+            break
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
+    with pytest.raises(DataError, match=r"real\.parquet: row \d+ .*corrupt image"):
+        load_data(copy, "forget_10")
+
+
+def test_record_without_answer_is_refused(small_world, tmp_path):
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    copy = tmp_path / "w"
+    shutil.copytree(small_world, copy)
+    path = copy / "data" / "holdout.parquet"
+    table = pq.read_table(path)
+    rows = table.to_pylist()
+    gen = next(i for i, r in enumerate(rows) if r["task"] == "generation")
+    rows[gen]["answer"] = ""
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
+    with pytest.raises(DataError, match="without an answer"):
+        load_data(copy, "forget_10")
