@@ -86,6 +86,13 @@ class Method:
     def loss(self, ctx: Context, step: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def run(self, ctx: Context, loop: Callable[..., Any]) -> Any:
+        """The optimisation: by default one engine loop over `loss`. `loop(step_loss, checkpoint=True,
+        **LoopConfig overrides)` runs train/loop.run_loop on ctx.model and returns its LoopResult (None
+        for 0 steps). Multi-stage methods (SMFA) override this, call `loop` once per stage and may
+        replace ctx.model; the engine saves ctx.model (merging LoRA if it is still a peft model)."""
+        return loop(lambda step: self.loss(ctx, step))
+
     @classmethod
     def make_config(cls, overrides: dict[str, Any] | None = None) -> MethodConfig:
         overrides = dict(overrides or {})

@@ -7,6 +7,7 @@ The frozen reference θ0 is built only for methods that need one, before the sco
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import random
 import shutil
@@ -14,8 +15,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from ..data.collate import TrainCollator
 from ..data.store import DataBundle, atomic_write_json
@@ -112,15 +111,18 @@ def unlearn(bundle: DataBundle, cfg: UnlearnConfig, out: Path, loaded: LoadedMod
     loop_cfg = LoopConfig(steps=steps, lr=lr, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
                           desc=f"unlearn:{cfg.method}", log_every=5)
 
-    def step_loss(step: int) -> dict[str, torch.Tensor]:
-        ctx.model = prepared_model
-        return method.loss(ctx, step)
+    def loop(step_loss, checkpoint: bool = True, **overrides):
+        """One run of the engine's loop on ctx.model (Method.run calls it; multi-stage methods call it
+        once per stage, with LoopConfig overrides such as steps= or desc=). None when no steps."""
+        stage_cfg = dataclasses.replace(loop_cfg, **overrides)
+        if stage_cfg.steps <= 0:
+            return None
+        return run_loop(ctx.model, step_loss, stage_cfg, accelerator=accelerator, grad_masks=ctx.grad_masks,
+                        checkpoint_root=out if checkpoint else None, resume=resume and checkpoint,
+                        rng_state=state, set_rng_state=restore, mask_when=method.mask_active)
 
-    prepared_model = model
-    result = run_loop(model, step_loss, loop_cfg, accelerator=accelerator, grad_masks=ctx.grad_masks,
-                      checkpoint_root=out, resume=resume, rng_state=state, set_rng_state=restore,
-                      mask_when=method.mask_active) if steps > 0 else None
-    model = accelerator.unwrap_model(model)
+    result = method.run(ctx, loop)
+    model = accelerator.unwrap_model(ctx.model)  # a multi-stage method may have replaced ctx.model
     model.eval()
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()

@@ -1,0 +1,117 @@
+"""The unlearning engine's guarantees: scopes, exact resume, NaN guard, merged output, multi-process."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mmunlearn.methods.base import registry
+from mmunlearn.methods.graddiff import GradDiff
+from mmunlearn.models.loader import load_model
+from mmunlearn.train.loop import NonFiniteLossError
+from mmunlearn.train.unlearn import UnlearnConfig, read_log, unlearn
+
+
+def _weights(folder):
+    """Parameters by their in-memory names (the adapter's V/P/W prefixes refer to these)."""
+    return {n: p.detach().clone() for n, p in load_model(folder).model.named_parameters()}
+
+
+def test_registry_lists_every_baseline():
+    names = set(registry())
+    assert {"ga", "graddiff", "kl", "npo", "idk", "idkdpo", "salun", "mmunlearner"} <= names
+    assert all(cls.summary for cls in registry().values())
+
+
+@pytest.mark.parametrize("scope,changed,frozen", [("vision", {"V", "P"}, {"W"}), ("language", {"W"}, {"V", "P"})])
+def test_scope_limits_what_changes(tuned_small, tmp_path, scope, changed, frozen):
+    bundle, vanilla, _ = tuned_small
+    loaded = load_model(vanilla)
+    unlearn(bundle, UnlearnConfig(method="graddiff", steps=3, scope=scope), tmp_path / "u", loaded=loaded)
+    before, after = _weights(vanilla), _weights(tmp_path / "u")
+    parts = {}
+    for name in before:
+        parts.setdefault(loaded.adapter.part_of(name), []).append(not torch.equal(before[name], after[name]))
+    for part in changed:
+        assert any(parts[part]), part
+    for part in frozen:
+        assert not any(parts[part]), part
+
+
+def test_lora_scope_saves_a_merged_plain_model(tuned_small, tmp_path):
+    bundle, vanilla, _ = tuned_small
+    result = unlearn(bundle, UnlearnConfig(method="graddiff", steps=3, scope="lora", lr=1e-2), tmp_path / "u",
+                     loaded=load_model(vanilla))
+    after = _weights(tmp_path / "u")
+    assert not any("lora" in k for k in after)
+    assert set(after) == set(_weights(vanilla))
+    from safetensors.torch import load_file
+
+    assert not any("lora" in k for k in load_file(str(tmp_path / "u" / "model.safetensors")))
+    log = read_log(tmp_path / "u")
+    assert 0 < log["trainable_share"] < 0.2
+    reloaded = load_model(tmp_path / "u")
+    assert reloaded.model is not None and result.loaded.model is not None
+
+
+def test_resume_ends_where_an_uninterrupted_run_ends(tuned_small, tmp_path, monkeypatch):
+    bundle, vanilla, _ = tuned_small
+    cfg = UnlearnConfig(method="graddiff", steps=10, checkpoint_every=4)
+    unlearn(bundle, cfg, tmp_path / "straight", loaded=load_model(vanilla))
+
+    original = GradDiff.loss
+
+    def interrupted(self, ctx, step):
+        if step == 6:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, ctx, step)
+
+    monkeypatch.setattr(GradDiff, "loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        unlearn(bundle, cfg, tmp_path / "resumed", loaded=load_model(vanilla))
+    assert (tmp_path / "resumed" / "checkpoint" / "loop_state.json").is_file()
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()
+    monkeypatch.setattr(GradDiff, "loss", original)
+    unlearn(bundle, cfg, tmp_path / "resumed", loaded=load_model(vanilla), resume=True)
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6), name
+    la, lb = read_log(tmp_path / "straight")["losses"], read_log(tmp_path / "resumed")["losses"]
+    assert [round(r["loss"], 5) for r in la] == [round(r["loss"], 5) for r in lb]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tuned_small, tmp_path, monkeypatch):
+    bundle, vanilla, _ = tuned_small
+    original = GradDiff.loss
+
+    def poisoned(self, ctx, step):
+        terms = original(self, ctx, step)
+        if step == 5:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(GradDiff, "loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match="step 5"):
+        unlearn(bundle, UnlearnConfig(method="graddiff", steps=10, checkpoint_every=2), tmp_path / "u",
+                loaded=load_model(vanilla))
+    assert (tmp_path / "u" / "checkpoint" / "trainable.pt").is_file()
+    assert not (tmp_path / "u" / "model.safetensors").exists()
+
+
+def test_accelerate_launch_two_cpu_processes(tuned_small, small_world, tmp_path):
+    _, vanilla, _ = tuned_small
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mmunlearn", "unlearn", "--method", "graddiff",
+           "--model", str(vanilla), "--data", str(small_world), "--forget-split", "forget_15", "--out", str(out),
+           "--steps", "3", "--no-eval"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "model.safetensors").is_file()
+    log = read_log(out)
+    assert log["config"]["steps"] == 3
+    before, after = _weights(vanilla), _weights(out)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
