@@ -25,3 +25,19 @@ def accuracies(loaded, bundle) -> dict[str, float]:
     out["understanding_forget"] = cls_acc(loaded, [r for r in und if r.profile_id in bundle.forget_ids])
     out["understanding_retain"] = cls_acc(loaded, [r for r in und if r.profile_id in bundle.retain_ids])
     return out
+
+
+def generated_cls_acc(loaded, records) -> float:
+    """MLLMU-Bench-style accuracy: the option the generated reply commits to (refusals score 0)."""
+    from mmunlearn.data.record import OPTION_LETTERS
+    from mmunlearn.eval.engine import generate
+    from mmunlearn.eval.metrics import chosen_option
+
+    cls = [r for r in records if r.task == "classification"]
+    replies = generate(loaded, cls, max_new_tokens=12, progress=False)
+    return sum(chosen_option(t, r.options, OPTION_LETTERS) == r.answer_letter for t, r in zip(replies, cls)) / len(cls)
+
+
+def both_accuracies(loaded, bundle, split: str) -> dict[str, float]:
+    recs = bundle.eval(split)
+    return {"loglik": cls_acc(loaded, recs), "generated": generated_cls_acc(loaded, recs)}

@@ -357,3 +357,16 @@ def test_mean_or_none():
     assert mean_or_none([1.0, None, 3.0]) == pytest.approx(2.0)
     assert mean_or_none([0.0]) == 0.0
     assert mean_or_none(x for x in [0.5, 1.5]) == pytest.approx(1.0)
+
+
+def test_chosen_option_reads_value_first_and_letter_replies():
+    from mmunlearn.eval.metrics import chosen_option
+
+    opts = ["Norrow", "Lumora", "Tamsk", "Norrowvale"]
+    assert chosen_option("Lumora (B)", opts) == "B"
+    assert chosen_option("Norrowvale (D)", opts) == "D"  # the longest matching option wins
+    assert chosen_option("Tamsk", opts) == "C"
+    assert chosen_option("B", opts) == "B"
+    assert chosen_option("Answer: (D)", opts) == "D"
+    assert chosen_option("I don't know who that is.", opts) is None
+    assert chosen_option("Norrowx", opts) is None

@@ -37,6 +37,10 @@ def guarded(fn):
             return fn(*args, **kwargs)
         except (DataError, RecordError, ModelLoadError, NonFiniteLossError, FileNotFoundError, ValueError) as exc:
             _fail(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
+        except KeyboardInterrupt:
+            # Results are written last and atomically, so an interrupted run leaves no summary.json.
+            typer.echo("error: interrupted before the run finished; --out holds no final results", err=True)
+            raise typer.Exit(code=130) from None
 
     return wrapper
 
@@ -284,6 +288,125 @@ def demo(
         world(out=world_dir, profiles=profiles, real=30, holdout=20, seed=0, image_size=32, overwrite=True)
     finetune(data=world_dir, model="tiny-llava", out=out / "vanilla", stage1_steps=600, stage2_steps=4400,
              batch_size=16, lr=1e-3, seed=0, checkpoint_every=500, eval_after=True, resume=False, overwrite=overwrite)
+
+
+# --------------------------------------------------------------------------------------------
+# attack: relearning, probing and membership inference on an (unlearned) model
+# --------------------------------------------------------------------------------------------
+
+attack_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                         help="Attacks on the forgetting: relearning, probing, membership inference.")
+app.add_typer(attack_app, name="attack")
+
+
+def _parse_ratios(text: str) -> tuple[float, ...]:
+    try:
+        ratios = tuple(float(part) for part in text.replace("%", "").split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"--ratios expects comma-separated percentages such as 5,10,25,50 (got {text!r})") from None
+    if not ratios:
+        raise ValueError(f"--ratios expects comma-separated percentages such as 5,10,25,50 (got {text!r})")
+    return ratios
+
+
+def _attack_results(out: Path, summary: dict, details: list) -> None:
+    """details.jsonl, then summary.json last (write_results): an interrupted run leaves no summary."""
+    from .eval.evaluator import write_results
+
+    write_results(out, summary, details)
+
+
+@attack_app.command("relearn")
+@guarded
+def attack_relearn(
+    model: Path = typer.Option(..., "--model", help="The (unlearned) HF model folder to attack."),
+    data: Path = typer.Option(..., "--data", "--world", help="World or benchmark folder."),
+    out: Path = typer.Option(..., "--out", help="Results folder: summary.json, details.jsonl, config.json."),
+    forget_split: str = typer.Option("forget_10"),
+    ratios: str = typer.Option("5,10,25,50", help="Percentages of the attack pool to relearn from."),
+    steps: int = typer.Option(30, help="Fixed fine-tuning budget per ratio (optimiser steps)."),
+    lr: float = typer.Option(5e-4),
+    batch_size: int = typer.Option(8),
+    scope: str = typer.Option("full", help="full | lora | vision | language."),
+    split: str = typer.Option("phrasing", help="phrasing: probe = eval phrasings of all forget facts; "
+                                                "facts: probe = held-out facts the attack never states."),
+    seed: int = typer.Option(0),
+    floor_model: Optional[Path] = typer.Option(None, "--floor-model",
+                                               help="Retain-only model: the same budget gives the floor."),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),
+) -> None:
+    """Relearning attack: fine-tune on r% of the forget QA, recovery of held-out probe accuracy, AG."""
+    _quiet_libraries()
+    from dataclasses import asdict
+
+    from .data.store import atomic_write_json, prepare_out_dir
+    from .eval.attacks.relearn import RelearnConfig, attack_split, relearn_attack
+    from .models.base import adapter_for_folder
+    from .models.loader import load_model
+
+    cfg = RelearnConfig(ratios=_parse_ratios(ratios), steps=steps, lr=lr, batch_size=batch_size, scope=scope,
+                        split=split, seed=seed).validate()
+    bundle = _load(data, forget_split)
+    attack_split(bundle, cfg.split, cfg.seed)  # unusable data fails here, before any model is loaded
+    if floor_model is not None:
+        adapter_for_folder(floor_model)  # fail before the run, not after the target's fine-tunes
+    loaded = load_model(model)
+    out = prepare_out_dir(out, overwrite=overwrite)
+    atomic_write_json(out / "config.json", {"command": "attack relearn", "model": str(model), "data": str(data),
+                                            "forget_split": forget_split,
+                                            "floor_model": str(floor_model) if floor_model else None,
+                                            **asdict(cfg)})
+
+    def report(who: str, ratio: float, run: dict) -> None:
+        typer.echo(f"{who} r={ratio:g}%: probe accuracy {run['after']['cls_acc_loglik']:.3f} "
+                   f"(recovery {run['recovery']:+.3f}, {run['n_records']} records, {run['wall_time_s']:.1f}s)")
+
+    summary, details = relearn_attack(loaded, bundle, cfg, floor=floor_model, on_ratio=report)
+    _attack_results(out, summary, details)
+    floor_txt = ""
+    if summary["floor"]:
+        floor_txt = " | floor after: " + ", ".join(f"{k}%={v:.3f}" for k, v in summary["floor"]["after"].items())
+    typer.echo(f"relearn: probe accuracy before {summary['before']:.3f}, AG {summary['AG']:+.3f}{floor_txt} "
+               f"→ {out / 'summary.json'}")
+
+
+@attack_app.command("probe")
+@guarded
+def attack_probe(
+    model: Path = typer.Option(..., "--model", help="The (unlearned) HF model folder to probe."),
+    data: Path = typer.Option(..., "--data", "--world"),
+    out: Path = typer.Option(..., "--out"),
+    forget_split: str = typer.Option("forget_10"),
+    batch_size: int = typer.Option(64),
+    mia_k: float = typer.Option(0.2, help="Min-K% Prob fraction for membership inference."),
+    overwrite: bool = typer.Option(False),
+) -> None:
+    """Text-only, transformed-photo, paraphrase and prompt-attack probes + membership inference (AUC)."""
+    _quiet_libraries()
+    from dataclasses import asdict
+
+    from .data.store import atomic_write_json, prepare_out_dir
+    from .eval.attacks.probe import ProbeConfig, run_probe
+    from .models.loader import load_model
+
+    if not 0.0 < mia_k <= 1.0:
+        _fail(f"--mia-k must be in (0, 1] (got {mia_k})")
+    cfg = ProbeConfig(batch_size=batch_size, mia_k=mia_k)
+    bundle = _load(data, forget_split)
+    loaded = load_model(model)
+    out = prepare_out_dir(out, overwrite=overwrite)
+    atomic_write_json(out / "config.json", {"command": "attack probe", "model": str(model), "data": str(data),
+                                            "forget_split": forget_split, **asdict(cfg)})
+    summary, details = run_probe(loaded, bundle, cfg)
+    _attack_results(out, summary, details)
+    for name, res in summary["probes"].items():
+        if res and res.get("leak") is not None:
+            typer.echo(f"{name:20s} leak {res['leak']:.3f} (n={res['n']})")
+    mia = summary["mia"]
+    if mia:
+        fh = mia["forget_vs_holdout"]
+        typer.echo(f"{'MIA forget/holdout':20s} loss AUC {fh['loss_auc']:.3f}, min-k AUC {fh['min_k_auc']:.3f}")
+    typer.echo(f"probe → {out / 'summary.json'}")
 
 
 def main() -> None:

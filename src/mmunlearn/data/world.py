@@ -282,7 +282,9 @@ class _RecordMaker:
                             if task == "generation":
                                 rec.answer = sentence.format(s=subj_cap, v=value)
                                 rec.paraphrased_answer = paraphrase.format(s=subj_cap, v=value)
-                                rec.perturbed_answers = [sentence.format(s=subj_cap, v=w)
+                                # TOFU: perturbations share the paraphrase's wording, so the ratio
+                                # compares facts, not a trained template against an unseen one.
+                                rec.perturbed_answers = [paraphrase.format(s=subj_cap, v=w)
                                                          for w in self._distractors(p, attr, value)]
                             else:
                                 options = self._distractors(p, attr, value) + [value]

@@ -121,29 +121,24 @@ def first_option_letter(text: str, letters: str = "ABCD") -> str | None:
 
 
 def chosen_option(text: str, options: Sequence[str], letters: str = "ABCD") -> str | None:
-    """The option letter a reply commits to, also when it names the option before its letter.
+    """The option (as its letter) a classification reply commits to.
 
-    1. `first_option_letter` (the reply leads with a letter or says "the answer is X");
-    2. the reply starts with one option's text followed by its bracketed letter, "Norrow (B)"
-       (how mmunlearn's tiny models answer: recalling the value first, then copying its letter);
-    3. the reply starts with exactly one option's text and nothing contradicts it.
+    1. A reply that starts with exactly one option's text chose that option, whatever label
+       follows ("Norrow (B)", "Norrow."): mmunlearn's models answer value-first, and the value is
+       the choice — a copied letter is only its label. The longest matching option wins.
+    2. Otherwise `first_option_letter` (the reply leads with a letter or says "the answer is X"),
+       which is how MLLMU-Bench reads replies of models that answer with a letter.
+    A refusal or anything else commits to nothing (None), which scores as wrong.
     """
     letters = letters[: len(options)].upper()
-    found = first_option_letter(text, letters)
-    if found is not None:
-        return found
     reply = _norm_ws(text)
     starts = [i for i, opt in enumerate(options) if opt and reply.startswith(_norm_ws(opt))]
-    if len(starts) > 1:  # an option that is a prefix of another: keep the longest match
-        starts = [max(starts, key=lambda i: len(options[i]))]
-    if len(starts) == 1:
-        i = starts[0]
-        rest = reply[len(_norm_ws(options[i])):].strip()
-        m = re.match(r"^[(\[]([a-z])[)\]]", rest)
-        if m is None:
-            return letters[i] if not rest or not rest[0].isalnum() else None
-        return m.group(1).upper() if m.group(1).upper() in letters else None
-    return None
+    if starts:
+        i = max(starts, key=lambda j: len(options[j]))
+        rest = reply[len(_norm_ws(options[i])):]
+        if not rest or not rest[0].isalnum():
+            return letters[i]
+    return first_option_letter(text, letters)
 
 
 # --------------------------------------------------------------------------------------------

@@ -136,6 +136,6 @@ def adapter_for_folder(path: str | Path) -> FamilyAdapter:
         raise ModelLoadError(f"{path} has no config.json: not a Hugging Face model folder")
     try:
         model_type = json.loads(config.read_text())["model_type"]
-    except (json.JSONDecodeError, KeyError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, OSError) as exc:
         raise ModelLoadError(f"{config}: unreadable or without model_type ({exc})") from exc
     return adapter_for_model_type(model_type)

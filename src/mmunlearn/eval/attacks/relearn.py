@@ -51,7 +51,7 @@ from ...data.store import DataBundle
 from ...models.loader import LoadedModel, load_model
 from ...train.loop import LoopConfig, make_accelerator, run_loop, seed_everything
 from ...train.sampling import RecordSampler
-from ...train.scope import LoraSettings, apply_scope, trainable_count
+from ...train.scope import SCOPES, LoraSettings, apply_scope, trainable_count
 from .. import metrics as M
 from ..engine import generate, option_logprobs
 
@@ -89,6 +89,8 @@ class RelearnConfig:
             raise ValueError(f"--lr must be positive (got {self.lr})")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1 (got {self.batch_size})")
+        if self.scope not in SCOPES:
+            raise ValueError(f"--scope must be one of {', '.join(SCOPES)} (got {self.scope!r})")
         if self.split not in SPLIT_MODES:
             raise ValueError(f"--split must be one of {', '.join(SPLIT_MODES)} (got {self.split!r})")
         return self

@@ -1,0 +1,187 @@
+"""SMFA — Sculpted Memory Forgetting Adapter (SPEC section 4, arXiv 2511.20196, S-MLLMUn Bench).
+
+Three stages on the language model W (LoRA; the engine's scope "lora" makes the first adapter):
+1. Memory Forgetting Adapter ΔW_f: NLL on forget prompts relabelled to refusals (`sample_refusal`)
+   ∪ a few retain samples with their true answers.
+2. Retaining Anchor ΔW_a: a second, separate LoRA trained on the few retain samples only.
+3. Sculpting, per weight matrix, on the merged deltas (B·A·α/r):
+   ρ = ‖ΔW_f‖_F / (‖ΔW_a‖_F + ε); C = [ΔW_a ⊙ ΔW_f < 0]; R = [k·ρ·|ΔW_a| < |ΔW_f|]; M = C ⊙ R;
+   ΔW'_f = ΔW_f ⊙ (1 − M); W = W0 + ΔW'_f  (the anchor itself is discarded).
+The result is a plain HF model (LoRA unloaded, sculpted deltas added to the base weights).
+
+Forget records that ask about what is *visible* in the photo (fact "visible:…", S-MLLMUn's I-Und) are
+not memories to forget: with `keep_visible` (default) they join the few retain samples with their true
+answers instead of being relabelled. `per_modality=True` trains one forgetting adapter on image+text
+and one on text-only forget records, sculpted with `k_image` / `k_text` (original multi_k 5, text_k 10)
+and both added; the default is the single-adapter simplification with one `k`.
+Ablation: `sculpt` = full | conflict (M = C) | magnitude (M = R) | none (MFA alone, M = 0).
+Original: LoRA r 16, α 16, dropout 0.05, lr 1e-4, 5 epochs; LoRA sizes come from the engine's
+--lora-r / --lora-alpha / --lora-dropout, lr / steps from --lr / --steps (steps per stage).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..data.refusals import sample_refusal
+from ..train.loop import LoopResult
+from .base import Context, Method, MethodConfig, register
+from .losses import answer_nll, forward
+
+SCULPT_MODES = ("full", "conflict", "magnitude", "none")
+ANCHOR = "anchor"
+
+
+def sculpt(delta_f: torch.Tensor, delta_a: torch.Tensor, k: float, eps: float = 1e-8,
+           mode: str = "full") -> tuple[torch.Tensor, torch.Tensor]:
+    """One weight matrix: (ΔW'_f, M) with M = C ⊙ R (mode "full"), C, R or nothing (ablations)."""
+    if mode not in SCULPT_MODES:
+        raise ValueError(f"sculpt mode must be one of {SCULPT_MODES}, got {mode!r}")
+    if k < 0:
+        raise ValueError(f"k must be ≥ 0, got {k}")
+    delta_f, delta_a = delta_f.float(), delta_a.float()
+    rho = delta_f.norm() / (delta_a.norm() + eps)
+    conflict = delta_a * delta_f < 0
+    magnitude = k * rho * delta_a.abs() < delta_f.abs()
+    mask = {"full": conflict & magnitude, "conflict": conflict, "magnitude": magnitude,
+            "none": torch.zeros_like(conflict)}[mode]
+    return delta_f * (~mask), mask.float()
+
+
+def is_visible_fact(rec) -> bool:
+    return rec.fact.startswith("visible:")
+
+
+@dataclass
+class SMFAConfig(MethodConfig):
+    gamma: float = 1.0  # weight of the refusal NLL in stage 1
+    alpha: float = 1.0  # weight of the few-retain NLL in stage 1
+    n_retain: int = 24  # "a few retain samples", drawn once and shared by stages 1 and 2
+    anchor_steps: int = 0  # 0: as many as the forgetting stage
+    keep_visible: bool = True  # visible-attribute forget QA keep their true answers (retain side)
+    sculpt: str = "full"  # full | conflict | magnitude | none
+    k: float = 1.0  # single forgetting adapter
+    per_modality: bool = False  # one forgetting adapter per modality, with k_image / k_text
+    k_image: float = 5.0
+    k_text: float = 10.0
+    eps: float = 1e-8
+
+
+@register
+class SMFA(Method):
+    name = "smfa"
+    summary = "refusal LoRA sculpted against a retain-anchor LoRA (conflicting, dominant entries removed)"
+    Config = SMFAConfig
+    default_scope = "lora"
+    default_lr = 2e-3
+    default_steps = 60
+
+    def run(self, ctx: Context, loop):
+        cfg = self.cfg
+        model = ctx.model
+        if not hasattr(model, "peft_config"):
+            raise ValueError("smfa trains LoRA adapters: use the lora scope (its default)")
+        if cfg.sculpt not in SCULPT_MODES:
+            raise ValueError(f"smfa sculpt must be one of {SCULPT_MODES}, got {cfg.sculpt!r}")
+        lora_cfg = model.peft_config["default"]
+        batch_size = len(ctx.next_forget())
+        memories = [r for r in ctx.forget_records if not (cfg.keep_visible and is_visible_fact(r))]
+        keep = ctx.rng.sample(ctx.retain_records, min(cfg.n_retain, len(ctx.retain_records)))
+        if cfg.keep_visible:
+            keep += [r for r in ctx.forget_records if is_visible_fact(r)]
+        if not memories or not keep:
+            raise ValueError("smfa needs forget records to relabel and a few retain samples")
+        if cfg.per_modality:
+            groups = {m: ([r for r in memories if r.modality == m], k) for m, k in
+                      (("image+text", cfg.k_image), ("text", cfg.k_text))}
+            groups = {m: g for m, g in groups.items() if g[0]}
+        else:
+            groups = {"all": (memories, cfg.k)}
+
+        results, adapters = [], {}
+        for i, (group, (records, k)) in enumerate(groups.items()):
+            adapter = "default" if i == 0 else f"forget_{i}"
+            if i:
+                model.add_adapter(adapter, lora_cfg)
+            model.set_adapter(adapter)
+            adapters[adapter] = (group, k)
+            results.append(("forget:" + group, loop(
+                lambda step, recs=records: self._forget_loss(ctx, recs, keep, batch_size),
+                checkpoint=(i == 0), desc=f"smfa:forget[{group}]")))
+        model.add_adapter(ANCHOR, lora_cfg)
+        model.set_adapter(ANCHOR)
+        overrides = {"steps": cfg.anchor_steps} if cfg.anchor_steps else {}
+        results.append(("anchor", loop(lambda step: self._anchor_loss(ctx, keep, batch_size), checkpoint=False,
+                                       desc="smfa:anchor", **overrides)))
+        ctx.model = self._sculpt_and_unload(ctx, model, adapters)
+        return _combine(results, ctx)
+
+    # ---- stage losses ------------------------------------------------------------------------
+    def _forget_loss(self, ctx: Context, memories, keep, batch_size: int):
+        recs = [ctx.rng.choice(memories) for _ in range(batch_size)]
+        refusal = ctx.batch(recs, [sample_refusal(ctx.rng) for _ in recs])
+        nll_refusal = answer_nll(*forward(ctx.model, refusal))
+        nll_keep = self._keep_nll(ctx, keep, batch_size)
+        return {"loss": self.cfg.gamma * nll_refusal + self.cfg.alpha * nll_keep, "nll_refusal": nll_refusal,
+                "nll_retain": nll_keep}
+
+    def _anchor_loss(self, ctx: Context, keep, batch_size: int):
+        nll_keep = self._keep_nll(ctx, keep, batch_size)
+        return {"loss": nll_keep, "nll_retain": nll_keep}
+
+    @staticmethod
+    def _keep_nll(ctx: Context, keep, batch_size: int) -> torch.Tensor:
+        recs = [ctx.rng.choice(keep) for _ in range(batch_size)]
+        return answer_nll(*forward(ctx.model, ctx.batch(recs)))
+
+    # ---- stage 3 -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def _sculpt_and_unload(self, ctx: Context, model, adapters: dict[str, tuple[str, float]]) -> torch.nn.Module:
+        from peft.tuners.lora import LoraLayer
+
+        cfg = self.cfg
+        updates, per_matrix = [], {}
+        kept_total, masked_total = 0, 0
+        prefix = "base_model.model."
+        for name, module in model.named_modules():
+            if not isinstance(module, LoraLayer) or ANCHOR not in module.lora_A:
+                continue
+            delta_a = module.get_delta_weight(ANCHOR).float()
+            short = name[len(prefix):] if name.startswith(prefix) else name
+            total = torch.zeros_like(delta_a)
+            for adapter, (group, k) in adapters.items():
+                delta_f = module.get_delta_weight(adapter).float()
+                new, mask = sculpt(delta_f, delta_a, k, cfg.eps, cfg.sculpt)
+                total += new
+                frac = float(mask.mean())
+                key = short if len(adapters) == 1 else f"{short}[{group}]"
+                per_matrix[key] = {"masked_fraction": round(frac, 5),
+                                   "rho": round(float(delta_f.norm() / (delta_a.norm() + cfg.eps)), 5)}
+                masked_total += int(mask.sum())
+                kept_total += mask.numel()
+            updates.append((module.get_base_layer(), total))
+        base = model.unload()  # LoRA layers out, base weights untouched: W = W0 ...
+        for layer, delta in updates:  # ... + ΔW'_f
+            layer.weight.add_(delta.to(layer.weight.dtype))
+        ctx.extra_log["smfa_masked_fraction"] = round(masked_total / max(1, kept_total), 5)
+        ctx.extra_log["smfa_matrices"] = per_matrix
+        ctx.extra_log["smfa_config"] = {"sculpt": cfg.sculpt, "adapters": {a: {"data": g, "k": k}
+                                                                           for a, (g, k) in adapters.items()}}
+        for p in base.parameters():
+            p.requires_grad_(False)
+        return base
+
+
+def _combine(results: list[tuple[str, LoopResult | None]], ctx: Context) -> LoopResult | None:
+    done = [(name, r) for name, r in results if r is not None]
+    if not done:
+        return None
+    log = []
+    for i, (name, r) in enumerate(done):
+        log += [{**row, "stage": i + 1} for row in r.log]
+    ctx.extra_log["smfa_stages"] = [{"stage": i + 1, "name": name, "steps": r.steps_done,
+                                     "wall_time_s": round(r.wall_time_s, 3)} for i, (name, r) in enumerate(done)]
+    return LoopResult(sum(r.steps_done for _, r in done), sum(r.wall_time_s for _, r in done), log,
+                      max(r.peak_memory_mb for _, r in done))

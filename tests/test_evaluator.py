@@ -1,0 +1,85 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from mmunlearn.cli import app
+from mmunlearn.eval import evaluator as E
+from mmunlearn.eval.evaluator import EvalConfig, evaluate, write_results
+from mmunlearn.models.loader import load_model
+
+METRICS = {"cls_acc", "cls_acc_loglik", "rougeL_f1", "rougeL_recall", "cloze_acc", "truth_ratio", "prob",
+           "degenerate_rate", "refusal_rate"}
+
+
+def test_a_model_that_always_says_B_scores_chance(tuned_small, monkeypatch):
+    bundle, vanilla, _ = tuned_small
+    loaded = load_model(vanilla)
+    monkeypatch.setattr(E, "generate", lambda loaded, recs, **kw: ["B" for _ in recs])
+    monkeypatch.setattr(E, "option_logprobs", lambda loaded, recs, **kw: [[-5.0, -1.0, -5.0, -5.0] for _ in recs])
+    recs = [r for r in bundle.eval("retain") if r.task == "classification"]
+    rows = E.score_records(loaded, recs, EvalConfig(progress=False), "retain")
+    agg = E.aggregate(rows)
+    total = sum(agg[m]["n"] for m in agg)
+    acc = sum(agg[m]["cls_acc"] * agg[m]["n"] for m in agg) / total
+    acc_ll = sum(agg[m]["cls_acc_loglik"] * agg[m]["n"] for m in agg) / total
+    assert acc == pytest.approx(0.25, abs=0.02) and acc_ll == pytest.approx(0.25, abs=0.02)
+
+
+def test_summary_schema_and_details(tuned_small, tmp_path):
+    bundle, vanilla, _ = tuned_small
+    summary, details = evaluate(load_model(vanilla), bundle, EvalConfig(progress=False))
+    m = summary["metrics"]
+    assert {"forget", "test", "retain", "real", "understanding", "understanding_forget", "understanding_retain"} <= set(m)
+    assert set(m["forget"]) == {"image+text", "text"}
+    assert set(m["test"]) == {"image+text", "text"}
+    for split, mods in m.items():
+        for mod, vals in mods.items():
+            assert set(vals) - {"n"} <= METRICS, (split, mod)
+    # metrics that do not apply are absent, never 0
+    assert "cloze_acc" not in m["understanding"]["image+text"]
+    assert "truth_ratio" not in m["understanding"]["image+text"]
+    assert "cloze_acc" not in m["test"]["image+text"]
+    assert {"cls_acc", "cls_acc_loglik", "rougeL_f1", "cloze_acc", "truth_ratio", "degenerate_rate"} <= set(m["forget"]["text"])
+    # the memorised vanilla model knows its people and speaks fluently
+    assert m["forget"]["text"]["cls_acc"] >= 0.85 and m["retain"]["image+text"]["cls_acc"] >= 0.85
+    assert m["forget"]["text"]["truth_ratio"] < 1.0
+    assert m["retain"]["text"]["degenerate_rate"] <= 0.10
+    assert {"config", "timing"} <= set(summary) and summary["timing"]["total_s"] > 0
+    assert len(details) == sum(v["n"] for s in ("forget", "test", "retain", "real", "understanding")
+                               for v in m[s].values())
+    d = details[0]
+    assert {"id", "split", "modality", "task", "question", "reference", "generated", "scores"} <= set(d)
+    write_results(tmp_path, summary, details)
+    assert json.loads((tmp_path / "summary.json").read_text())["metrics"] == json.loads(json.dumps(m))
+    assert len((tmp_path / "details.jsonl").read_text().splitlines()) == len(details)
+
+
+def test_results_are_written_atomically(tmp_path, monkeypatch):
+    import mmunlearn.data.store as store
+
+    def broken_dump(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(store.json, "dumps", broken_dump)
+    with pytest.raises(RuntimeError):
+        write_results(tmp_path, {"metrics": {}}, [])
+    assert not (tmp_path / "summary.json").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_eval_cli_with_forget_quality(tuned_small, small_world, tmp_path):
+    _, vanilla, _ = tuned_small
+    runner = CliRunner()
+    args = ["eval", "--model", str(vanilla), "--data", str(small_world), "--forget-split", "forget_15",
+            "--splits", "forget,retain"]
+    first = runner.invoke(app, args + ["--out", str(tmp_path / "a")])
+    assert first.exit_code == 0, first.output
+    ref = tmp_path / "a" / "summary.json"
+    second = runner.invoke(app, args + ["--out", str(tmp_path / "b"), "--reference-summary", str(ref)])
+    assert second.exit_code == 0, second.output
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    # the same model as its own reference: identical truth-ratio distributions, KS p-value 1
+    assert summary["metrics"]["forget"]["text"]["forget_quality"] == pytest.approx(1.0)
+    again = runner.invoke(app, args + ["--out", str(tmp_path / "b")])
+    assert again.exit_code != 0 and "not empty" in again.output
