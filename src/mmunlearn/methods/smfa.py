@@ -21,11 +21,12 @@ Original: LoRA r 16, α 16, dropout 0.05, lr 1e-4, 5 epochs; LoRA sizes come fro
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
-from ..data.refusals import sample_refusal
+from ..data.refusals import REFUSALS, sample_refusal
 from ..train.loop import LoopResult
 from .base import Context, Method, MethodConfig, register
 from .losses import answer_nll, forward
@@ -59,6 +60,8 @@ class SMFAConfig(MethodConfig):
     gamma: float = 1.0  # weight of the refusal NLL in stage 1
     alpha: float = 1.0  # weight of the few-retain NLL in stage 1
     n_retain: int = 24  # "a few retain samples", drawn once and shared by stages 1 and 2
+    refusal_pool: int = 12  # refusals drawn from the first N of data/refusals.REFUSALS; 0: all (sample_refusal)
+    lora_head: bool = True  # also LoRA on the output head (tiny models never emitted refusal words)
     anchor_steps: int = 0  # 0: as many as the forgetting stage
     keep_visible: bool = True  # visible-attribute forget QA keep their true answers (retain side)
     sculpt: str = "full"  # full | conflict | magnitude | none
@@ -85,7 +88,7 @@ class SMFA(Method):
             raise ValueError("smfa trains LoRA adapters: use the lora scope (its default)")
         if cfg.sculpt not in SCULPT_MODES:
             raise ValueError(f"smfa sculpt must be one of {SCULPT_MODES}, got {cfg.sculpt!r}")
-        lora_cfg = model.peft_config["default"]
+        lora_cfg = self._lora_config(model)
         batch_size = len(ctx.next_forget())
         memories = [r for r in ctx.forget_records if not (cfg.keep_visible and is_visible_fact(r))]
         keep = ctx.rng.sample(ctx.retain_records, min(cfg.n_retain, len(ctx.retain_records)))
@@ -102,10 +105,14 @@ class SMFA(Method):
 
         results, adapters = [], {}
         for i, (group, (records, k)) in enumerate(groups.items()):
-            adapter = "default" if i == 0 else f"forget_{i}"
-            if i:
-                model.add_adapter(adapter, lora_cfg)
+            adapter = f"forget_{i}"
+            model.add_adapter(adapter, lora_cfg)
             model.set_adapter(adapter)
+            if "default" in model.peft_config:  # the engine's adapter is replaced by SMFA's own
+                model.delete_adapter("default")
+            if i == 0:
+                ctx.extra_log["smfa_trainable_params_per_adapter"] = sum(
+                    p.numel() for p in model.parameters() if p.requires_grad)
             adapters[adapter] = (group, k)
             results.append(("forget:" + group, loop(
                 lambda step, recs=records: self._forget_loss(ctx, recs, keep, batch_size),
@@ -118,10 +125,27 @@ class SMFA(Method):
         ctx.model = self._sculpt_and_unload(ctx, model, adapters)
         return _combine(results, ctx)
 
+    def _lora_config(self, model):
+        """The engine's LoRA settings (r, α, dropout, targets in W), plus the output head if asked."""
+        cfg = model.peft_config["default"]
+        if not self.cfg.lora_head:
+            return cfg
+        base = model.get_base_model()
+        head = base.get_output_embeddings()
+        names = [n for n, m in base.named_modules() if m is head]
+        targets = set(cfg.target_modules) | set(names[:1])
+        return dataclasses.replace(cfg, target_modules=targets)
+
+    def _refusals(self, ctx: Context, n: int) -> list[str]:
+        pool = self.cfg.refusal_pool
+        if pool <= 0:
+            return [sample_refusal(ctx.rng) for _ in range(n)]
+        return [ctx.rng.choice(REFUSALS[:pool]) for _ in range(n)]
+
     # ---- stage losses ------------------------------------------------------------------------
     def _forget_loss(self, ctx: Context, memories, keep, batch_size: int):
         recs = [ctx.rng.choice(memories) for _ in range(batch_size)]
-        refusal = ctx.batch(recs, [sample_refusal(ctx.rng) for _ in recs])
+        refusal = ctx.batch(recs, self._refusals(ctx, len(recs)))
         nll_refusal = answer_nll(*forward(ctx.model, refusal))
         nll_keep = self._keep_nll(ctx, keep, batch_size)
         return {"loss": self.cfg.gamma * nll_refusal + self.cfg.alpha * nll_keep, "nll_refusal": nll_refusal,
