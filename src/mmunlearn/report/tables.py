@@ -1,0 +1,138 @@
+"""Tables from result files only (never from live models): bench rows → mean ± std → Markdown/CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+# (column, path into a run's collected numbers, header, format)
+COLUMNS: list[tuple[str, str, str]] = [
+    ("forget_it", "forget cls (img)", "{:.2f}"),
+    ("forget_txt", "forget cls (txt)", "{:.2f}"),
+    ("test_it", "test cls (img)", "{:.2f}"),
+    ("retain_it", "retain cls (img)", "{:.2f}"),
+    ("retain_txt", "retain cls (txt)", "{:.2f}"),
+    ("real_it", "real cls (img)", "{:.2f}"),
+    ("real_txt", "real cls (txt)", "{:.2f}"),
+    ("und_forget", "underst. forget", "{:.2f}"),
+    ("und_retain", "underst. retain", "{:.2f}"),
+    ("forget_rougeL", "forget ROUGE-L", "{:.2f}"),
+    ("retain_rougeL", "retain ROUGE-L", "{:.2f}"),
+    ("forget_refusal", "forget refusal", "{:.2f}"),
+    ("degenerate", "degenerate", "{:.2f}"),
+    ("forget_quality", "forget quality", "{:.2g}"),
+    ("AG", "relearn AG", "{:+.2f}"),
+    ("leak_text", "text-probe leak", "{:.2f}"),
+    ("mia_auc", "MIA AUC", "{:.2f}"),
+    ("wall_time_s", "time (s)", "{:.1f}"),
+    ("trainable_params", "trainable params", "{:,.0f}"),
+]
+
+
+def _get(d: dict, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
+    return sum(vals) / len(vals) if vals else None
+
+
+def numbers_from_summary(summary: dict) -> dict[str, float | None]:
+    """The bench columns that come from an evaluation summary.json."""
+    m = summary.get("metrics", {})
+
+    def cls(split: str, mod: str) -> float | None:
+        return _get(m, split, mod, "cls_acc")
+
+    def both(split: str, metric: str) -> float | None:
+        return _mean([_get(m, split, mod, metric) for mod in ("image+text", "text")])
+
+    return {
+        "forget_it": cls("forget", "image+text"), "forget_txt": cls("forget", "text"),
+        "test_it": cls("test", "image+text"),
+        "retain_it": cls("retain", "image+text"), "retain_txt": cls("retain", "text"),
+        "real_it": cls("real", "image+text"), "real_txt": cls("real", "text"),
+        "und_forget": cls("understanding_forget", "image+text"), "und_retain": cls("understanding_retain", "image+text"),
+        "forget_rougeL": both("forget", "rougeL_f1"), "retain_rougeL": both("retain", "rougeL_f1"),
+        "forget_refusal": both("forget", "refusal_rate"),
+        "degenerate": _mean([both(s, "degenerate_rate") for s in ("forget", "retain", "real")]),
+        "forget_quality": _mean([_get(m, "forget", mod, "forget_quality") for mod in ("image+text", "text")]),
+    }
+
+
+def aggregate_rows(rows: Sequence[dict]) -> list[dict]:
+    """Mean and (sample) std per method over seeds, keeping the methods' order of appearance."""
+    order: list[str] = []
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["method"] not in groups:
+            order.append(r["method"])
+            groups[r["method"]] = []
+        groups[r["method"]].append(r)
+    out = []
+    for method in order:
+        runs = groups[method]
+        agg: dict[str, Any] = {"method": method, "seeds": [r.get("seed") for r in runs]}
+        for col, _, _ in COLUMNS:
+            vals = [r.get(col) for r in runs if isinstance(r.get(col), (int, float))]
+            if not vals:
+                continue
+            mean = sum(vals) / len(vals)
+            std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+            agg[col] = {"mean": mean, "std": std, "n": len(vals)}
+        out.append(agg)
+    return out
+
+
+def markdown_table(aggregated: Sequence[dict], columns: Sequence[str] | None = None) -> str:
+    cols = [c for c in COLUMNS if (columns is None or c[0] in columns) and any(c[0] in a for a in aggregated)]
+    lines = ["| method | " + " | ".join(h for _, h, _ in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for a in aggregated:
+        cells = []
+        for col, _, fmt in cols:
+            v = a.get(col)
+            if v is None:
+                cells.append("—")
+            elif v["n"] > 1:
+                cells.append(fmt.format(v["mean"]) + " ± " + fmt.format(v["std"]).lstrip("+"))
+            else:
+                cells.append(fmt.format(v["mean"]))
+        lines.append(f"| {a['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def csv_text(aggregated: Sequence[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["method", "n_seeds"] + [f"{c}_{s}" for c, _, _ in COLUMNS for s in ("mean", "std")])
+    for a in aggregated:
+        row: list[Any] = [a["method"], len(a["seeds"])]
+        for col, _, _ in COLUMNS:
+            v = a.get(col)
+            row += [v["mean"], v["std"]] if v else ["", ""]
+        writer.writerow(row)
+    return buf.getvalue()
+
+
+def replace_between_markers(text: str, name: str, block: str) -> str:
+    """Swap the text between `<!-- NAME:start -->` and `<!-- NAME:end -->` (README generation)."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
+    if not pattern.search(text):
+        raise ValueError(f"markers {start} … {end} not found")
+    return pattern.sub(lambda _: f"{start}\n{block}\n{end}", text)
+
+
+def update_readme(readme: Path, name: str, block: str) -> None:
+    from ..data.store import atomic_write_text
+
+    atomic_write_text(readme, replace_between_markers(readme.read_text(), name, block))
