@@ -104,10 +104,10 @@ def finetune(
     data: Path = typer.Option(..., "--data", "--world", help="World or benchmark folder."),
     model: str = typer.Option("tiny-llava", help="HF folder or tiny builder (tiny-llava, tiny-qwen2-vl, tiny-idefics3)."),
     out: Path = typer.Option(..., "--out", help="Run folder; the fine-tuned model is saved at its root."),
-    stage1_steps: int = typer.Option(600, help="Steps on the 'real' population."),
-    stage2_steps: int = typer.Option(4400, help="Steps on the fictitious profiles (with replay)."),
+    stage1_steps: int = typer.Option(800, help="Steps on the 'real' population."),
+    stage2_steps: int = typer.Option(7200, help="Steps on the fictitious profiles (with replay)."),
     batch_size: int = typer.Option(16),
-    lr: float = typer.Option(1e-3),
+    lr: float = typer.Option(2e-3),
     seed: int = typer.Option(0),
     checkpoint_every: int = typer.Option(500),
     eval_after: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate the fine-tuned model into OUT/eval."),
@@ -119,7 +119,7 @@ def finetune(
     from .data.store import atomic_write_json, prepare_out_dir
     from .train.finetune import FinetuneConfig, finetune as run_finetune
 
-    bundle = _load(data, "forget_10" if (data / "world.json").is_file() else "forget_10")
+    bundle = _load(data, "forget_10")  # finetune uses every person; the split only selects ids
     out = prepare_out_dir(out, overwrite=overwrite, resume=resume)
     cfg = FinetuneConfig(model=model, stage1_steps=stage1_steps, stage2_steps=stage2_steps, batch_size=batch_size,
                          lr=lr, seed=seed, checkpoint_every=checkpoint_every)
@@ -247,10 +247,10 @@ def retain_model(
     model: str = typer.Option("tiny-llava"),
     out: Path = typer.Option(..., "--out"),
     forget_split: str = typer.Option("forget_10"),
-    stage1_steps: int = typer.Option(600),
-    stage2_steps: int = typer.Option(4400),
+    stage1_steps: int = typer.Option(800),
+    stage2_steps: int = typer.Option(7200),
     batch_size: int = typer.Option(16),
-    lr: float = typer.Option(1e-3),
+    lr: float = typer.Option(2e-3),
     seed: int = typer.Option(0),
     eval_after: bool = typer.Option(True, "--eval/--no-eval"),
     overwrite: bool = typer.Option(False),
@@ -274,25 +274,33 @@ def retain_model(
         _run_eval(result["loaded"], bundle, out / "eval")
 
 
+DEMO_METHODS = ("ga", "graddiff", "npo", "idk", "vkd", "smfa", "viker")
+
+
 @app.command()
 @guarded
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out"),
     profiles: int = typer.Option(100),
-    overwrite: bool = typer.Option(False),
+    methods_: str = typer.Option(",".join(DEMO_METHODS), "--methods", help="Methods the demo bench runs."),
+    max_records: int = typer.Option(300, help="Evaluation subsample per split in the demo bench."),
 ) -> None:
-    """The main job on the embedded default: world → fine-tune → evaluate (grows with each stage)."""
+    """The main job on the embedded default: world → fine-tune → evaluate → unlearn with several methods.
+
+    Reuses whatever an earlier demo in OUT already finished (world, vanilla model, bench runs)."""
     _quiet_libraries()
-    world_dir = out / "world"
+    from .methods.base import registry
+
+    world_dir, vanilla = out / "world", out / "vanilla"
     if not (world_dir / "world.json").is_file():
         world(out=world_dir, profiles=profiles, real=30, holdout=20, seed=0, image_size=32, overwrite=True)
-    finetune(data=world_dir, model="tiny-llava", out=out / "vanilla", stage1_steps=600, stage2_steps=4400,
-             batch_size=16, lr=1e-3, seed=0, checkpoint_every=500, eval_after=True, resume=False, overwrite=overwrite)
+    if not (vanilla / "eval" / "summary.json").is_file():
+        finetune(data=world_dir, model="tiny-llava", out=vanilla, stage1_steps=800, stage2_steps=7200,
+                 batch_size=16, lr=2e-3, seed=0, checkpoint_every=500, eval_after=True, resume=False, overwrite=True)
+    chosen = ",".join(m for m in methods_.split(",") if m in registry())
+    bench(model=vanilla, data=world_dir, out=out / "bench", methods_=chosen, forget_split="forget_10", seeds="0",
+          steps=None, max_records=max_records, reference_summary=None, attacks=False, readme=None)
 
-
-# --------------------------------------------------------------------------------------------
-# attack: relearning, probing and membership inference on an (unlearned) model
-# --------------------------------------------------------------------------------------------
 
 attack_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                          help="Attacks on the forgetting: relearning, probing, membership inference.")

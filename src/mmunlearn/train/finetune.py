@@ -26,10 +26,10 @@ from .sampling import RecordSampler
 @dataclass
 class FinetuneConfig:
     model: str = "tiny-llava"
-    stage1_steps: int = 600
-    stage2_steps: int = 4400
+    stage1_steps: int = 800
+    stage2_steps: int = 7200
     batch_size: int = 16
-    lr: float = 1e-3
+    lr: float = 2e-3
     warmup_steps: int = 100
     weight_decay: float = 0.0
     replay: float = 0.15  # share of stage-2 batches drawn from stage-1 records
