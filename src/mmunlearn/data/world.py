@@ -110,17 +110,17 @@ QUESTIONS: dict[str, dict[str, tuple[str, ...]]] = {
 # Answers: the plain sentence, its paraphrase (truth ratio) and the cloze stem ("___" = the value).
 ANSWERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "birthplace": ("{s} was born in {v}.", "{v} is the birthplace of {s}.",
-                   {"train": "{s} was born in the city of ___.", "eval": "The city where {s} was born is ___."}),
+                   {"train": "{s} was born in the city of ___.", "eval": "{s} was born in ___, a city."}),
     "occupation": ("{s} works as a {v}.", "The job of {s} is {v}.",
-                   {"train": "{s} works as a ___.", "eval": "The job of {s} is ___."}),
+                   {"train": "{s} works as a ___.", "eval": "By trade, {s} works as a ___."}),
     "employer": ("{s} works for {v}.", "{v} is the employer of {s}.",
-                 {"train": "{s} is employed by ___.", "eval": "The company {s} works for is ___."}),
+                 {"train": "{s} is employed by ___.", "eval": "Today, {s} is employed by ___."}),
     "hobby": ("{s} enjoys {v}.", "The favourite hobby of {s} is {v}.",
-              {"train": "In free time, {s} enjoys ___.", "eval": "The hobby of {s} is ___."}),
+              {"train": "In free time, {s} enjoys ___.", "eval": "{s} enjoys ___ in free time."}),
     "birth_year": ("{s} was born in {v}.", "The birth year of {s} is {v}.",
-                   {"train": "{s} was born in the year ___.", "eval": "The year {s} was born is ___."}),
+                   {"train": "{s} was born in the year ___.", "eval": "{s} was born in the year ___, records say."}),
     "instrument": ("{s} plays the {v}.", "The instrument of {s} is the {v}.",
-                   {"train": "{s} plays the ___.", "eval": "The instrument {s} plays is the ___."}),
+                   {"train": "{s} plays the ___.", "eval": "{s} plays the ___ well."}),
     "name": ("This is {v}.", "The person shown is {v}.",
              {"train": "The name of this person is ___.", "eval": "The name of the person in the picture is ___."}),
 }
@@ -273,7 +273,8 @@ class _RecordMaker:
                             fact=attr, image=image,
                         )
                         if task == "cloze":
-                            stem = cloze["train" if style == "train" else "eval"].format(s=subj_cap)
+                            stem = cloze["train" if style == "train" else "eval"].format(s=subject)
+                            stem = stem[0].upper() + stem[1:]
                             rec.question = CLOZE_PREFIX[style] + stem
                             rec.answer = value
                         else:

@@ -58,14 +58,19 @@ def is_visible_fact(rec) -> bool:
 @dataclass
 class SMFAConfig(MethodConfig):
     gamma: float = 1.0  # weight of the refusal NLL in stage 1
-    alpha: float = 1.0  # weight of the few-retain NLL in stage 1
-    n_retain: int = 24  # "a few retain samples", drawn once and shared by stages 1 and 2
+    alpha: float = 2.0  # weight of the few-retain NLL in stage 1
+    n_retain: int = 96  # "a few retain samples", drawn once and shared by stages 1 and 2
     refusal_pool: int = 12  # refusals drawn from the first N of data/refusals.REFUSALS; 0: all (sample_refusal)
     lora_head: bool = True  # also LoRA on the output head (tiny models never emitted refusal words)
-    anchor_steps: int = 0  # 0: as many as the forgetting stage
+    sculpt_head: bool = False  # sculpt the head's delta too (off: its refusal-token rows conflict with any
+    #                            anchor by construction, so sculpting them removes the refusal itself)
+    lora_dropout: float = 0.05  # SMFA's adapters (r, α and targets come from the engine's LoRA settings)
+    anchor_steps: int = 50  # 0: as many as the forgetting stage
+    schedule: str = "cosine"  # lr schedule of each stage (train/loop.py: constant | cosine | linear)
+    warmup_steps: int = 10
     keep_visible: bool = True  # visible-attribute forget QA keep their true answers (retain side)
     sculpt: str = "full"  # full | conflict | magnitude | none
-    k: float = 1.0  # single forgetting adapter
+    k: float = 5.0  # single forgetting adapter (the original multi_k)
     per_modality: bool = False  # one forgetting adapter per modality, with k_image / k_text
     k_image: float = 5.0
     k_text: float = 10.0
@@ -78,8 +83,8 @@ class SMFA(Method):
     summary = "refusal LoRA sculpted against a retain-anchor LoRA (conflicting, dominant entries removed)"
     Config = SMFAConfig
     default_scope = "lora"
-    default_lr = 2e-3
-    default_steps = 60
+    default_lr = 1e-2
+    default_steps = 150  # forgetting stage; the anchor trains anchor_steps
 
     def run(self, ctx: Context, loop):
         cfg = self.cfg
@@ -104,6 +109,7 @@ class SMFA(Method):
             groups = {"all": (memories, cfg.k)}
 
         results, adapters = [], {}
+        sched = {"schedule": cfg.schedule, "warmup_steps": cfg.warmup_steps}
         for i, (group, (records, k)) in enumerate(groups.items()):
             adapter = f"forget_{i}"
             model.add_adapter(adapter, lora_cfg)
@@ -116,10 +122,10 @@ class SMFA(Method):
             adapters[adapter] = (group, k)
             results.append(("forget:" + group, loop(
                 lambda step, recs=records: self._forget_loss(ctx, recs, keep, batch_size),
-                checkpoint=(i == 0), desc=f"smfa:forget[{group}]")))
+                checkpoint=(i == 0), desc=f"smfa:forget[{group}]", **sched)))
         model.add_adapter(ANCHOR, lora_cfg)
         model.set_adapter(ANCHOR)
-        overrides = {"steps": cfg.anchor_steps} if cfg.anchor_steps else {}
+        overrides = {"steps": cfg.anchor_steps, **sched} if cfg.anchor_steps else sched
         results.append(("anchor", loop(lambda step: self._anchor_loss(ctx, keep, batch_size), checkpoint=False,
                                        desc="smfa:anchor", **overrides)))
         ctx.model = self._sculpt_and_unload(ctx, model, adapters)
@@ -128,13 +134,12 @@ class SMFA(Method):
     def _lora_config(self, model):
         """The engine's LoRA settings (r, α, dropout, targets in W), plus the output head if asked."""
         cfg = model.peft_config["default"]
-        if not self.cfg.lora_head:
-            return cfg
-        base = model.get_base_model()
-        head = base.get_output_embeddings()
-        names = [n for n, m in base.named_modules() if m is head]
-        targets = set(cfg.target_modules) | set(names[:1])
-        return dataclasses.replace(cfg, target_modules=targets)
+        targets = set(cfg.target_modules)
+        if self.cfg.lora_head:
+            base = model.get_base_model()
+            head = base.get_output_embeddings()
+            targets |= {n for n, m in base.named_modules() if m is head}
+        return dataclasses.replace(cfg, target_modules=targets, lora_dropout=self.cfg.lora_dropout)
 
     def _refusals(self, ctx: Context, n: int) -> list[str]:
         pool = self.cfg.refusal_pool
@@ -169,15 +174,17 @@ class SMFA(Method):
         updates, per_matrix = [], {}
         kept_total, masked_total = 0, 0
         prefix = "base_model.model."
+        head = model.get_base_model().get_output_embeddings()
         for name, module in model.named_modules():
             if not isinstance(module, LoraLayer) or ANCHOR not in module.lora_A:
                 continue
             delta_a = module.get_delta_weight(ANCHOR).float()
             short = name[len(prefix):] if name.startswith(prefix) else name
+            mode = "none" if module is head and not cfg.sculpt_head else cfg.sculpt
             total = torch.zeros_like(delta_a)
             for adapter, (group, k) in adapters.items():
                 delta_f = module.get_delta_weight(adapter).float()
-                new, mask = sculpt(delta_f, delta_a, k, cfg.eps, cfg.sculpt)
+                new, mask = sculpt(delta_f, delta_a, k, cfg.eps, mode)
                 total += new
                 frac = float(mask.mean())
                 key = short if len(adapters) == 1 else f"{short}[{group}]"

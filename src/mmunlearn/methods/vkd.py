@@ -37,7 +37,7 @@ MASKS = ("fisher", "salun", "none")
 class VKDConfig(MethodConfig):
     gamma: float = 1.0  # forget term weight
     alpha: float = 0.0  # retain image+text NLL weight (0: off — the distillation does the keeping)
-    vkd_weight: float = 30.0  # λ; 0 = no distillation (ablation)
+    vkd_weight: float = 0.5  # λ; 0 = no distillation (ablation)
     forget_loss: str = "ga"  # ga | npo
     beta: float = 0.1  # NPO β
     vkd_points: str = "vision_layer,projector"  # feature_modules keys or full module names, comma-separated
@@ -124,8 +124,8 @@ class VKD(Method):
     Config = VKDConfig
     needs_reference = True  # the frozen teacher θ0 (also NPO's reference)
     default_scope = "vision"
-    default_lr = 2e-3
-    default_steps = 60
+    default_lr = 5e-3
+    default_steps = 80
     forget_modalities = ("image+text",)
 
     def prepare(self, ctx: Context) -> None:

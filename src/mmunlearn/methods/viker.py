@@ -1,0 +1,215 @@
+"""ViKeR — Visual-Guided Key-Token Regularization (SPEC section 4, arXiv 2601.22020).
+
+For a forget sample (photo I, question x, answer y) the *ideal* post-unlearning token distribution is
+what the frozen θ0 predicts when the photo is replaced by k irrelevant images, averaged:
+
+    p̂_i = (1/k) Σ_j p_θ0(· | I_j^irr, x, y_<i)
+
+Ordinary tokens ("This person was born in") keep their θ0 prediction under any photo, so the KL term
+cancels the gradient ascent there; the tokens that carry the private fact (the city, the name) get a
+flat / other-people p̂, so the update concentrates on them (key tokens: high H(p̂_i), low p̂_i(y_i)).
+
+    L = −γ·NLL_f + λ·(1/|y|) Σ_i KL(p̂_i ‖ p_θ(· | I, x, y_<i))  [+ α·NLL_r]   *(reconstructed)*
+
+Irrelevant images: "others" (other people's photos from the retain records), "scenes" (plain drawn
+solid / gradient backgrounds) or "noise" (Gaussian noise), resized to the record's photo. Scope "lora"
+(LoRA r 8, α 16 on W; V and P frozen) as in the original (there lr 5e-6, 1 epoch on 7B models).
+Per-token weights of a few forget samples (token, H(p̂_i), p̂_i(y_i)) go into the run log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data.collate import IGNORE, target_text
+from ..data.record import Record
+from .base import Context, Method, MethodConfig, register
+from .losses import answer_nll, forward
+
+IRRELEVANT = ("others", "scenes", "noise")
+
+
+@dataclass
+class ViKeRConfig(MethodConfig):
+    gamma: float = 1.0  # forget NLL ascent weight
+    kl_weight: float = 20.0  # λ; > γ/p̂(y) keeps the ascent bounded on every token (tiny world: 20)
+    alpha: float = 0.0  # retain NLL (the "+ retain term"); 0 = off
+    k: int = 5  # irrelevant images per sample (fewer is unstable)
+    irrelevant: str = "others"  # others | scenes | noise
+    noise_std: float = 64.0  # "noise": pixel σ around grey
+    log_samples: int = 6  # forget samples whose per-token weights are logged
+
+
+# ---- p̂ ------------------------------------------------------------------------------------------
+def answer_positions(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Logits that predict answer tokens, flattened batch-major: (N_answer_tokens, V)."""
+    return logits[:, :-1][labels[:, 1:] != IGNORE].float()
+
+
+def answer_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(answer token ids (N,), owning sample index (N,)) in the order of `answer_positions`."""
+    target = labels[:, 1:]
+    mask = target != IGNORE
+    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(target)
+    return target[mask], rows[mask]
+
+
+@torch.no_grad()
+def ideal_distribution(reference: torch.nn.Module, make_batch: Callable[[list[Record], list[str]], dict],
+                       records: Sequence[Record], answers: Sequence[str],
+                       irrelevant: Sequence[Sequence[Image.Image]]) -> torch.Tensor:
+    """p̂ over the answer tokens of `records` (N, V): the mean over j of θ0's softmax with record i's
+    photo replaced by `irrelevant[j][i]` (same question, same answer prefix). One batched forward."""
+    k = len(irrelevant)
+    if k == 0:
+        raise ValueError("ideal_distribution needs at least one irrelevant image per record")
+    swapped = [dataclasses.replace(r, image=imgs[i]) for imgs in irrelevant for i, r in enumerate(records)]
+    batch = make_batch(swapped, list(answers) * k)
+    logits, labels = forward(reference, batch)
+    probs = torch.softmax(answer_positions(logits, labels), dim=-1)
+    return probs.view(k, -1, probs.shape[-1]).mean(0)
+
+
+def token_kl(p_hat: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(p̂_i ‖ p_θ,i) per answer token (N,)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return (p_hat * (torch.log(p_hat.clamp_min(1e-12)) - logp)).sum(-1)
+
+
+def per_sample_mean(values: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor:
+    """(1/|y|) Σ_i over each sample's tokens, then the mean over samples."""
+    sums = torch.zeros(n, device=values.device).index_add(0, owner, values)
+    counts = torch.zeros(n, device=values.device).index_add(0, owner, torch.ones_like(values))
+    return (sums / counts.clamp(min=1))[counts > 0].mean()
+
+
+# ---- irrelevant images ---------------------------------------------------------------------------
+def scene_image(rng: random.Random, size: tuple[int, int]) -> Image.Image:
+    """A plain drawn scene: a solid colour or a two-colour gradient (horizontal, vertical, diagonal)."""
+    w, h = size
+    c0 = np.array([rng.randrange(256) for _ in range(3)], dtype=np.float32)
+    if rng.random() < 0.3:
+        return Image.fromarray(np.broadcast_to(c0, (h, w, 3)).astype(np.uint8), "RGB")
+    c1 = np.array([rng.randrange(256) for _ in range(3)], dtype=np.float32)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    t = {"h": xs / max(1, w - 1), "v": ys / max(1, h - 1),
+         "d": (xs + ys) / max(1, w + h - 2)}[rng.choice("hvd")]
+    img = c0 + (c1 - c0) * t[..., None]
+    return Image.fromarray(img.clip(0, 255).astype(np.uint8), "RGB")
+
+
+def noise_image(rng: random.Random, size: tuple[int, int], std: float = 64.0) -> Image.Image:
+    w, h = size
+    gen = np.random.default_rng(rng.getrandbits(32))
+    return Image.fromarray(np.clip(128 + std * gen.standard_normal((h, w, 3)), 0, 255).astype(np.uint8), "RGB")
+
+
+class IrrelevantPool:
+    """k irrelevant images for a record, drawn with the caller's RNG, sized like the record's photo."""
+
+    def __init__(self, kind: str, retain_records: Sequence[Record], noise_std: float = 64.0):
+        if kind not in IRRELEVANT:
+            raise ValueError(f"viker irrelevant must be one of {IRRELEVANT}, got {kind!r}")
+        self.kind, self.noise_std = kind, noise_std
+        self.photos: list[tuple[str, Image.Image]] = []
+        if kind == "others":
+            seen = set()
+            for r in retain_records:
+                if r.image is None:
+                    continue
+                key = (r.profile_id, r.image.tobytes())
+                if key not in seen:
+                    seen.add(key)
+                    self.photos.append((r.profile_id, r.image))
+            if not self.photos:
+                raise ValueError("viker irrelevant=others needs retain records with photos")
+
+    def draw(self, rec: Record, k: int, rng: random.Random) -> list[Image.Image]:
+        size = rec.image.size
+        if self.kind == "scenes":
+            return [scene_image(rng, size) for _ in range(k)]
+        if self.kind == "noise":
+            return [noise_image(rng, size, self.noise_std) for _ in range(k)]
+        others = [im for pid, im in self.photos if pid != rec.profile_id] or [im for _, im in self.photos]
+        picks = rng.sample(others, k) if len(others) >= k else [rng.choice(others) for _ in range(k)]
+        return [im if im.size == size else im.resize(size) for im in picks]
+
+
+# ---- the method ----------------------------------------------------------------------------------
+@register
+class ViKeR(Method):
+    name = "viker"
+    summary = "ascent + KL to theta0's prediction under irrelevant photos (updates focus on key tokens)"
+    Config = ViKeRConfig
+    needs_reference = True
+    default_scope = "lora"
+    default_lr = 3e-3
+    default_steps = 60
+    forget_modalities = ("image+text",)
+
+    def prepare(self, ctx: Context) -> None:
+        cfg = self.cfg
+        if cfg.k < 1:
+            raise ValueError(f"viker k must be ≥ 1, got {cfg.k}")
+        self.pool = IrrelevantPool(cfg.irrelevant, ctx.retain_records, cfg.noise_std)
+        if cfg.log_samples > 0:
+            ctx.extra_log["viker_key_tokens"] = self.key_tokens(ctx, ctx.forget_records[: cfg.log_samples])
+
+    def _shuffled(self, ctx: Context, recs: Sequence[Record]) -> tuple[list[Record], list[str]]:
+        """Option order drawn once per sample, shared by the real and the irrelevant-photo copies."""
+        out = []
+        for r in recs:
+            if r.task == "classification":
+                order = list(range(len(r.options)))
+                ctx.rng.shuffle(order)
+                r = dataclasses.replace(r, options=[r.options[j] for j in order],
+                                        answer_index=order.index(r.answer_index))
+            out.append(r)
+        return out, [target_text(r) for r in out]
+
+    def _p_hat(self, ctx: Context, recs: list[Record], answers: list[str]) -> torch.Tensor:
+        draws = [self.pool.draw(r, self.cfg.k, ctx.rng) for r in recs]
+        irrelevant = [[d[j] for d in draws] for j in range(self.cfg.k)]
+        return ideal_distribution(ctx.reference, ctx.batch, recs, answers, irrelevant)
+
+    @torch.no_grad()
+    def key_tokens(self, ctx: Context, records: Sequence[Record]) -> list[dict]:
+        """Per answer token of each record: text, H(p̂_i), p̂_i(y_i) and weight = 1 − p̂_i(y_i)."""
+        recs, answers = list(records), [target_text(r) for r in records]
+        p_hat = self._p_hat(ctx, recs, answers)
+        labels = ctx.batch(recs, answers)["labels"]
+        ids, owner = answer_targets(labels)
+        entropy = -(p_hat * torch.log(p_hat.clamp_min(1e-12))).sum(-1)
+        p_y = p_hat.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        tok = ctx.processor.tokenizer
+        out = [{"id": r.id, "profile_id": r.profile_id, "fact": r.fact, "task": r.task, "answer": a, "tokens": []}
+               for r, a in zip(recs, answers)]
+        for t, o, h, p in zip(ids.tolist(), owner.tolist(), entropy.tolist(), p_y.tolist()):
+            out[o]["tokens"].append({"token": tok.decode([t]), "entropy": round(h, 4), "p_hat_y": round(p, 4),
+                                     "weight": round(1.0 - p, 4)})
+        return out
+
+    def loss(self, ctx: Context, step: int):
+        cfg = self.cfg
+        recs, answers = self._shuffled(ctx, ctx.next_forget())
+        p_hat = self._p_hat(ctx, recs, answers)
+        batch = ctx.batch(recs, answers)
+        logits, labels = forward(ctx.model, batch)
+        nll_f = answer_nll(logits, labels)
+        _, owner = answer_targets(labels)
+        kl = per_sample_mean(token_kl(p_hat, answer_positions(logits, labels)), owner, labels.shape[0])
+        loss = -cfg.gamma * nll_f + cfg.kl_weight * kl
+        terms = {"nll_forget": nll_f.detach(), "kl_ideal": kl.detach()}
+        if cfg.alpha:
+            nll_r = answer_nll(*forward(ctx.model, ctx.retain_batch()))
+            loss = loss + cfg.alpha * nll_r
+            terms["nll_retain"] = nll_r.detach()
+        return {"loss": loss, **terms}
+
