@@ -1,0 +1,197 @@
+"""The three seed methods (SPEC section 4): VKD, SMFA, ViKeR — mechanics and forgetting on the tiny world."""
+
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from helpers import accuracies
+from mmunlearn.cli import app
+from mmunlearn.data.collate import TrainCollator, target_text
+from mmunlearn.eval.engine import generate
+from mmunlearn.eval.metrics import is_degenerate, is_refusal
+from mmunlearn.methods.base import registry
+from mmunlearn.methods.losses import forward
+from mmunlearn.methods.smfa import sculpt
+from mmunlearn.methods.viker import IrrelevantPool, answer_positions, ideal_distribution
+from mmunlearn.models.loader import load_model
+from mmunlearn.train.unlearn import UnlearnConfig, read_log, unlearn
+
+FUNCTION_WORDS = {"this", "is", "the", "person", "was", "born", "in", "works", "as", "a", "an", "for", "enjoys",
+                  "plays", "photo", "of", ".", "(", ")", "<|end|>"}
+
+
+def _weights(folder):
+    return {n: p.detach().clone() for n, p in load_model(folder).model.named_parameters()}
+
+
+def _rate(loaded, records, predicate):
+    replies = generate(loaded, records, progress=False)
+    return sum(map(predicate, replies)) / len(replies)
+
+
+def _gen(bundle, split, modality):
+    return [r for r in bundle.eval(split) if r.task == "generation" and r.modality == modality]
+
+
+@pytest.fixture(scope="module")
+def vanilla_acc(tuned_small):
+    bundle, vanilla, _ = tuned_small
+    return accuracies(load_model(vanilla), bundle)
+
+
+def test_seed_methods_are_registered_and_listed():
+    assert {"vkd", "smfa", "viker"} <= set(registry())
+    out = CliRunner().invoke(app, ["methods"]).output
+    for name, scope in (("vkd", "vision"), ("smfa", "lora"), ("viker", "lora")):
+        line = next(line for line in out.splitlines() if line.startswith(name))
+        assert f"scope {scope}" in line
+
+
+# ---- VKD --------------------------------------------------------------------------------------
+def test_vkd_trains_no_language_weight_and_distillation_starts_at_zero(tuned_small, tmp_path):
+    bundle, vanilla, _ = tuned_small
+    loaded = load_model(vanilla)
+    result = unlearn(bundle, UnlearnConfig(method="vkd", steps=3), tmp_path / "u", loaded=loaded)
+    before, after = _weights(vanilla), _weights(tmp_path / "u")
+    changed = {"V": [], "P": [], "W": []}
+    for name in before:
+        changed[loaded.adapter.part_of(name)].append(not torch.equal(before[name], after[name]))
+    assert not any(changed["W"])  # W byte-identical
+    assert any(changed["V"]) or any(changed["P"])
+    log = result.log
+    assert log["vkd_per_step"][0] == 0.0  # student == teacher before the first update
+    assert log["losses"][0]["vkd"] == 0.0
+    assert 0 < log["trainable_share"] < 0.5
+    assert 0 < log["mask_kept_fraction"] < 1
+
+
+def test_vkd_forgets_photo_knowledge_and_keeps_text_knowledge(tuned_small, tmp_path, vanilla_acc):
+    bundle, vanilla, _ = tuned_small
+    result = unlearn(bundle, UnlearnConfig(method="vkd"), tmp_path / "u", loaded=load_model(vanilla))
+    acc = accuracies(result.loaded, bundle)
+    assert acc["forget/image+text"] <= 0.3, (acc, vanilla_acc)  # measured 0.14 (seeds 0-3); chance 0.25
+    assert acc["forget/text"] >= 0.9 * vanilla_acc["forget/text"], acc
+    assert acc["retain/image+text"] >= 0.9 * vanilla_acc["retain/image+text"], acc
+    assert acc["retain/text"] >= 0.9 * vanilla_acc["retain/text"], acc
+
+
+# ---- SMFA -------------------------------------------------------------------------------------
+def test_sculpt_follows_the_formulas_on_a_hand_made_example():
+    f = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
+    a = torch.tensor([[-1.0, -1.0], [0.1, -0.5]])
+    rho = math.sqrt(1 + 4 + 0.25 + 9) / math.sqrt(1 + 1 + 0.01 + 0.25)  # ≈ 2.511
+    conflict = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # a·f = [[-1, 2], [0.05, -1.5]] < 0
+    # k = 1: k·ρ·|a| = [[2.51, 2.51], [0.25, 1.26]] < |f| = [[1, 2], [0.5, 3]] → R = [[0, 0], [1, 1]]
+    assert 1 * rho * 1.0 > 2.0 and 1 * rho * 0.5 < 3.0
+    new, mask = sculpt(f, a, k=1.0, eps=1e-8)
+    assert torch.equal(mask, torch.tensor([[0.0, 0.0], [0.0, 1.0]]))  # M = C ⊙ R
+    assert torch.equal(new, torch.tensor([[1.0, -2.0], [0.5, 0.0]]))
+    _, r_only = sculpt(f, a, k=1.0, mode="magnitude")
+    assert torch.equal(r_only, torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+    _, c_only = sculpt(f, a, k=1.0, mode="conflict")
+    assert torch.equal(c_only, conflict)
+    # k = 0.3: k·ρ·|a| = [[0.75, 0.75], [0.08, 0.38]] all below |f| → R = 1, M = C
+    assert 0.3 * rho < 1.0
+    new, mask = sculpt(f, a, k=0.3)
+    assert torch.equal(mask, conflict) and torch.equal(new, torch.tensor([[0.0, -2.0], [0.5, 0.0]]))
+    # extremes: k = 0 masks every conflicting entry; a huge k masks nothing; "none" never masks
+    assert torch.equal(sculpt(f, a, k=0.0)[1], conflict)
+    new, mask = sculpt(f, a, k=1e9)
+    assert mask.sum() == 0 and torch.equal(new, f)
+    assert sculpt(f, a, k=0.0, mode="none")[1].sum() == 0
+    # a zero anchor: nothing conflicts, ρ = ‖f‖/ε stays finite
+    new, mask = sculpt(f, torch.zeros_like(f), k=5.0)
+    assert mask.sum() == 0 and torch.equal(new, f)
+    with pytest.raises(ValueError):
+        sculpt(f, a, k=-1.0)
+
+
+def test_smfa_refuses_forget_people_and_keeps_understanding(tuned_small, tmp_path, vanilla_acc):
+    bundle, vanilla, _ = tuned_small
+    result = unlearn(bundle, UnlearnConfig(method="smfa"), tmp_path / "u", loaded=load_model(vanilla))
+    from safetensors.torch import load_file
+
+    assert not any("lora" in k for k in load_file(str(tmp_path / "u" / "model.safetensors")))
+    log = read_log(tmp_path / "u")
+    assert [s["name"] for s in log["smfa_stages"]] == ["forget:all", "anchor"]
+    assert 0 < log["smfa_masked_fraction"] < 0.5
+    assert all(0 <= m["masked_fraction"] <= 1 for m in log["smfa_matrices"].values())
+    loaded = load_model(tmp_path / "u")  # the plain merged folder
+    acc = accuracies(loaded, bundle)
+    forget_gen = _gen(bundle, "forget", "image+text") + _gen(bundle, "forget", "text")
+    retain_gen = _gen(bundle, "retain", "image+text") + _gen(bundle, "retain", "text")
+    assert _rate(loaded, forget_gen, is_refusal) >= 0.75, acc  # measured 0.85-1.0 (seeds 0-2)
+    assert _rate(loaded, retain_gen, is_refusal) <= 0.1
+    assert _rate(loaded, forget_gen, is_degenerate) <= 0.2
+    assert acc["understanding_forget"] >= 0.95 * vanilla_acc["understanding_forget"], (acc, vanilla_acc)
+    for key in ("retain/image+text", "retain/text"):
+        assert acc[key] >= 0.9 * vanilla_acc[key], (acc, vanilla_acc)
+
+
+# ---- ViKeR ------------------------------------------------------------------------------------
+def test_viker_ideal_distribution_is_the_mean_over_irrelevant_photos(tuned_small):
+    import random
+
+    bundle, vanilla, _ = tuned_small
+    loaded = load_model(vanilla)
+    model = loaded.model.eval()
+    collate = TrainCollator(loaded.adapter, loaded.processor)
+    make_batch = lambda recs, answers: collate(recs, answers=answers)  # noqa: E731
+    records = [r for r in bundle.train("forget") if r.modality == "image+text"][:3]
+    answers = [target_text(r) for r in records]
+    rng = random.Random(0)
+    for kind in ("others", "scenes", "noise"):
+        pool = IrrelevantPool(kind, bundle.train("retain"))
+        draws = [pool.draw(r, 4, rng) for r in records]
+        assert all(im.size == r.image.size for r, d in zip(records, draws) for im in d)
+        irrelevant = [[d[j] for d in draws] for j in range(4)]
+        p_hat = ideal_distribution(model, make_batch, records, answers, irrelevant)
+        manual = []
+        with torch.no_grad():
+            for imgs in irrelevant:
+                swapped = [r.__class__(**{**r.__dict__, "image": im}) for r, im in zip(records, imgs)]
+                logits, labels = forward(model, make_batch(swapped, answers))
+                manual.append(torch.softmax(answer_positions(logits, labels), -1))
+        assert torch.allclose(p_hat, torch.stack(manual).mean(0), atol=1e-5)
+        assert torch.allclose(p_hat.sum(-1), torch.ones(p_hat.shape[0]), atol=1e-4)
+    # "others" never shows the forget person's own photo
+    pool = IrrelevantPool("others", bundle.train("retain"))
+    assert all(pid != records[0].profile_id for pid, _ in pool.photos)
+
+
+def test_viker_key_tokens_are_the_fact_bearing_answer_tokens(tuned_small, tmp_path):
+    bundle, vanilla, _ = tuned_small
+    result = unlearn(bundle, UnlearnConfig(method="viker", steps=0, method_args={"log_samples": 100}),
+                     tmp_path / "u", loaded=load_model(vanilla))
+    samples = result.log["viker_key_tokens"]
+    records = {r.id: r for r in bundle.train("forget")}
+    values = {(r.profile_id, r.fact): r.answer for r in records.values() if r.task in ("cloze", "classification")}
+    assert len(samples) >= 20
+    for key, best in (("weight", max), ("entropy", max), ("p_hat_y", min)):
+        fact_hits = function_hits = 0
+        for s in samples:
+            rec = records[s["id"]]
+            value = (rec.answer if rec.task != "generation" else values[(rec.profile_id, rec.fact)]).lower()
+            token = best(s["tokens"], key=lambda t: t[key])["token"].strip().lower()
+            if token in FUNCTION_WORDS:
+                function_hits += 1
+            elif token and token in value:
+                fact_hits += 1
+        assert fact_hits > function_hits, (key, fact_hits, function_hits)
+        assert fact_hits >= 0.6 * len(samples), (key, fact_hits, len(samples))
+    tok = samples[0]["tokens"][0]
+    assert set(tok) >= {"token", "entropy", "p_hat_y", "weight"}
+
+
+def test_viker_forgets_photo_facts_without_degenerate_outputs(tuned_small, tmp_path, vanilla_acc):
+    bundle, vanilla, _ = tuned_small
+    result = unlearn(bundle, UnlearnConfig(method="viker"), tmp_path / "u", loaded=load_model(vanilla))
+    acc = accuracies(result.loaded, bundle)
+    assert acc["forget/image+text"] <= 0.6 * vanilla_acc["forget/image+text"], (acc, vanilla_acc)  # measured 0.43
+    assert acc["retain/image+text"] >= 0.85 * vanilla_acc["retain/image+text"], (acc, vanilla_acc)
+    assert acc["retain/text"] >= 0.9 * vanilla_acc["retain/text"], (acc, vanilla_acc)
+    assert _rate(result.loaded, _gen(bundle, "forget", "image+text"), is_degenerate) <= 0.2
+    assert _rate(result.loaded, _gen(bundle, "retain", "image+text"), is_degenerate) <= 0.1
+    assert result.log["losses"][0]["kl_ideal"] > 0
