@@ -14,7 +14,6 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from .portraits import BACKGROUND, HAIR, SHIRT, Look, Pose, draw, random_pose, sample_looks
 from .record import OPTION_LETTERS, Record
@@ -412,19 +411,6 @@ def _copy(r: Record, **changes) -> Record:
     from dataclasses import replace
 
     return replace(r, options=list(r.options), perturbed_answers=list(r.perturbed_answers), **changes)
-
-
-def world_texts(world: World) -> Iterator[str]:
-    """Every string a tokenizer for this world must cover."""
-    for recs in world.splits.values():
-        for r in recs:
-            yield r.question
-            yield r.answer
-            yield from r.options
-            if r.paraphrased_answer:
-                yield r.paraphrased_answer
-    for p in world.profiles:
-        yield p.biography
 
 
 def manifest(world: World) -> dict:

@@ -40,6 +40,22 @@ class TinySize:
     max_positions: int = 512
 
 
+def tiny_text_settings(tokenizer, size: TinySize) -> dict:
+    """Language-model config fields every tiny family shares (each adds its own extras)."""
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=size.text_hidden,
+        intermediate_size=size.text_hidden * size.text_mlp_ratio,
+        num_hidden_layers=size.text_layers,
+        num_attention_heads=size.heads,
+        num_key_value_heads=size.heads,
+        max_position_embeddings=size.max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+
+
 class FamilyAdapter:
     family: str = ""
     model_types: tuple[str, ...] = ()

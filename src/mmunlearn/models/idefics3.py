@@ -12,7 +12,7 @@ from PIL import Image
 from transformers import SmolVLMProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from .base import FamilyAdapter, TinySize, register_family
+from .base import FamilyAdapter, TinySize, register_family, tiny_text_settings
 
 
 class SmolVLMImageOnlyProcessor(SmolVLMProcessor):
@@ -87,19 +87,7 @@ class Idefics3Adapter(FamilyAdapter):
             image_size=size.image_size,
             patch_size=size.patch_size,
         )
-        text = dict(
-            model_type="llama",
-            vocab_size=len(tokenizer),
-            hidden_size=size.text_hidden,
-            intermediate_size=size.text_hidden * size.text_mlp_ratio,
-            num_hidden_layers=size.text_layers,
-            num_attention_heads=size.heads,
-            num_key_value_heads=size.heads,
-            max_position_embeddings=size.max_positions,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=None,
-        )
+        text = dict(model_type="llama", **tiny_text_settings(tokenizer, size))
         config = Idefics3Config(
             vision_config=vision,
             text_config=text,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .base import FamilyAdapter, TinySize, register_family
+from .base import FamilyAdapter, TinySize, register_family, tiny_text_settings
 
 
 @register_family
@@ -42,18 +42,7 @@ class LlavaAdapter(FamilyAdapter):
             patch_size=size.patch_size,
             projection_dim=size.vision_hidden,
         )
-        text = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=size.text_hidden,
-            intermediate_size=size.text_hidden * size.text_mlp_ratio,
-            num_hidden_layers=size.text_layers,
-            num_attention_heads=size.heads,
-            num_key_value_heads=size.heads,
-            max_position_embeddings=size.max_positions,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=None,
-        )
+        text = LlamaConfig(**tiny_text_settings(tokenizer, size))
         config = LlavaConfig(
             vision_config=vision,
             text_config=text,

@@ -8,7 +8,7 @@ import torch
 from transformers import Qwen2VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from .base import FamilyAdapter, TinySize, register_family
+from .base import FamilyAdapter, TinySize, register_family, tiny_text_settings
 
 IMAGE_PAD = "<|image_pad|>"
 
@@ -65,17 +65,8 @@ class Qwen2VLAdapter(FamilyAdapter):
             temporal_patch_size=2,
         )
         text = dict(
-            vocab_size=len(tokenizer),
-            hidden_size=size.text_hidden,
-            intermediate_size=size.text_hidden * size.text_mlp_ratio,
-            num_hidden_layers=size.text_layers,
-            num_attention_heads=size.heads,
-            num_key_value_heads=size.heads,
-            max_position_embeddings=size.max_positions,
+            **tiny_text_settings(tokenizer, size),
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section},
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=None,
         )
         config = Qwen2VLConfig(
             vision_config=vision,
