@@ -189,7 +189,7 @@ class VKD(Method):
             l_vkd = vkd_loss(ctx, ctx.rng.sample(self._retain_images, n), cfg.vkd_points, cfg.vkd_distance)
             loss = loss + cfg.vkd_weight * l_vkd
             terms["vkd"] = l_vkd.detach()
-            ctx.extra_log["vkd_per_step"].append(round(float(l_vkd), 8))
+            ctx.extra_log["vkd_per_step"].append(round(float(l_vkd.detach()), 8))
         if cfg.alpha:  # retain image+text QA, as many as the forget batch
             recs = [ctx.rng.choice(self._retain_vqa) for _ in range(size)]
             nll_r = answer_nll(*forward(ctx.model, ctx.batch(recs)))
