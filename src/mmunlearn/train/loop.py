@@ -112,8 +112,10 @@ def run_loop(
         raise ValueError("nothing to train: no parameter requires grad")
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    named = {n: p for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+    # The model is not wrapped in DDP: methods call the very module they were given (hooks, several
+    # forward passes, a frozen teacher), so gradients are averaged across processes explicitly below.
+    model.to(accelerator.device)
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     masks = {n: m.to(named[n].device, named[n].dtype) for n, m in (grad_masks or {}).items() if n in named}
 
     ckpt = Path(checkpoint_root) / CHECKPOINT_DIR if checkpoint_root else None
@@ -121,7 +123,7 @@ def run_loop(
     if resume and ckpt and (ckpt / "loop_state.json").is_file():
         state = json.loads((ckpt / "loop_state.json").read_text())
         trainable = torch.load(ckpt / "trainable.pt", weights_only=True)
-        unwrapped = accelerator.unwrap_model(model)
+        unwrapped = model
         missing = set(named) - set(trainable)
         if missing:
             raise ValueError(f"checkpoint in {ckpt} does not match the model ({len(missing)} parameters missing)")
@@ -151,12 +153,14 @@ def run_loop(
             )
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
+        if accelerator.num_processes > 1:
+            _average_gradients(params, accelerator)
         if masks and (mask_when is None or mask_when(step)):
             for n, m in masks.items():
                 if named[n].grad is not None:
                     named[n].grad.mul_(m)
         if cfg.grad_clip:
-            accelerator.clip_grad_norm_(params, cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         scheduler.step()
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
@@ -168,10 +172,21 @@ def run_loop(
         if ckpt and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
-                _save_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler, done, log, rng_state)
+                _save_checkpoint(ckpt, model, optimizer, scheduler, done, log, rng_state)
     bar.close()
     wall = elapsed_before + time.perf_counter() - t0
     return LoopResult(cfg.steps, wall, log, peak_memory_mb())
+
+
+def _average_gradients(params: list[torch.nn.Parameter], accelerator) -> None:
+    """Mean of every gradient over processes, in one collective (missing grads count as zero)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="mean")
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
 
 
 def _rng_snapshot(extra: Callable[[], dict] | None) -> dict:
