@@ -18,7 +18,7 @@ def small_world(tmp_path_factory):
 
 
 # Fine-tune settings for the small world: enough for the 6 people to be memorised (see test_finetune).
-SMALL_FINETUNE = dict(stage1_steps=200, stage2_steps=1000, batch_size=16, lr=2e-3, warmup_steps=30, checkpoint_every=0)
+SMALL_FINETUNE = dict(stage1_steps=200, stage2_steps=1600, batch_size=16, lr=2e-3, warmup_steps=30, checkpoint_every=0)
 
 
 @pytest.fixture(scope="session")
