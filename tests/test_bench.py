@@ -31,7 +31,7 @@ def test_readme_markers_are_replaced_and_required():
 def test_bench_runs_methods_and_seeds_and_writes_results(tuned_small, small_world, tmp_path):
     bundle, vanilla, _ = tuned_small
     out = tmp_path / "bench"
-    cfg = BenchConfig(model=str(vanilla), methods=["ga", "npo"], seeds=[0, 1], steps=15, max_records=120,
+    cfg = BenchConfig(model=str(vanilla), methods=["ga", "npo"], seeds=[0, 1], steps=30, max_records=120,
                       attacks=True, relearn_ratios=(50.0,), relearn_steps=5)
     results = run_bench(bundle, cfg, out, progress=lambda msg: None)
     assert [r["method"] for r in results["rows"]] == ["vanilla", "ga", "ga", "npo", "npo"]

@@ -21,8 +21,8 @@ class IdkDPO(Method):
     name = "idkdpo"
     summary = "DPO: refusal preferred over the true answer on forget prompts (+ retain NLL)"
     needs_reference = True
-    default_lr = 1e-3  # DPO saturates fast at β 0.1; measured on the tiny world: 5e-4/60 steps left 38% answered
-    default_steps = 80
+    default_lr = 1e-3  # DPO saturates fast at β 0.1; on the tiny world 5e-4/60 steps left 38% answered, 1e-3/120 none
+    default_steps = 120
     Config = IdkDPOConfig
 
     def loss(self, ctx: Context, step: int):
