@@ -115,39 +115,37 @@ def test_unknown_forget_split_is_refused(small_world):
         load_data(small_world, "forget_99")
 
 
-def test_corrupt_image_names_file_and_row(small_world, tmp_path):
+def _world_with_edited_rows(world, tmp_path, split, edit):
+    """A copy of `world` whose `split` parquet rows went through `edit(rows)` (in place)."""
     import shutil
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     copy = tmp_path / "w"
-    shutil.copytree(small_world, copy)
-    path = copy / "data" / "real.parquet"
+    shutil.copytree(world, copy)
+    path = copy / "data" / f"{split}.parquet"
     table = pq.read_table(path)
     rows = table.to_pylist()
-    for row in rows:
-        if row["image"] is not None:
-            row["image"] = {"bytes": b"not a png", "path": None}
-            break
+    edit(rows)
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
+    return copy
+
+
+def test_corrupt_image_names_file_and_row(small_world, tmp_path):
+    def corrupt_first_image(rows):
+        row = next(r for r in rows if r["image"] is not None)
+        row["image"] = {"bytes": b"not a png", "path": None}
+
+    copy = _world_with_edited_rows(small_world, tmp_path, "real", corrupt_first_image)
     with pytest.raises(DataError, match=r"real\.parquet: row \d+ .*corrupt image"):
         load_data(copy, "forget_10")
 
 
 def test_record_without_answer_is_refused(small_world, tmp_path):
-    import shutil
+    def drop_an_answer(rows):
+        next(r for r in rows if r["task"] == "generation")["answer"] = ""
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    copy = tmp_path / "w"
-    shutil.copytree(small_world, copy)
-    path = copy / "data" / "holdout.parquet"
-    table = pq.read_table(path)
-    rows = table.to_pylist()
-    gen = next(i for i, r in enumerate(rows) if r["task"] == "generation")
-    rows[gen]["answer"] = ""
-    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
+    copy = _world_with_edited_rows(small_world, tmp_path, "holdout", drop_an_answer)
     with pytest.raises(DataError, match="without an answer"):
         load_data(copy, "forget_10")
