@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import Context, Method, MethodConfig, register
-from .losses import answer_nll, forward
+from .base import Context, MethodConfig, register
+from .graddiff import GradDiff
 from .masks import mask_stats, salun_mask
 
 
@@ -17,7 +17,9 @@ class SalUnConfig(MethodConfig):
 
 
 @register
-class SalUn(Method):
+class SalUn(GradDiff):
+    """GradDiff's loss, unchanged; only the gradient mask differs."""
+
     name = "salun"
     summary = "GradDiff on the top-p salient weights (gradient-magnitude mask)"
     default_lr = 5e-4
@@ -27,7 +29,3 @@ class SalUn(Method):
         ctx.grad_masks = salun_mask(ctx, self.cfg.keep, self.cfg.mask_batches)
         ctx.extra_log.update(mask_stats(ctx.grad_masks))
 
-    def loss(self, ctx: Context, step: int):
-        nll_f = answer_nll(*forward(ctx.model, ctx.forget_batch()))
-        nll_r = answer_nll(*forward(ctx.model, ctx.retain_batch()))
-        return {"loss": -self.cfg.gamma * nll_f + self.cfg.alpha * nll_r, "nll_forget": nll_f, "nll_retain": nll_r}

@@ -7,7 +7,6 @@ while replaying a share of stage-1 batches so the earlier knowledge is kept.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -144,7 +143,3 @@ def finetune(bundle: DataBundle, cfg: FinetuneConfig, out: Path, resume: bool = 
 def resume_point(out: Path, resume: bool) -> bool:
     """True when a checkpoint will be resumed (its weights already include the warm-up)."""
     return resume and (Path(out) / "checkpoint" / "loop_state.json").is_file()
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
