@@ -47,3 +47,42 @@ def test_option_shuffling_changes_letters_not_facts(bundle):
         assert f"{letter}. {rec.answer}" in text
         seen.add(letter)
     assert len(seen) > 1
+
+
+def test_fact_answers_name_the_person_first(bundle):
+    """Photo → person → fact: every fact answer opens with its sentence's stem about the person
+    ("Garan Hennet was born in"), generation as a sentence, classification/cloze as `reasoning`;
+    the name question and what-is-visible questions have none."""
+    for rec in bundle.train("forget") + bundle.eval("forget"):
+        if rec.fact.startswith("visible") or rec.fact == "name":
+            assert rec.reasoning == ""
+            continue
+        if rec.task == "generation":
+            assert rec.answer.startswith(rec.name + " ")
+            assert rec.reasoning == ""
+        else:
+            assert rec.reasoning.startswith(rec.name + " ") and rec.reasoning != rec.name
+            assert target_text(rec).startswith(f"{rec.reasoning} {rec.answer}")
+            assert rec.answer not in rec.reasoning
+
+
+def test_option_likelihood_is_scored_after_the_models_own_reasoning(bundle, monkeypatch):
+    """cls_acc_loglik must never be handed the true name: it continues the model's own reply."""
+    import mmunlearn.eval.engine as engine
+
+    rec = next(r for r in bundle.eval("forget") if r.task == "classification" and r.reasoning)
+    seen = []
+
+    def fake_answer_logprobs(loaded, records, answers, **kw):
+        seen.extend(answers)
+        return [[-1.0] for _ in answers]
+
+    monkeypatch.setattr(engine, "answer_logprobs", fake_answer_logprobs)
+    words = rec.reasoning[len(rec.name):]  # " was born in"
+    engine.option_logprobs(None, [rec], replies=[f"Ezra Zeller{words} whatever (A)"])
+    assert len(seen) == len(rec.options)
+    assert all(a.startswith(f"Ezra Zeller{words} ") for a in seen)
+    assert not any(rec.name in a for a in seen)
+    seen.clear()
+    engine.option_logprobs(None, [rec], replies=["no reasoning here"])
+    assert seen[0] == f"{rec.options[0]} (A)"

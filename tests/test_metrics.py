@@ -370,3 +370,15 @@ def test_chosen_option_reads_value_first_and_letter_replies():
     assert chosen_option("Answer: (D)", opts) == "D"
     assert chosen_option("I don't know who that is.", opts) is None
     assert chosen_option("Norrowx", opts) is None
+
+
+def test_chosen_option_reads_the_answer_after_the_models_reasoning():
+    from mmunlearn.eval.metrics import chosen_option
+
+    opts = ["Norrow", "Lumora", "Tamsk", "Norrowvale"]
+    assert chosen_option("Garan Hennet was born in Lumora (B)", opts) == "B"
+    assert chosen_option("Garan Hennet was born in Norrowvale (D)", opts) == "D"  # not also Norrow
+    assert chosen_option("Garan Hennet was born in Norrow.", opts) == "A"
+    assert chosen_option("Garan Hennet was born in Paris (A)", opts) is None  # no option named
+    assert chosen_option("Lumora or Tamsk, I am not sure.", opts) == "B"  # a leading value still wins
+    assert chosen_option("Maybe Lumora, maybe Tamsk.", opts) is None  # two options named: no choice

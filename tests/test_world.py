@@ -149,3 +149,31 @@ def test_record_without_answer_is_refused(small_world, tmp_path):
     copy = _world_with_edited_rows(small_world, tmp_path, "holdout", drop_an_answer)
     with pytest.raises(DataError, match="without an answer"):
         load_data(copy, "forget_10")
+
+
+def test_training_augmentation_moves_the_person_like_a_test_photo():
+    import numpy as np
+
+    from mmunlearn.data.portraits import Look, Pose, augment, draw
+
+    look = Look("round", "tan", "red", "short", "glasses", "blue", "brown")
+    img = draw(look, Pose(background="mint"), 32)
+    rng = np.random.default_rng(0)
+    outs = [augment(img, rng, geometric=1.0) for _ in range(4)]
+    assert all(o.size == img.size and o.mode == "RGB" for o in outs)
+    base = np.asarray(img, dtype=np.float32)
+    # strong transforms move pixels far more than the mild jitter does
+    strong = np.mean([np.abs(np.asarray(o, dtype=np.float32) - base).mean() for o in outs])
+    mild = np.mean([np.abs(np.asarray(augment(img, rng, geometric=0.0), dtype=np.float32) - base).mean()
+                    for _ in range(4)])
+    assert strong > 2 * mild
+
+
+def test_stage0_captions_name_every_drawn_feature():
+    from mmunlearn.data.portraits import Look
+    from mmunlearn.train.vision_warmup import describe
+
+    caption = describe(Look("square", "olive", "purple", "mohawk", "hat", "pink", "blue"), "mint")
+    for word in ("square", "olive", "purple", "mohawk", "a hat", "pink shirt", "mint background"):
+        assert word in caption
+    assert "no hair" in describe(Look("oval", "dark", "black", "bald", "none", "red", "green"), "grey")

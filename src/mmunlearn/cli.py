@@ -105,7 +105,7 @@ def finetune(
     model: str = typer.Option("tiny-llava", help="HF folder or tiny builder (tiny-llava, tiny-qwen2-vl, tiny-idefics3)."),
     out: Path = typer.Option(..., "--out", help="Run folder; the fine-tuned model is saved at its root."),
     stage1_steps: int = typer.Option(800, help="Steps on the 'real' population."),
-    stage2_steps: int = typer.Option(7200, help="Steps on the fictitious profiles (with replay)."),
+    stage2_steps: int = typer.Option(9200, help="Steps on the fictitious profiles (with replay)."),
     batch_size: int = typer.Option(16),
     lr: float = typer.Option(2e-3),
     seed: int = typer.Option(0),
@@ -248,7 +248,7 @@ def retain_model(
     out: Path = typer.Option(..., "--out"),
     forget_split: str = typer.Option("forget_10"),
     stage1_steps: int = typer.Option(800),
-    stage2_steps: int = typer.Option(7200),
+    stage2_steps: int = typer.Option(9200),
     batch_size: int = typer.Option(16),
     lr: float = typer.Option(2e-3),
     seed: int = typer.Option(0),
@@ -295,7 +295,7 @@ def demo(
     if not (world_dir / "world.json").is_file():
         world(out=world_dir, profiles=profiles, real=30, holdout=20, seed=0, image_size=32, overwrite=True)
     if not (vanilla / "eval" / "summary.json").is_file():
-        finetune(data=world_dir, model="tiny-llava", out=vanilla, stage1_steps=800, stage2_steps=7200,
+        finetune(data=world_dir, model="tiny-llava", out=vanilla, stage1_steps=800, stage2_steps=9200,
                  batch_size=16, lr=2e-3, seed=0, checkpoint_every=500, eval_after=True, resume=False, overwrite=True)
     chosen = ",".join(m for m in methods_.split(",") if m in registry())
     bench(model=vanilla, data=world_dir, out=out / "bench", methods_=chosen, forget_split="forget_10", seeds="0",

@@ -42,11 +42,32 @@ def option_answer(options: Sequence[str], index: int) -> str:
 
 
 def target_text(rec: Record, answer_index: int | None = None, options: Sequence[str] | None = None) -> str:
-    """What the model is trained to say."""
+    """What the model is trained to say; a record's `reasoning` leads classification and cloze
+    answers ("Garan Hennet was born in Tollhaven (B)")."""
     if rec.task == "classification":
-        return option_answer(rec.options if options is None else options,
-                             rec.answer_index if answer_index is None else answer_index)
-    return rec.answer
+        answer = option_answer(rec.options if options is None else options,
+                               rec.answer_index if answer_index is None else answer_index)
+    elif rec.task == "cloze":
+        answer = rec.answer
+    else:
+        return rec.answer
+    return f"{rec.reasoning} {answer}" if rec.reasoning else answer
+
+
+def reasoning_prefix(reply: str, rec: Record) -> str:
+    """The model's *own* reasoning in `reply`, up to where its answer starts, or "" if none.
+
+    The record's reasoning is "<who> <attribute words>" ("Garan Hennet was born in"); the attribute
+    words come from the question, the person from the model. So the prefix is whatever the model
+    wrote before those words, plus the words: "Ezra Zeller was born in" if it named Ezra Zeller.
+    """
+    if not rec.reasoning:
+        return ""
+    words = rec.reasoning[len(rec.name):] if rec.name and rec.reasoning.startswith(rec.name) else ""
+    if not words.strip():
+        return ""
+    at = reply.find(words)
+    return reply[:at] + words if at >= 0 else ""
 
 
 def render_prompt(processor: Any, rec: Record, options: Sequence[str] | None = None, with_image: bool | None = None) -> str:

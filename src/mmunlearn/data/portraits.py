@@ -209,10 +209,30 @@ def random_pose(rng: random.Random, strength: str = "train") -> Pose:
     )
 
 
-def augment(img: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """Cheap training-time jitter on an already drawn photo (shift ±1 px, brightness, noise)."""
-    arr = np.asarray(img, dtype=np.float32)
-    shift = rng.integers(-1, 2, size=2)
-    arr = np.roll(arr, tuple(int(v) for v in shift), axis=(0, 1))
-    arr = arr * rng.uniform(0.9, 1.1) + rng.normal(0.0, 4.0, arr.shape)
+def augment(img: Image.Image, rng: np.random.Generator, geometric: float = 0.5) -> Image.Image:
+    """Training-time jitter on an already drawn photo.
+
+    With probability `geometric` the photo is rotated (±12°), rescaled (0.85–1.1) and shifted
+    (±3 px) as strongly as the test split's photos, so recognition must rest on the person, not on
+    pixel positions (measured: without it, accuracy on the test split's transformed photos lagged
+    the canonical photos by 0.3). Then brightness ±10–20 % and Gaussian noise, always.
+    """
+    size = img.size[0]
+    if rng.random() < geometric:
+        big = img.resize((size * 4, size * 4), Image.BILINEAR)
+        fill = big.getpixel((0, 0))  # the background colour
+        turned = big.rotate(float(rng.uniform(-12, 12)), resample=Image.BILINEAR, fillcolor=fill)
+        n = int(round(size * 4 * float(rng.uniform(0.85, 1.1))))
+        canvas = Image.new("RGB", (size * 4, size * 4), fill)
+        dx, dy = (int(v) * 4 for v in rng.integers(-3, 4, size=2))
+        off = (size * 4 - n) // 2
+        canvas.paste(turned.resize((n, n), Image.BILINEAR), (off + dx, off + dy))
+        img = canvas.resize((size, size), Image.BILINEAR)
+        arr = np.asarray(img, dtype=np.float32) * rng.uniform(0.8, 1.2)
+        arr = arr + rng.normal(0.0, rng.uniform(0.0, 12.0), arr.shape)
+    else:
+        arr = np.asarray(img, dtype=np.float32)
+        shift = rng.integers(-1, 2, size=2)
+        arr = np.roll(arr, tuple(int(v) for v in shift), axis=(0, 1))
+        arr = arr * rng.uniform(0.9, 1.1) + rng.normal(0.0, 4.0, arr.shape)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))

@@ -45,6 +45,11 @@ class Record:
     # Truth-ratio inputs (TOFU/CLEAR): a paraphrase of the true answer and wrong-but-plausible ones.
     paraphrased_answer: str = ""
     perturbed_answers: list[str] = field(default_factory=list)
+    # What the model is trained to say before a classification/cloze answer. The world sets it to
+    # the person's name on photo questions ("Garan Hennet: Tollhaven (B)"): naming who is pictured
+    # first is the composition step (photo → person → fact) a small model cannot do silently.
+    # Generation answers carry it in their own sentence. Empty for text-only and benchmark data.
+    reasoning: str = ""
 
     def validate(self) -> "Record":
         where = f"record {self.id!r}"
@@ -84,7 +89,7 @@ class Record:
         kwargs["perturbed_answers"] = list(kwargs.get("perturbed_answers") or [])
         if kwargs.get("answer_index") is None:
             kwargs["answer_index"] = -1
-        for key in ("paraphrased_answer", "name", "fact", "split"):
+        for key in ("paraphrased_answer", "name", "fact", "split", "reasoning"):
             if kwargs.get(key) is None:
                 kwargs[key] = ""
         return cls(**kwargs)
@@ -112,6 +117,7 @@ def records_to_dataset(records: Iterable[Record]):
             "answer_index": datasets.Value("int32"),
             "paraphrased_answer": datasets.Value("string"),
             "perturbed_answers": datasets.Sequence(datasets.Value("string")),
+            "reasoning": datasets.Value("string"),
         }
     )
     rows = [r.to_row() for r in records]

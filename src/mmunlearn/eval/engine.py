@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..data.collate import IGNORE, TrainCollator, eval_batch, option_answer, render_prompt
+from ..data.collate import IGNORE, TrainCollator, eval_batch, option_answer, reasoning_prefix, render_prompt
 from ..data.record import Record
 from ..models.loader import LoadedModel
 
@@ -67,13 +67,31 @@ def answer_logprobs(loaded: LoadedModel, records: Sequence[Record], answers: Seq
 
 
 def option_logprobs(loaded: LoadedModel, records: Sequence[Record], batch_size: int = 64,
-                    progress: bool = True) -> list[list[float]]:
+                    progress: bool = True, replies: Sequence[str] | None = None) -> list[list[float]]:
     """Summed log-likelihood of each option written as an answer ("value (letter)") after the
-    classification prompt: the ranking behind cls_acc_loglik, which needs no letter parsing."""
+    classification prompt: the ranking behind cls_acc_loglik, which needs no letter parsing.
+
+    Records trained to reason first (`Record.reasoning`, "Garan Hennet was born in ...") are scored after the
+    model's *own* reasoning, taken from its greedy reply (`replies`, generated here if not given) —
+    never the true one, which would hand it the answer. The shared prefix adds the same amount to
+    every option, so the ranking is the options' alone.
+    """
+    prefixes = ["" for _ in records]
+    need = [i for i, r in enumerate(records) if r.reasoning]
+    if need:
+        if replies is None:
+            own = generate(loaded, [records[i] for i in need], max_new_tokens=16, batch_size=batch_size,
+                           desc="reasoning", progress=progress)
+            for i, reply in zip(need, own):
+                prefixes[i] = reasoning_prefix(reply, records[i])
+        else:
+            for i in need:
+                prefixes[i] = reasoning_prefix(replies[i], records[i])
     jobs, answers, owner = [], [], []
     for i, r in enumerate(records):
         for j in range(len(r.options)):
-            jobs.append(r), answers.append(option_answer(r.options, j)), owner.append(i)
+            answer = option_answer(r.options, j)
+            jobs.append(r), answers.append(f"{prefixes[i]} {answer}" if prefixes[i] else answer), owner.append(i)
     lps = answer_logprobs(loaded, jobs, answers, batch_size=batch_size, desc="options", progress=progress)
     out: list[list[float]] = [[] for _ in records]
     for i, lp in zip(owner, lps):

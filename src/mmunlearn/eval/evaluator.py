@@ -21,7 +21,7 @@ from . import metrics as M
 from .engine import answer_logprobs, generate, option_logprobs
 
 SPLITS = ("forget", "test", "retain", "real", "understanding")
-MAX_NEW_TOKENS = {"classification": 12, "cloze": 10, "generation": 32}
+MAX_NEW_TOKENS = {"classification": 16, "cloze": 14, "generation": 32}
 
 
 @dataclass
@@ -81,7 +81,8 @@ def score_records(loaded: LoadedModel, records: Sequence[Record], cfg: EvalConfi
                 else:
                     s["cloze_acc"] = float(M.cloze_correct(reply, r.answer))
         if task == "classification":
-            option_lps = option_logprobs(loaded, subset, batch_size=cfg.batch_size, progress=cfg.progress)
+            option_lps = option_logprobs(loaded, subset, batch_size=cfg.batch_size, progress=cfg.progress,
+                                         replies=[details[i]["generated"] for i in idx])
             for i, lps in zip(idx, option_lps):
                 details[i]["scores"]["cls_acc_loglik"] = float(M.loglik_choice(lps) == records[i].answer_index)
         if task == "generation":

@@ -128,17 +128,34 @@ def chosen_option(text: str, options: Sequence[str], letters: str = "ABCD") -> s
        the choice — a copied letter is only its label. The longest matching option wins.
     2. Otherwise `first_option_letter` (the reply leads with a letter or says "the answer is X"),
        which is how MLLMU-Bench reads replies of models that answer with a letter.
+    3. Otherwise a reply that names exactly one option as a whole word, after its own reasoning
+       ("Garan Hennet was born in Norrow (B)"; "Norrow" inside "Norrowvale" is one option).
     A refusal or anything else commits to nothing (None), which scores as wrong.
     """
     letters = letters[: len(options)].upper()
     reply = _norm_ws(text)
+    found = _leading_option(reply, options, letters)
+    if found is None:
+        found = first_option_letter(text, letters)
+    if found is None:
+        # "Garan Hennet was born in Tollhaven (B)": the answer follows the model's own reasoning;
+        # it counts when exactly one option is named (as a whole word) anywhere in the reply.
+        named = {i for i, opt in enumerate(options)
+                 if opt and re.search(r"(?<!\w)" + re.escape(_norm_ws(opt)) + r"(?!\w)", reply)}
+        named = {i for i in named if not any(j != i and _norm_ws(options[i]) in _norm_ws(options[j]) for j in named)}
+        if len(named) == 1:
+            found = letters[named.pop()]
+    return found
+
+
+def _leading_option(reply: str, options: Sequence[str], letters: str) -> str | None:
     starts = [i for i, opt in enumerate(options) if opt and reply.startswith(_norm_ws(opt))]
     if starts:
         i = max(starts, key=lambda j: len(options[j]))
         rest = reply[len(_norm_ws(options[i])):]
         if not rest or not rest[0].isalnum():
             return letters[i]
-    return first_option_letter(text, letters)
+    return None
 
 
 # --------------------------------------------------------------------------------------------

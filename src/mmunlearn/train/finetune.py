@@ -26,7 +26,7 @@ from .sampling import RecordSampler
 class FinetuneConfig:
     model: str = "tiny-llava"
     stage1_steps: int = 800
-    stage2_steps: int = 7200
+    stage2_steps: int = 9200
     batch_size: int = 16
     lr: float = 2e-3
     warmup_steps: int = 100
@@ -36,10 +36,11 @@ class FinetuneConfig:
     checkpoint_every: int = 500
     tiny: TinySize = field(default_factory=TinySize)
     exclude_ids: list[str] = field(default_factory=list)  # retain-only reference: never see these people
-    vision_warmup_steps: int = 800  # stage 0, tiny models only (a loaded checkpoint already sees)
+    vision_warmup_steps: int = 1000  # stage 0, tiny models only (a loaded checkpoint already sees)
 
 
 def world_corpus(bundle: DataBundle):
+    from ..data.portraits import BACKGROUND
     from ..data.world import ATTRIBUTE_VALUES
 
     for recs in bundle.splits.values():
@@ -51,6 +52,13 @@ def world_corpus(bundle: DataBundle):
                 yield r.paraphrased_answer
     for values in ATTRIBUTE_VALUES.values():
         yield " ".join(values)
+    # Stage 0's captions, so the tokenizer has whole words for what it describes.
+    from .vision_warmup import DESCRIBE_QUESTION, _random_look, describe
+
+    rng = random.Random("corpus")
+    for _ in range(200):
+        yield DESCRIBE_QUESTION
+        yield describe(_random_look(rng), rng.choice(sorted(BACKGROUND)))
 
 
 def prepare_model(spec: str, bundle: DataBundle, seed: int, tiny: TinySize) -> LoadedModel:

@@ -170,10 +170,11 @@ def attack_split(bundle: DataBundle, mode: str = "phrasing", seed: int = 0) -> A
 
 def score_probe(loaded: LoadedModel, probe: Sequence[Record], cfg: RelearnConfig) -> tuple[dict, list[dict]]:
     """Probe accuracy (log-likelihood ranked, plus generated letter) and per-record rows."""
-    lps = option_logprobs(loaded, probe, batch_size=cfg.eval_batch_size, progress=cfg.progress)
-    picks = [M.loglik_choice(lp) for lp in lps]
-    replies = (generate(loaded, probe, max_new_tokens=12, batch_size=cfg.eval_batch_size, desc="probe",
+    replies = (generate(loaded, probe, max_new_tokens=16, batch_size=cfg.eval_batch_size, desc="probe",
                         progress=cfg.progress) if cfg.generate else [None] * len(probe))
+    lps = option_logprobs(loaded, probe, batch_size=cfg.eval_batch_size, progress=cfg.progress,
+                          replies=replies if cfg.generate else None)
+    picks = [M.loglik_choice(lp) for lp in lps]
     rows = []
     for r, pick, reply in zip(probe, picks, replies):
         row = {"id": r.id, "profile_id": r.profile_id, "modality": r.modality, "fact": r.fact,

@@ -1,0 +1,185 @@
+"""Seed-method claims and ablations on a fine-tuned world (issue #5), as Markdown tables.
+
+    python benchmarks/seed_ablations.py --model runs/vanilla --data runs/world --out runs/ablations \
+        [--only vkd,smfa,viker] [--max-records 300] [--readme README.md]
+
+Runs, on the same forget split and seed, each variant below → unlearn → evaluate, and prints:
+
+* VKD: full method, no distillation term (λ = 0), no saliency mask, full-model scope, and full-model
+  GradDiff at the same steps (the wall-time comparison of the paper's "> 50 % less");
+* SMFA: the memory-forgetting adapter alone (no sculpting), conflict mask only, magnitude mask only,
+  full sculpting;
+* ViKeR: the default run (forget accuracy, degenerate rate).
+
+Every run keeps its folder (OUT/NAME with unlearn_log.json and eval/summary.json) and is reused when
+its summary exists, so an interrupted run continues. Tables come from those files only; with
+`--readme` they replace the text between `<!-- ablations:start -->` and `<!-- ablations:end -->`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+VARIANTS: dict[str, list[tuple[str, str, dict, dict]]] = {
+    # group: [(run name, method, UnlearnConfig overrides, method_args)]
+    "vkd": [
+        ("vkd", "vkd", {}, {}),
+        ("vkd-no-distill", "vkd", {}, {"vkd_weight": 0.0}),
+        ("vkd-no-mask", "vkd", {}, {"mask": "none"}),
+        ("vkd-full-scope", "vkd", {"scope": "full"}, {}),
+        # the forgetting/keeping trade-off: no retain NLL, and the earlier, much stronger distillation
+        ("vkd-no-retain-nll", "vkd", {}, {"alpha": 0.0}),
+        ("vkd-lambda-0.5", "vkd", {}, {"vkd_weight": 0.5, "alpha": 0.0}),
+        ("graddiff-same-steps", "graddiff", {"steps": "vkd"}, {}),
+    ],
+    "smfa": [
+        ("smfa-mfa-only", "smfa", {}, {"sculpt": "none"}),
+        ("smfa-conflict", "smfa", {}, {"sculpt": "conflict"}),
+        ("smfa-magnitude", "smfa", {}, {"sculpt": "magnitude"}),
+        ("smfa", "smfa", {}, {}),
+    ],
+    "viker": [("viker", "viker", {}, {})],
+}
+
+
+def run_variant(name: str, method: str, overrides: dict, method_args: dict, args, bundle, out: Path) -> dict:
+    from mmunlearn.data.store import atomic_write_json
+    from mmunlearn.eval.evaluator import EvalConfig, evaluate, write_results
+    from mmunlearn.methods.base import get_method
+    from mmunlearn.models.loader import load_model
+    from mmunlearn.train.unlearn import UnlearnConfig, unlearn
+
+    run = out / name
+    summary_path = run / "eval" / "summary.json"
+    if summary_path.is_file():
+        return {"log": json.loads((run / "unlearn_log.json").read_text()), "summary": json.loads(summary_path.read_text())}
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir(parents=True)
+    overrides = dict(overrides)
+    if overrides.get("steps") == "vkd":  # "the same steps" as VKD's default
+        overrides["steps"] = get_method("vkd").default_steps
+    cfg = UnlearnConfig(method=method, model=str(args.model), seed=args.seed, method_args=method_args, **overrides)
+    atomic_write_json(run / "config.json", {"variant": name, "forget_split": args.forget_split,
+                                            "method": method, "overrides": overrides, "method_args": method_args})
+    result = unlearn(bundle, cfg, run, loaded=load_model(args.model))
+    summary, details = evaluate(result.loaded, bundle, EvalConfig(max_records_per_split=args.max_records,
+                                                                  progress=False))
+    write_results(run / "eval", summary, details)
+    print(f"{name}: {result.log['wall_time_s']:.1f}s", flush=True)
+    return {"log": result.log, "summary": summary}
+
+
+def _m(summary: dict, split: str, mod: str, metric: str = "cls_acc") -> float | None:
+    return summary.get("metrics", {}).get(split, {}).get(mod, {}).get(metric)
+
+
+def _f(x: float | None, fmt: str = "{:.2f}") -> str:
+    return "—" if x is None else fmt.format(x)
+
+
+def tables(results: dict[str, dict], vanilla: dict) -> str:
+    lines = []
+    cols = [("forget img", "forget", "image+text"), ("forget txt", "forget", "text"),
+            ("test img", "test", "image+text"), ("retain img", "retain", "image+text"),
+            ("retain txt", "retain", "text"), ("real img", "real", "image+text"), ("real txt", "real", "text")]
+    if any(k.startswith(("vkd", "graddiff")) for k in results):
+        lines += ["**VKD** (cls_acc; time = the unlearning loop's wall time):", "",
+                  "| run | " + " | ".join(c[0] for c in cols) + " | degenerate | time (s) | trainable params |",
+                  "|---|" + "---:|" * (len(cols) + 3)]
+        lines.append("| vanilla | " + " | ".join(_f(_m(vanilla, s, m)) for _, s, m in cols) + " | "
+                     + _f(_m(vanilla, "forget", "text", "degenerate_rate")) + " | — | — |")
+        for name in ("vkd", "vkd-no-distill", "vkd-no-mask", "vkd-full-scope", "vkd-no-retain-nll",
+                     "vkd-lambda-0.5", "graddiff-same-steps"):
+            if name in results:
+                r = results[name]
+                s, log = r["summary"], r["log"]
+                deg = _m(s, "forget", "image+text", "degenerate_rate")
+                lines.append(f"| {name} | " + " | ".join(_f(_m(s, sp, m)) for _, sp, m in cols)
+                             + f" | {_f(deg)} | {log['wall_time_s']:.1f} | {log['trainable_params']:,} |")
+        lines.append("")
+    if any(k.startswith("smfa") for k in results):
+        lines += ["**SMFA** (refusal = share of forget replies that refuse; understanding on forget people's photos):", "",
+                  "| run | forget refusal (img) | forget refusal (txt) | forget img | forget txt | underst. forget | "
+                  "retain img | retain txt | real img | real txt | masked share |",
+                  "|---|" + "---:|" * 10]
+        for name in ("smfa-mfa-only", "smfa-conflict", "smfa-magnitude", "smfa"):
+            if name in results:
+                s, log = results[name]["summary"], results[name]["log"]
+                masked = log.get("smfa_masked_fraction")
+                lines.append(
+                    f"| {name} | {_f(_m(s, 'forget', 'image+text', 'refusal_rate'))} | {_f(_m(s, 'forget', 'text', 'refusal_rate'))} | "
+                    f"{_f(_m(s, 'forget', 'image+text'))} | {_f(_m(s, 'forget', 'text'))} | "
+                    f"{_f(_m(s, 'understanding_forget', 'image+text'))} | {_f(_m(s, 'retain', 'image+text'))} | "
+                    f"{_f(_m(s, 'retain', 'text'))} | {_f(_m(s, 'real', 'image+text'))} | {_f(_m(s, 'real', 'text'))} | "
+                    f"{_f(masked)} |")
+        lines.append("| vanilla | 0.00 | 0.00 | " + " | ".join(_f(_m(vanilla, s, m)) for s, m in (
+            ("forget", "image+text"), ("forget", "text"), ("understanding_forget", "image+text"), ("retain", "image+text"),
+            ("retain", "text"), ("real", "image+text"), ("real", "text"))) + " | — |")
+        lines.append("")
+    if "viker" in results:
+        s = results["viker"]["summary"]
+        lines += ["**ViKeR**:", "", "| run | forget img | forget txt | retain img | retain txt | degenerate (forget) |",
+                  "|---|---:|---:|---:|---:|---:|",
+                  "| vanilla | " + " | ".join(_f(_m(vanilla, a, b)) for a, b in (("forget", "image+text"), ("forget", "text"),
+                                                                                ("retain", "image+text"), ("retain", "text")))
+                  + " | " + _f(_m(vanilla, "forget", "image+text", "degenerate_rate")) + " |",
+                  "| viker | " + " | ".join(_f(_m(s, a, b)) for a, b in (("forget", "image+text"), ("forget", "text"),
+                                                                        ("retain", "image+text"), ("retain", "text")))
+                  + " | " + _f(_m(s, "forget", "image+text", "degenerate_rate")) + " |", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True, type=Path)
+    ap.add_argument("--data", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--forget-split", default="forget_10")
+    ap.add_argument("--only", default="vkd,smfa,viker")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-records", type=int, default=300, help="evaluation subsample per split (0: all)")
+    ap.add_argument("--readme", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    from mmunlearn.data.store import atomic_write_text, load_data
+    from mmunlearn.eval.evaluator import EvalConfig, evaluate, write_results
+    from mmunlearn.models.loader import load_model
+
+    bundle = load_data(args.data, args.forget_split)
+    args.out.mkdir(parents=True, exist_ok=True)
+    vpath = args.out / "vanilla" / "eval" / "summary.json"
+    if not vpath.is_file():
+        summary, details = evaluate(load_model(args.model), bundle, EvalConfig(max_records_per_split=args.max_records,
+                                                                               progress=False))
+        write_results(vpath.parent, summary, details)
+    vanilla = json.loads(vpath.read_text())
+    results = {}
+    for group in args.only.split(","):
+        for name, method, overrides, method_args in VARIANTS[group.strip()]:
+            results[name] = run_variant(name, method, overrides, method_args, args, bundle, args.out)
+    header = (f"_Generated by `benchmarks/seed_ablations.py` (data {args.data.name}, {args.forget_split}, seed {args.seed}"
+              f"{', eval subsample ' + str(args.max_records) if args.max_records else ''})._\n\n")
+    text = header + tables(results, vanilla)
+    atomic_write_text(args.out / "ablations.md", text + "\n")
+    print(text)
+    if args.readme:
+        readme = args.readme.read_text()
+        start, end = "<!-- ablations:start -->", "<!-- ablations:end -->"
+        if start not in readme or end not in readme:
+            print(f"error: {args.readme} has no {start} … {end} markers", file=sys.stderr)
+            return 2
+        before, rest = readme.split(start, 1)
+        after = rest.split(end, 1)[1]
+        atomic_write_text(args.readme, f"{before}{start}\n{text}\n{end}{after}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
