@@ -46,9 +46,10 @@ class Record:
     paraphrased_answer: str = ""
     perturbed_answers: list[str] = field(default_factory=list)
     # What the model is trained to say before a classification/cloze answer. The world sets it to
-    # the person's name on photo questions ("Garan Hennet: Tollhaven (B)"): naming who is pictured
-    # first is the composition step (photo → person → fact) a small model cannot do silently.
-    # Generation answers carry it in their own sentence. Empty for text-only and benchmark data.
+    # the stem of the fact's sentence ("Garan Hennet was born in" → "Garan Hennet was born in
+    # Tollhaven (B)"): naming who is pictured first is the composition step (photo → person → fact)
+    # a small model cannot do silently. Generation answers carry it in their own sentence. Empty for
+    # the name and what-is-visible questions and for benchmark data.
     reasoning: str = ""
 
     def validate(self) -> "Record":

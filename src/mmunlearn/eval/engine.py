@@ -78,15 +78,12 @@ def option_logprobs(loaded: LoadedModel, records: Sequence[Record], batch_size: 
     """
     prefixes = ["" for _ in records]
     need = [i for i, r in enumerate(records) if r.reasoning]
-    if need:
-        if replies is None:
-            own = generate(loaded, [records[i] for i in need], max_new_tokens=16, batch_size=batch_size,
-                           desc="reasoning", progress=progress)
-            for i, reply in zip(need, own):
-                prefixes[i] = reasoning_prefix(reply, records[i])
-        else:
-            for i in need:
-                prefixes[i] = reasoning_prefix(replies[i], records[i])
+    if need and replies is None:
+        own = generate(loaded, [records[i] for i in need], max_new_tokens=16, batch_size=batch_size,
+                       desc="reasoning", progress=progress)
+        replies = dict(zip(need, own))
+    for i in need:
+        prefixes[i] = reasoning_prefix(replies[i], records[i])
     jobs, answers, owner = [], [], []
     for i, r in enumerate(records):
         for j in range(len(r.options)):

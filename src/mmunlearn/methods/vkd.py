@@ -11,7 +11,8 @@ the frozen teacher θ0 (default: the vision layer the projector reads and the pr
 `adapter.feature_modules`). The distillation only runs the vision tower and the projector on retain
 images (`image_token_features`), never W, so it is much cheaper than a retain NLL pass; the default
 also keeps a light retain image+text NLL (α = 1: W runs but is frozen, so no W weight gradients), which
-on the default world was what kept other people's photos recognised. Gradients go through a saliency mask on V+P computed once in `prepare` (Fisher ratio forget/retain image+text, or SalUn).
+on the default world was what kept other people's photos recognised. Gradients go through a saliency
+mask on V+P computed once in `prepare` (Fisher ratio forget/retain image+text, or SalUn).
 
 Ablations: `vkd_weight=0` (no distillation), `mask=none`, and the engine's `--scope full`.
 *(reconstructed: distance = mean squared error per element by default, `vkd_distance=sq_l2` for the

@@ -53,12 +53,13 @@ def world_corpus(bundle: DataBundle):
     for values in ATTRIBUTE_VALUES.values():
         yield " ".join(values)
     # Stage 0's captions, so the tokenizer has whole words for what it describes.
-    from .vision_warmup import DESCRIBE_QUESTION, _random_look, describe
+    from .vision_warmup import DESCRIBE_QUESTION, describe, random_look
 
     rng = random.Random("corpus")
+    backgrounds = sorted(BACKGROUND)
     for _ in range(200):
         yield DESCRIBE_QUESTION
-        yield describe(_random_look(rng), rng.choice(sorted(BACKGROUND)))
+        yield describe(random_look(rng), rng.choice(backgrounds))
 
 
 def prepare_model(spec: str, bundle: DataBundle, seed: int, tiny: TinySize) -> LoadedModel:

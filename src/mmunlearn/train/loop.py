@@ -123,12 +123,11 @@ def run_loop(
     if resume and ckpt and (ckpt / "loop_state.json").is_file():
         state = json.loads((ckpt / "loop_state.json").read_text())
         trainable = torch.load(ckpt / "trainable.pt", weights_only=True)
-        unwrapped = model
         missing = set(named) - set(trainable)
         if missing:
             raise ValueError(f"checkpoint in {ckpt} does not match the model ({len(missing)} parameters missing)")
         with torch.no_grad():
-            for n, p in unwrapped.named_parameters():
+            for n, p in model.named_parameters():
                 if n in trainable:
                     p.copy_(trainable[n])
         optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))

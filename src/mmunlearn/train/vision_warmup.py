@@ -34,7 +34,7 @@ def image_token_features(model: torch.nn.Module, processor, images) -> torch.Ten
     return out.float().reshape(len(images), -1, out.shape[-1])
 
 
-def _random_look(rng: random.Random) -> Look:
+def random_look(rng: random.Random) -> Look:
     values = {f: rng.choice(v) for f, v in FEATURE_VALUES.items()}
     return Look(eyes=rng.choice(("blue", "green", "brown")), **values)
 
@@ -68,7 +68,7 @@ def warmup_vision(model: torch.nn.Module, processor, adapter, steps: int = 1000,
     for step in tqdm(range(steps), desc="stage 0: describe portraits", disable=not progress, mininterval=1.0):
         records = []
         for i in range(batch_size):
-            look = _random_look(rng)
+            look = random_look(rng)
             pose = random_pose(rng, "test" if rng.random() < 0.3 else "train")
             records.append(Record(id=f"describe-{step}-{i}", profile_id="random", question=DESCRIBE_QUESTION,
                                   answer=describe(look, pose.background), task="generation",
