@@ -177,3 +177,33 @@ def test_stage0_captions_name_every_drawn_feature():
     for word in ("square", "olive", "purple", "mohawk", "a hat", "pink shirt", "mint background"):
         assert word in caption
     assert "no hair" in describe(Look("oval", "dark", "black", "bald", "none", "red", "green"), "grey")
+
+
+def test_cli_train_phrasings_gives_every_training_phrasing(tmp_path):
+    from typer.testing import CliRunner
+
+    from mmunlearn.cli import app
+
+    runner = CliRunner()
+    args = ["world", "--profiles", "3", "--real", "1", "--holdout", "1"]
+    res = runner.invoke(app, args + ["--out", str(tmp_path / "w3")])  # the default: all three
+    assert res.exit_code == 0, res.output
+    recs = load_data(tmp_path / "w3").splits["finetune"]
+    asked = {}
+    for r in recs:
+        if r.task == "generation" and r.modality == "text":
+            asked.setdefault((r.profile_id, r.fact), set()).add(r.question)
+    assert asked and all(len(q) == 3 for q in asked.values()), asked
+    seen = {}  # visible-feature QA: every training phrasing too, for each person and task
+    for r in recs:
+        if r.fact.startswith("visible:"):
+            seen.setdefault((r.profile_id, r.fact, r.task), set()).add(r.question)
+    assert seen and all(len(q) == 2 for q in seen.values()), seen
+    res = runner.invoke(app, args + ["--train-phrasings", "1", "--out", str(tmp_path / "w1")])
+    assert res.exit_code == 0, res.output
+    one = load_data(tmp_path / "w1").splits["finetune"]
+    assert len([r for r in one if r.fact != "name" and not r.fact.startswith("visible")]) * 3 == len(
+        [r for r in recs if r.fact != "name" and not r.fact.startswith("visible")])
+    res = runner.invoke(app, args + ["--train-phrasings", "0", "--out", str(tmp_path / "w0")])
+    assert res.exit_code != 0 and "--train-phrasings" in res.output
+    assert not (tmp_path / "w0").exists()

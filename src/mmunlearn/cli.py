@@ -75,6 +75,8 @@ def world(
     holdout: int = typer.Option(20, help="Never-trained people (membership inference)."),
     seed: int = typer.Option(0),
     image_size: int = typer.Option(32, help="Portrait size in pixels (32–64)."),
+    train_phrasings: Optional[int] = typer.Option(
+        None, help="Training records per (fact, task, modality), each its own phrasing (default: the world's)."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),
 ) -> None:
     """Create the synthetic world: people, drawn portraits, QA splits (same seed → identical bytes)."""
@@ -85,7 +87,11 @@ def world(
     if not 16 <= image_size <= 128:
         _fail(f"--image-size must be between 16 and 128 (got {image_size})")
     t = time.perf_counter()
-    w = build_world(WorldConfig(profiles=profiles, real=real, holdout=holdout, seed=seed, image_size=image_size))
+    if train_phrasings is not None and train_phrasings < 1:
+        _fail(f"--train-phrasings must be at least 1 (got {train_phrasings})")
+    extra = {} if train_phrasings is None else {"train_phrasings": train_phrasings}
+    w = build_world(WorldConfig(profiles=profiles, real=real, holdout=holdout, seed=seed, image_size=image_size,
+                                **extra))
     save_world(w, out, overwrite=overwrite)
     counts = {k: len(v) for k, v in w.splits.items()}
     typer.echo(f"world with {len(w.profiles)} people and {sum(counts.values())} records written to {out} "

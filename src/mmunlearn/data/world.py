@@ -168,7 +168,11 @@ class WorldConfig:
     holdout: int = 20
     seed: int = 0
     image_size: int = 32
-    train_phrasings: int = 1  # records per (fact, task, modality) in training splits
+    # Training records per (fact, task, modality), each in its own training phrasing (photos drawn from the
+    # person's training variants). With one,
+    # the default world's answers to the unseen evaluation phrasings stayed at 0.74-0.79 on photos (the
+    # model tied a fact to one wording); with all three: forget 1.00, retain 0.96, test photos 0.84.
+    train_phrasings: int = 3
 
 
 @dataclass
@@ -255,13 +259,19 @@ class _RecordMaker:
                 if attr == "name" and modality == "text":
                     continue  # asking "who is NAME" by name answers itself
                 for task in tasks:
+                    templates = QUESTIONS[attr][style]
+                    first = None
                     for r in range(repeats):
                         if modality == "text":
                             subject = p.name
                         else:
                             subject = self.rng.choice(PHOTO_SUBJECT[style])
-                        templates = QUESTIONS[attr][style]
-                        q_template = templates[(r + self.rng.randrange(len(templates))) % len(templates)]
+                        # One random starting template, then the next ones in turn: `repeats` records
+                        # use that many different phrasings (a draw per record repeated some). The draw
+                        # is still made per record so the rest of the world's random stream is unchanged.
+                        offset = self.rng.randrange(len(templates))
+                        first = offset if first is None else first
+                        q_template = templates[(r + first) % len(templates)]
                         image = None
                         if modality == "image+text":
                             image = photo(r) if callable(photo) else photo
@@ -316,8 +326,12 @@ class _RecordMaker:
                     continue
                 value = visible[attr]
                 templates = spec[style]
-                for task in ("classification", "generation"):
-                    q = templates[self.rng.randrange(len(templates))]
+                for t, task in enumerate(("classification", "generation")):
+                    # Templates in turn over photos and tasks, so each person's training QA uses every
+                    # phrasing of every visible feature (a random pick left some unseen: hair colour
+                    # answered 0.70 in one fine-tune, 0.91 in another). The draw keeps the random stream.
+                    draw = self.rng.randrange(len(templates))
+                    q = templates[(draw if len(photos) == 1 else k + t) % len(templates)]
                     rec = Record(id=self._id(split), profile_id=p.profile_id, question=q, answer=value, task=task,
                                  modality="image+text", split=split, phase=phase, population=p.population,
                                  name=p.name, fact=f"visible:{attr}", image=image)

@@ -58,8 +58,11 @@ def is_visible_fact(rec) -> bool:
 @dataclass
 class SMFAConfig(MethodConfig):
     gamma: float = 1.0  # weight of the refusal NLL in stage 1
-    alpha: float = 2.0  # weight of the few-retain NLL in stage 1
-    n_retain: int = 96  # "a few retain samples", drawn once and shared by stages 1 and 2
+    # Stage-1 defaults measured on the default world (forget_10, eval subsample 300, vanilla retain 0.96/1.00):
+    # 96 retain samples, α 2, 150 steps refused 74 %/69 % (photo/text) but kept retain at 0.58/0.60 — the
+    # adapter refused everyone; 1,024 samples, α 4, 400 steps: refusals 0.96/0.84, retain 0.88/0.88.
+    alpha: float = 4.0  # weight of the few-retain NLL in stage 1
+    n_retain: int = 1024  # "a few retain samples" (of ~9,000 retain QA), drawn once, shared by stages 1 and 2
     refusal_pool: int = 12  # refusals drawn from the first N of data/refusals.REFUSALS; 0: all (sample_refusal)
     lora_head: bool = True  # also LoRA on the output head (tiny models never emitted refusal words)
     sculpt_head: bool = False  # sculpt the head's delta too (off: its refusal-token rows conflict with any
@@ -84,7 +87,7 @@ class SMFA(Method):
     Config = SMFAConfig
     default_scope = "lora"
     default_lr = 1e-2
-    default_steps = 150  # forgetting stage; the anchor trains anchor_steps
+    default_steps = 400  # forgetting stage; the anchor trains anchor_steps
 
     def run(self, ctx: Context, loop):
         cfg = self.cfg
