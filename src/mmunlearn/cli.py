@@ -299,7 +299,8 @@ def demo(
 
     world_dir, vanilla = out / "world", out / "vanilla"
     if not (world_dir / "world.json").is_file():
-        world(out=world_dir, profiles=profiles, real=30, holdout=20, seed=0, image_size=32, overwrite=True)
+        world(out=world_dir, profiles=profiles, real=30, holdout=20, seed=0, image_size=32, train_phrasings=None,
+              overwrite=True)
     if not (vanilla / "eval" / "summary.json").is_file():
         finetune(data=world_dir, model="tiny-llava", out=vanilla, stage1_steps=800, stage2_steps=9200,
                  batch_size=16, lr=2e-3, seed=0, checkpoint_every=500, eval_after=True, resume=False, overwrite=True)
