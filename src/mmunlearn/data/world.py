@@ -326,12 +326,8 @@ class _RecordMaker:
                     continue
                 value = visible[attr]
                 templates = spec[style]
-                for t, task in enumerate(("classification", "generation")):
-                    # Templates in turn over photos and tasks, so each person's training QA uses every
-                    # phrasing of every visible feature (a random pick left some unseen: hair colour
-                    # answered 0.70 in one fine-tune, 0.91 in another). The draw keeps the random stream.
-                    draw = self.rng.randrange(len(templates))
-                    q = templates[(draw if len(photos) == 1 else k + t) % len(templates)]
+                for task in ("classification", "generation"):
+                    q = templates[self.rng.randrange(len(templates))]
                     rec = Record(id=self._id(split), profile_id=p.profile_id, question=q, answer=value, task=task,
                                  modality="image+text", split=split, phase=phase, population=p.population,
                                  name=p.name, fact=f"visible:{attr}", image=image)
