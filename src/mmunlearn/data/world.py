@@ -169,9 +169,9 @@ class WorldConfig:
     seed: int = 0
     image_size: int = 32
     # Training records per (fact, task, modality), each in its own training phrasing (photos drawn from the
-    # person's training variants). With one,
-    # the default world's answers to the unseen evaluation phrasings stayed at 0.74-0.79 on photos (the
-    # model tied a fact to one wording); with all three: forget 1.00, retain 0.98, test photos 0.89.
+    # person's training variants). With one, the default world's answers to the unseen evaluation phrasings
+    # stayed at 0.74-0.79 on photos (the model tied a fact to one wording); with all three: forget 1.00,
+    # retain 0.98, test photos 0.89.
     train_phrasings: int = 3
 
 
@@ -260,17 +260,18 @@ class _RecordMaker:
                     continue  # asking "who is NAME" by name answers itself
                 for task in tasks:
                     templates = QUESTIONS[attr][style]
-                    first = None
+                    first = 0
                     for r in range(repeats):
                         if modality == "text":
                             subject = p.name
                         else:
                             subject = self.rng.choice(PHOTO_SUBJECT[style])
-                        # One random starting template, then the next ones in turn: `repeats` records
-                        # use that many different phrasings (a draw per record repeated some). The draw
-                        # is still made per record so the rest of the world's random stream is unchanged.
+                        # A random first template, then the next ones in turn, so `repeats` records use
+                        # that many different phrasings (a fresh draw per record repeated some). A draw is
+                        # still made per record: the rest of the world's random stream stays as it was.
                         offset = self.rng.randrange(len(templates))
-                        first = offset if first is None else first
+                        if r == 0:
+                            first = offset
                         q_template = templates[(r + first) % len(templates)]
                         image = None
                         if modality == "image+text":

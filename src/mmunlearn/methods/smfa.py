@@ -58,7 +58,7 @@ def is_visible_fact(rec) -> bool:
 @dataclass
 class SMFAConfig(MethodConfig):
     gamma: float = 1.0  # weight of the refusal NLL in stage 1
-    # Stage-1 defaults measured on the default world (forget_10, eval subsample 300, vanilla retain 0.96/1.00):
+    # Stage-1 defaults measured on the default world's tuning fine-tune (forget_10, subsample 300, retain 0.96/1.00):
     # 96 retain samples, α 2, 150 steps refused 74 %/69 % (photo/text) but kept retain at 0.58/0.60 — the
     # adapter refused everyone; 1,024 samples, α 4, 400 steps: refusals 0.96/0.84, retain 0.88/0.88 (on the
     # README's vanilla: refusals 1.00/0.95, retain 0.86/0.93 of 0.98/1.00).

@@ -40,8 +40,9 @@ IRRELEVANT = ("others", "scenes", "noise")
 class ViKeRConfig(MethodConfig):
     gamma: float = 1.0  # forget NLL ascent weight
     kl_weight: float = 20.0  # λ; > γ/p̂(y) keeps the ascent bounded on every token (tiny world: 20)
-    # Default world (vanilla forget/retain photos 1.00/0.96): without the retain term, at lr 3e-3, forget
-    # photos fell to 0.02 and retain photos with them (0.10); α 1 at lr 1e-3: forget 0.11, retain 0.26.
+    # Default world, tuning fine-tune (forget/retain photos 1.00/0.96): without the retain term, at lr 3e-3,
+    # forget photos fell to 0.02 and retain photos with them (0.10); α 1 at lr 1e-3: forget 0.11, retain
+    # 0.26 (README's vanilla: 0.07, 0.26). Nothing tried kept retain photos while forgetting.
     alpha: float = 1.0  # retain NLL (the "+ retain term"); 0 = off
     k: int = 5  # irrelevant images per sample (fewer is unstable)
     irrelevant: str = "others"  # others | scenes | noise
