@@ -21,18 +21,31 @@ literal per-image squared norm; hook points configurable.)*
 
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
-from ..train.vision_warmup import image_token_features
 from .base import Context, Method, MethodConfig, register
 from .losses import answer_nll, forward, npo_loss, sequence_logprob
 from .masks import accumulate_gradients, mask_stats, record_batches, salun_mask, top_fraction_mask
 
 FORGET_LOSSES = ("ga", "npo")
 MASKS = ("fisher", "salun", "none")
+
+
+def image_token_features(model: torch.nn.Module, processor, images) -> torch.Tensor:
+    """What the projector hands to the language model, per image: (n_images, tokens, D)."""
+    core = model.model
+    enc = processor.image_processor(images=images, return_tensors="pt")
+    fn = core.get_image_features
+    params = inspect.signature(fn).parameters
+    device = next(model.parameters()).device
+    out = fn(**{k: v.to(device) for k, v in enc.items() if k in params}).pooler_output
+    if isinstance(out, (list, tuple)):
+        return torch.stack([o.float() for o in out])
+    return out.float().reshape(len(images), -1, out.shape[-1])
 
 
 @dataclass

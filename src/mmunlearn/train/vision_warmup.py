@@ -11,7 +11,6 @@ them. No person of the world is involved (looks are random), so this teaches vis
 
 from __future__ import annotations
 
-import inspect
 import random
 import time
 
@@ -19,19 +18,6 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.portraits import FEATURE_VALUES, Look, draw, random_pose
-
-
-def image_token_features(model: torch.nn.Module, processor, images) -> torch.Tensor:
-    """What the projector hands to the language model, per image: (n_images, tokens, D)."""
-    core = model.model
-    enc = processor.image_processor(images=images, return_tensors="pt")
-    fn = core.get_image_features
-    params = inspect.signature(fn).parameters
-    device = next(model.parameters()).device
-    out = fn(**{k: v.to(device) for k, v in enc.items() if k in params}).pooler_output
-    if isinstance(out, (list, tuple)):
-        return torch.stack([o.float() for o in out])
-    return out.float().reshape(len(images), -1, out.shape[-1])
 
 
 def random_look(rng: random.Random) -> Look:
