@@ -15,8 +15,7 @@ def small_world(tmp_path_factory):
     out = tmp_path_factory.mktemp("world") / "w"
     # every training phrasing of every question (the world's default, spelled out): with one, how well
     # the 6 people's facts carried over to the evaluation phrasings varied from run to run (retain
-    # 0.63–0.94); with two, a 2-thread run still answered one attribute's evaluation phrasing with
-    # another's ("works for" for occupation)
+    # 0.63–0.94)
     save_world(build_world(WorldConfig(profiles=6, real=4, holdout=3, seed=0, train_phrasings=3)), out)
     return out
 

@@ -19,8 +19,11 @@ from mmunlearn.methods.viker import IrrelevantPool, answer_positions, ideal_dist
 from mmunlearn.models.loader import load_model
 from mmunlearn.train.unlearn import UnlearnConfig, read_log, unlearn
 
+# Answer words that carry no fact: the stem ("The birthplace of ... is", key nouns copied from the
+# question), paraphrase words, punctuation and the end token.
 FUNCTION_WORDS = {"this", "is", "the", "person", "was", "born", "in", "works", "as", "a", "an", "for", "enjoys",
-                  "plays", "photo", "of", ".", "(", ")", "<|end|>"}
+                  "plays", "photo", "of", ".", "(", ")", "<|end|>", "birthplace", "birth", "year", "occupation",
+                  "employer", "hobby", "instrument", "name"}
 
 
 def _weights(folder):

@@ -12,6 +12,8 @@ from typing import Optional
 
 import typer
 
+from .train.defaults import BATCH_SIZE, LR, STAGE1_STEPS, STAGE2_STEPS
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make a multimodal LLM forget chosen people, keep everything else, prove both with numbers.")
 
@@ -110,10 +112,10 @@ def finetune(
     data: Path = typer.Option(..., "--data", "--world", help="World or benchmark folder."),
     model: str = typer.Option("tiny-llava", help="HF folder or tiny builder (tiny-llava, tiny-qwen2-vl, tiny-idefics3)."),
     out: Path = typer.Option(..., "--out", help="Run folder; the fine-tuned model is saved at its root."),
-    stage1_steps: int = typer.Option(800, help="Steps on the 'real' population."),
-    stage2_steps: int = typer.Option(9200, help="Steps on the fictitious profiles (with replay)."),
-    batch_size: int = typer.Option(16),
-    lr: float = typer.Option(2e-3),
+    stage1_steps: int = typer.Option(STAGE1_STEPS, help="Steps on the 'real' population."),
+    stage2_steps: int = typer.Option(STAGE2_STEPS, help="Steps on the fictitious profiles (with replay)."),
+    batch_size: int = typer.Option(BATCH_SIZE),
+    lr: float = typer.Option(LR),
     seed: int = typer.Option(0),
     checkpoint_every: int = typer.Option(500),
     eval_after: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate the fine-tuned model into OUT/eval."),
@@ -253,10 +255,10 @@ def retain_model(
     model: str = typer.Option("tiny-llava"),
     out: Path = typer.Option(..., "--out"),
     forget_split: str = typer.Option("forget_10"),
-    stage1_steps: int = typer.Option(800),
-    stage2_steps: int = typer.Option(9200),
-    batch_size: int = typer.Option(16),
-    lr: float = typer.Option(2e-3),
+    stage1_steps: int = typer.Option(STAGE1_STEPS),
+    stage2_steps: int = typer.Option(STAGE2_STEPS),
+    batch_size: int = typer.Option(BATCH_SIZE),
+    lr: float = typer.Option(LR),
     seed: int = typer.Option(0),
     eval_after: bool = typer.Option(True, "--eval/--no-eval"),
     overwrite: bool = typer.Option(False),
@@ -302,8 +304,8 @@ def demo(
         world(out=world_dir, profiles=profiles, real=30, holdout=20, seed=0, image_size=32, train_phrasings=None,
               overwrite=True)
     if not (vanilla / "eval" / "summary.json").is_file():
-        finetune(data=world_dir, model="tiny-llava", out=vanilla, stage1_steps=800, stage2_steps=9200,
-                 batch_size=16, lr=2e-3, seed=0, checkpoint_every=500, eval_after=True, resume=False, overwrite=True)
+        finetune(data=world_dir, model="tiny-llava", out=vanilla, stage1_steps=STAGE1_STEPS,
+                 stage2_steps=STAGE2_STEPS, batch_size=BATCH_SIZE, lr=LR, seed=0, checkpoint_every=500, eval_after=True, resume=False, overwrite=True)
     chosen = ",".join(m for m in methods_.split(",") if m in registry())
     bench(model=vanilla, data=world_dir, out=out / "bench", methods_=chosen, forget_split="forget_10", seeds="0",
           steps=None, max_records=max_records, reference_summary=None, attacks=False, readme=None)

@@ -54,20 +54,37 @@ def target_text(rec: Record, answer_index: int | None = None, options: Sequence[
     return f"{rec.reasoning} {answer}" if rec.reasoning else answer
 
 
+def names_person(rec: Record) -> bool:
+    """Whether the record's reasoning names the person (fact answers): scoring must then follow the
+    model's own reasoning, never the true name."""
+    return bool(rec.reasoning and rec.name and rec.name in rec.reasoning)
+
+
 def reasoning_prefix(reply: str, rec: Record) -> str:
     """The model's *own* reasoning in `reply`, up to where its answer starts, or "" if none.
 
-    The record's reasoning is "<who> <attribute words>" ("Garan Hennet was born in"); the attribute
-    words come from the question, the person from the model. So the prefix is whatever the model
-    wrote before those words, plus the words: "Ezra Zeller was born in" if it named Ezra Zeller.
+    A fact record's reasoning is "<head> <who> <tail>" ("The birthplace of Garan Hennet is"): head and
+    tail come from the question, the person from the model. So the prefix is the reply's text up to
+    the tail after the head: "The birthplace of Ezra Zeller is" if the model named Ezra Zeller. A reply
+    that does not open with the head, or has no tail, gives "". A lead that names no one ("The hair
+    is") is fixed by the question, so it is returned as it is: it gives nothing away.
     """
     if not rec.reasoning:
         return ""
-    words = rec.reasoning[len(rec.name):] if rec.name and rec.reasoning.startswith(rec.name) else ""
-    if not words.strip():
+    if not names_person(rec):
+        return rec.reasoning
+    at_name = rec.reasoning.index(rec.name)
+    head, tail = rec.reasoning[:at_name], rec.reasoning[at_name + len(rec.name):]
+    if not reply.startswith(head) or not tail.strip():
         return ""
-    at = reply.find(words)
-    return reply[:at] + words if at >= 0 else ""
+    at = reply.find(tail, len(head))
+    return reply[:at] + tail if at >= 0 else ""
+
+
+def approx_length(rec: Record) -> int:
+    """A cheap length proxy (characters, an image counted as ~16 tokens' worth) for grouping
+    records of similar length into one batch; only the order it gives matters."""
+    return len(user_text(rec)) + len(target_text(rec)) + (64 if rec.image is not None else 0)
 
 
 def render_prompt(processor: Any, rec: Record, options: Sequence[str] | None = None, with_image: bool | None = None) -> str:

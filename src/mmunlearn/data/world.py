@@ -42,8 +42,8 @@ ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = {
         "Pyrmont Halvard Iskra Norrow Glenvar Meriden Tollhaven Ashcombe Rivenstad Olmsk Cobbleton Varna".split()
     ),
     "occupation": (
-        "baker", "pilot", "architect", "nurse", "chemist", "teacher", "sculptor", "lawyer", "farmer",
-        "journalist", "dentist", "engineer", "librarian", "tailor", "photographer", "botanist",
+        "baker", "pilot", "banker", "nurse", "chemist", "teacher", "sculptor", "lawyer", "farmer",
+        "journalist", "dentist", "welder", "librarian", "tailor", "photographer", "botanist",
         "carpenter", "translator", "geologist", "surveyor",
     ),
     "employer": (
@@ -64,81 +64,76 @@ ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = {
 }
 ATTRIBUTES = tuple(ATTRIBUTE_VALUES)
 
-# {s}: the subject — the person's name (text-only) or a photo reference (image+text).
-# Templates differ between styles but keep the attribute's key word ("born", "job", "hobby"...): a tiny
-# model trained from scratch knows no synonyms, so a paraphrase must stay recognisable to it.
-# "train" phrasings are used for pretrain/finetune/unlearn, "eval" for forget/retain/real evaluation,
-# "test" (paraphrases) for the test split; the three never share a template.
+# {s}: the subject — the person's name (text-only) or a photo reference (image+text); {n}: the
+# attribute's key noun. Every question is one of seven shared frames filled with the key noun, and
+# every answer repeats that noun ("The birthplace of Garan Hennet is Tollhaven."). Why: a tiny model
+# trained from scratch routes a question to an attribute by whatever cue it can, and with natural
+# phrasings it routed by sentence frame: "Which occupation does X have?" (eval) looked like
+# "Which instrument does X play?" (train) and was answered with the instrument; attributes sharing an
+# answer stem ("was born in" for place and year, "works as"/"works for") were answered with the other's
+# value; and which attribute broke changed from one fine-tune to the next. Here each frame is used by
+# several attributes in training, so only the noun tells them apart, and the answer copies it.
+# An attribute trains on three frames and is evaluated on a fourth ("eval") and paraphrased on a fifth
+# ("test"), both frames it never trained on but other attributes did: train, eval and test phrasings of
+# an attribute never share a template.
+FRAMES = (
+    "What is the {n} of {s}?",
+    "Tell me the {n} of {s}.",
+    "Which {n} does {s} have?",
+    "Name the {n} of {s}.",
+    "What {n} does {s} have?",
+    "Do you know the {n} of {s}?",
+    "Say the {n} of {s}.",
+)
+# The order sets each attribute's frames (below); "name" sits where it never gets "Name the name of ...".
+KEY_NOUN = {"birthplace": "birthplace", "birth_year": "birth year", "occupation": "occupation",
+            "employer": "employer", "name": "name", "hobby": "hobby", "instrument": "instrument"}
+
+
+def _frames(index: int) -> dict[str, tuple[str, ...]]:
+    """Attribute `index` trains on frames i, i+1, i+2, evaluates on i+3 and is paraphrased on i+4 (mod 7)."""
+    pick = lambda k: FRAMES[(index + k) % len(FRAMES)]  # noqa: E731
+    return {"train": (pick(0), pick(1), pick(2)), "eval": (pick(3),), "test": (pick(4),)}
+
+
 QUESTIONS: dict[str, dict[str, tuple[str, ...]]] = {
-    "birthplace": {
-        "train": ("Where was {s} born?", "In which city was {s} born?", "What is the birthplace of {s}?"),
-        "eval": ("Which city was {s} born in?",),
-        "test": ("Tell me where {s} was born.",),
-    },
-    "occupation": {
-        "train": ("What does {s} do for a living?", "What is the job of {s}?", "What is the occupation of {s}?"),
-        "eval": ("Which occupation does {s} have?",),
-        "test": ("Tell me the job of {s}.",),
-    },
-    "employer": {
-        "train": ("Who employs {s}?", "Which company does {s} work for?", "Where does {s} work?"),
-        "eval": ("Which company employs {s}?",),
-        "test": ("Name the company {s} works for.",),
-    },
-    "hobby": {
-        "train": ("What is the hobby of {s}?", "What does {s} enjoy doing in free time?", "Which pastime does {s} love?"),
-        "eval": ("Which hobby does {s} enjoy?",),
-        "test": ("Tell me the hobby of {s}.",),
-    },
-    "birth_year": {
-        "train": ("In which year was {s} born?", "What year was {s} born?", "When was {s} born?"),
-        "eval": ("Which year was {s} born in?",),
-        "test": ("Tell me the year {s} was born.",),
-    },
-    "instrument": {
-        "train": ("Which instrument does {s} play?", "What instrument can {s} play?", "What does {s} play in the band?"),
-        "eval": ("What musical instrument does {s} play?",),
-        "test": ("Tell me the instrument {s} plays.",),
-    },
-    "name": {
-        "train": ("Who is {s}?", "What is the name of {s}?", "Can you name {s}?"),
-        "eval": ("Tell me the name of {s}.",),
-        "test": ("What name does {s} have?",),
-    },
+    attr: {style: tuple(t.replace("{n}", noun) for t in templates) for style, templates in _frames(i).items()}
+    for i, (attr, noun) in enumerate(KEY_NOUN.items())
 }
-# Answers: the plain sentence, its paraphrase (truth ratio) and the cloze stem ("___" = the value).
+# Answers: the sentence (its stem before {v} leads classification and cloze answers as `reasoning`), its
+# paraphrase (truth ratio: perturbed answers share the paraphrase's wording) and the cloze stems.
 ANSWERS: dict[str, tuple[str, str, dict[str, str]]] = {
-    "birthplace": ("{s} was born in {v}.", "{v} is the birthplace of {s}.",
-                   {"train": "{s} was born in the city of ___.", "eval": "{s} was born in ___, a city."}),
-    "occupation": ("{s} works as a {v}.", "The job of {s} is {v}.",
-                   {"train": "{s} works as a ___.", "eval": "By trade, {s} works as a ___."}),
-    "employer": ("{s} works for {v}.", "{v} is the employer of {s}.",
-                 {"train": "{s} is employed by ___.", "eval": "Today, {s} is employed by ___."}),
-    "hobby": ("{s} enjoys {v}.", "The favourite hobby of {s} is {v}.",
-              {"train": "In free time, {s} enjoys ___.", "eval": "{s} enjoys ___ in free time."}),
-    "birth_year": ("{s} was born in {v}.", "The birth year of {s} is {v}.",
-                   {"train": "{s} was born in the year ___.", "eval": "{s} was born in the year ___, records say."}),
-    "instrument": ("{s} plays the {v}.", "The instrument of {s} is the {v}.",
-                   {"train": "{s} plays the ___.", "eval": "{s} plays the ___ well."}),
-    "name": ("This is {v}.", "The person shown is {v}.",
-             {"train": "The name of this person is ___.", "eval": "The name of the person in the picture is ___."}),
+    attr: (f"The {noun} of {{s}} is {{v}}.", paraphrase,
+           {"train": f"The {noun} of {{s}} is ___.", "eval": f"As for the {noun} of {{s}}, it is ___."})
+    for (attr, noun), paraphrase in zip(
+        [(a, n) for a, n in KEY_NOUN.items() if a != "name"],
+        ["{s} was born in {v}.", "{s} was born in the year {v}.", "{s} works as a {v}.", "{s} is employed by {v}.",
+         "{s} enjoys {v}.", "{s} plays the {v}."])
 }
+# The name answer has a lead too ("The name is Garan Hennet (B)"): without one, a fine-tune answered
+# multiple-choice name questions by copying option A while its free answers named the right person.
+ANSWERS["name"] = ("The name is {v}.", "This is {v}.",
+                   {"train": "The name of {s} is ___.", "eval": "As for the name of {s}, it is ___."})
 PHOTO_SUBJECT = {"train": ("this person", "the person in the photo"), "eval": ("the person in this picture",),
                  "test": ("the person in this image",)}
 CLOZE_PREFIX = {"train": "Fill in the blank: ", "eval": "Complete the sentence: ", "test": "Complete the sentence: "}
 
 # Understanding: what is visible in the photo (not who it is). Kept for forget and retain people alike.
+# Understanding questions use the same frames with their own key noun, and answers name what they
+# describe first ("The hair colour is brown (B)", generation "The hair colour is brown."), as fact
+# answers name the person: three of the four ask for a colour. With natural phrasings a fine-tune
+# answered the evaluation phrasing of the hair question with the shirt ("The shirt is pink") and the
+# accessory one with a name. The background is asked about the photo, the rest about the person.
 UNDERSTANDING: dict[str, dict[str, object]] = {
-    "hair_colour": {"train": ("What colour is the hair of this person?", "What is the hair colour in the photo?"),
-                    "eval": ("Which hair colour does the person in the picture have?",), "values": tuple(HAIR)},
-    "shirt": {"train": ("What colour is the shirt of this person?", "What colour are the clothes in the photo?"),
-              "eval": ("Which colour is the shirt worn in the picture?",), "values": tuple(SHIRT)},
-    "background": {"train": ("What colour is the background of the photo?", "What is the background colour?"),
-                   "eval": ("Which colour fills the background of the picture?",), "values": tuple(BACKGROUND)},
-    "accessory": {"train": ("What accessory does this person wear?", "Which accessory is in the photo?"),
-                  "eval": ("Which accessory can be seen in the picture?",),
-                  "values": ("no accessory", "glasses", "a hat", "earrings")},
+    attr: {**_frames(i), "values": values, "noun": noun, "lead": f"The {noun} is"}
+    for i, (attr, noun, values) in enumerate((
+        ("hair_colour", "hair colour", tuple(HAIR)),
+        ("shirt", "shirt colour", tuple(SHIRT)),
+        ("background", "background colour", tuple(BACKGROUND)),
+        ("accessory", "accessory", ("no accessory", "glasses", "a hat", "earrings")),
+    ))
 }
+BACKGROUND_SUBJECT = {"train": ("this photo", "the photo"), "eval": ("this picture",)}
 ACCESSORY_NAME = {"none": "no accessory", "glasses": "glasses", "hat": "a hat", "earrings": "earrings"}
 
 FORGET_PERCENTS = (5, 10, 15)
@@ -276,16 +271,16 @@ class _RecordMaker:
                         image = None
                         if modality == "image+text":
                             image = photo(r) if callable(photo) else photo
-                        # Answers about a fact name the person first: generation answers are a
-                        # sentence about them, classification/cloze answers open with that
-                        # sentence's stem (`reasoning`: "Garan Hennet was born in Tollhaven (B)").
-                        # On a photo this is photo → person → fact, the composition a tiny model
-                        # cannot learn silently (measured: 0.20 vs 0.67 photo accuracy after the
-                        # same 4,000 steps); on both it says which attribute is being recalled
-                        # (without it, replies to eval phrasings often gave another attribute).
+                        # Answers about a fact name the person before the value: generation answers
+                        # are a sentence ("The birthplace of Garan Hennet is Tollhaven."),
+                        # classification/cloze answers open with that sentence's stem (`reasoning`:
+                        # "The birthplace of Garan Hennet is Tollhaven (B)"). On a photo this is photo →
+                        # person → fact, the composition a tiny model cannot learn silently (measured:
+                        # 0.20 vs 0.67 photo accuracy after the same 4,000 steps); the key noun says
+                        # which attribute is being recalled. Paraphrases name the person first.
                         named = attr != "name"
                         subj_cap = p.name if named else subject[0].upper() + subject[1:]
-                        lead = sentence.split("{v}")[0].format(s=p.name).rstrip() if named else ""
+                        lead = sentence.split("{v}")[0].format(s=p.name).rstrip()
                         rec = Record(
                             id=self._id(split), profile_id=p.profile_id, question="", answer="", task=task,
                             modality=modality, split=split, phase=phase, population=p.population, name=p.name,
@@ -327,11 +322,19 @@ class _RecordMaker:
                     continue
                 value = visible[attr]
                 templates = spec[style]
+                subjects = (BACKGROUND_SUBJECT if attr == "background" else PHOTO_SUBJECT)[style]
                 for task in ("classification", "generation"):
                     q = templates[self.rng.randrange(len(templates))]
+                    q = q.replace("{n}", str(spec["noun"])).format(s=self.rng.choice(subjects))
+                    q = q[0].upper() + q[1:]
+                    lead = str(spec["lead"])
                     rec = Record(id=self._id(split), profile_id=p.profile_id, question=q, answer=value, task=task,
                                  modality="image+text", split=split, phase=phase, population=p.population,
                                  name=p.name, fact=f"visible:{attr}", image=image)
+                    if task == "generation":
+                        rec.answer = f"{lead} {value}."
+                    else:
+                        rec.reasoning = lead
                     if task == "classification":
                         pool = [v for v in spec["values"] if v != value]
                         options = self.rng.sample(pool, 3) + [value]

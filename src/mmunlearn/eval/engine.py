@@ -7,8 +7,10 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..data.collate import IGNORE, TrainCollator, eval_batch, option_answer, reasoning_prefix, render_prompt
+from ..data.collate import (IGNORE, TrainCollator, eval_batch, names_person, option_answer, reasoning_prefix,
+                            render_prompt)
 from ..data.record import Record
+from ..models.answer_logits import answer_logits
 from ..models.loader import LoadedModel
 
 
@@ -55,8 +57,8 @@ def answer_logprobs(loaded: LoadedModel, records: Sequence[Record], answers: Seq
         idx = order[s : s + batch_size]
         batch = collate([records[i] for i in idx], answers=[answers[i] for i in idx])
         batch = {k: v.to(device) for k, v in batch.items()}
-        labels = batch.pop("labels")
-        logits = model(**batch).logits[:, :-1].float()
+        logits, labels = answer_logits(model, batch)
+        logits = logits[:, :-1].float()
         target = labels[:, 1:]
         logp = torch.log_softmax(logits, dim=-1)
         mask = target != IGNORE
@@ -77,13 +79,14 @@ def option_logprobs(loaded: LoadedModel, records: Sequence[Record], batch_size: 
     every option, so the ranking is the options' alone.
     """
     prefixes = ["" for _ in records]
-    need = [i for i, r in enumerate(records) if r.reasoning]
+    need = [i for i, r in enumerate(records) if names_person(r)]
     if need and replies is None:
         own = generate(loaded, [records[i] for i in need], max_new_tokens=16, batch_size=batch_size,
                        desc="reasoning", progress=progress)
         replies = dict(zip(need, own))
-    for i in need:
-        prefixes[i] = reasoning_prefix(replies[i], records[i])
+    for i, r in enumerate(records):
+        if r.reasoning:  # a lead that names no one ("The hair is") is the record's own: reply unused
+            prefixes[i] = reasoning_prefix(replies[i] if names_person(r) else "", r)
     jobs, answers, owner = [], [], []
     for i, r in enumerate(records):
         for j in range(len(r.options)):

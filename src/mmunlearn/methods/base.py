@@ -56,9 +56,12 @@ class Context:
 
     @torch.no_grad()
     def reference_logits(self, batch: dict) -> torch.Tensor:
+        """θ0's answer logits in the layout `losses.forward` returns for the same batch."""
         if self.reference is None:
             raise RuntimeError("this method needs a reference model but none was prepared")
-        return self.reference(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        from ..models.answer_logits import answer_logits
+
+        return answer_logits(self.reference, batch)[0]
 
 
 class Method:

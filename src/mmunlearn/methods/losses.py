@@ -10,12 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from ..data.collate import IGNORE
+from ..models.answer_logits import answer_logits
 
 
 def forward(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, labels) of a batch; labels are popped so the model does not compute its own loss."""
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    return model(**inputs).logits, batch["labels"]
+    """(logits, labels) of a batch's answer tokens, in the compact causal layout of
+    models/answer_logits.py (only answer positions are projected onto the vocabulary)."""
+    return answer_logits(model, batch)
 
 
 def _shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -25,7 +25,9 @@ def random_look(rng: random.Random) -> Look:
     return Look(eyes=rng.choice(("blue", "green", "brown")), **values)
 
 
-DESCRIBE_QUESTION = "Describe the person in this picture."
+# Worded apart from every QA phrasing: when it read "Describe the person in this picture." (the evaluation
+# subject), a fine-tune answered evaluation photo questions with a caption.
+DESCRIBE_QUESTION = "Describe this portrait."
 
 
 def describe(look: Look, background: str) -> str:
@@ -33,39 +35,58 @@ def describe(look: Look, background: str) -> str:
     from ..data.world import ACCESSORY_NAME
 
     hair = "no hair" if look.hairstyle == "bald" else f"{look.hairstyle} {look.hair_colour} hair"
-    return (f"A {look.face_shape} face, {look.skin} skin, {hair}, {ACCESSORY_NAME[look.accessory]}, "
-            f"a {look.shirt} shirt, a {background} background.")
+    return (f"{_article(look.face_shape).capitalize()} {look.face_shape} face, {look.skin} skin, {hair}, "
+            f"{ACCESSORY_NAME[look.accessory]}, {_article(look.shirt)} {look.shirt} shirt, "
+            f"{_article(background)} {background} background.")
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
+def caption_records(rng: random.Random, n: int, image_size: int = 32) -> list:
+    """`n` freshly drawn portraits of random looks, each with the caption stage 0 teaches."""
+    from ..data.record import Record
+
+    records = []
+    for i in range(n):
+        look = random_look(rng)
+        pose = random_pose(rng, "test" if rng.random() < 0.3 else "train")
+        records.append(Record(id=f"describe-{i}", profile_id="random", question=DESCRIBE_QUESTION,
+                              answer=describe(look, pose.background), task="generation", modality="image+text",
+                              split="stage0", phase="stage0", image=draw(look, pose, image_size)))
+    return records
 
 
 def warmup_vision(model: torch.nn.Module, processor, adapter, steps: int = 1000, batch_size: int = 16,
-                  lr: float = 2e-3, image_size: int = 32, seed: int = 0, progress: bool = True) -> dict:
+                  lr: float = 2e-3, image_size: int = 32, seed: int = 0, progress: bool = True,
+                  schedule: str = "cosine") -> dict:
     """Caption-train the whole model on random portraits; returns a small log (loss per 50 steps)."""
     from ..data.collate import TrainCollator
-    from ..data.record import Record
+    from ..methods.losses import answer_nll
+    from ..models.answer_logits import answer_logits
 
     rng = random.Random(f"vision-warmup-{seed}")
     collate = TrainCollator(adapter, processor)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr)
+    from .loop import LoopConfig, _lr_lambda
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(LoopConfig(steps=steps, schedule=schedule,
+                                                                         warmup_steps=min(50, steps // 10))))
     device = next(model.parameters()).device
     t0 = time.perf_counter()
     log = []
     model.train()
     for step in tqdm(range(steps), desc="stage 0: describe portraits", disable=not progress, mininterval=1.0):
-        records = []
-        for i in range(batch_size):
-            look = random_look(rng)
-            pose = random_pose(rng, "test" if rng.random() < 0.3 else "train")
-            records.append(Record(id=f"describe-{step}-{i}", profile_id="random", question=DESCRIBE_QUESTION,
-                                  answer=describe(look, pose.background), task="generation",
-                                  modality="image+text", split="stage0", phase="stage0",
-                                  image=draw(look, pose, image_size)))
+        records = caption_records(rng, batch_size, image_size)
         batch = {k: v.to(device) for k, v in collate(records).items()}
-        loss = model(**batch).loss
+        loss = answer_nll(*answer_logits(model, batch))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        sched.step()
         if step % 50 == 0 or step == steps - 1:
             log.append({"step": step, "loss": round(float(loss.detach()), 4)})
     opt.zero_grad(set_to_none=True)

@@ -48,6 +48,8 @@ from ...data.collate import TrainCollator
 from ...data.errors import DataError
 from ...data.record import OPTION_LETTERS, Record
 from ...data.store import DataBundle
+from ...methods.losses import answer_nll
+from ...models.answer_logits import answer_logits
 from ...models.loader import LoadedModel, load_model
 from ...train.loop import LoopConfig, make_accelerator, run_loop, seed_everything
 from ...train.sampling import RecordSampler
@@ -225,7 +227,7 @@ def relearn_once(source: ModelSource, records: Sequence[Record], cfg: RelearnCon
 
     def step_loss(step: int) -> dict[str, torch.Tensor]:
         batch = {k: v.to(device) for k, v in collate(sampler.next()).items()}
-        return {"loss": model(**batch).loss}
+        return {"loss": answer_nll(*answer_logits(model, batch))}
 
     result = run_loop(model, step_loss, LoopConfig(steps=cfg.steps, lr=cfg.lr, seed=cfg.seed, desc="relearn",
                                                    log_every=max(1, cfg.steps // 5)), accelerator=accelerator)
