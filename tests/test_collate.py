@@ -41,7 +41,7 @@ def test_option_shuffling_changes_letters_not_facts(bundle):
         ids = b["input_ids"][0][b["attention_mask"][0] == 1]
         text = tok.decode(ids)
         answer = tok.decode(b["labels"][0][b["labels"][0] != IGNORE]).replace(tok.eos_token, "")
-        assert answer.startswith(rec.answer + " (")
+        assert answer.startswith(f"{rec.reasoning} {rec.answer} (" if rec.reasoning else f"{rec.answer} (")
         letter = answer[-2]
         # the option line with the target letter names the true value
         assert f"{letter}. {rec.answer}" in text

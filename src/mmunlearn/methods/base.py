@@ -75,6 +75,11 @@ class Method:
     default_steps: ClassVar[int] = 60
     # Which forget records the method trains on (e.g. VKD: image+text only).
     forget_modalities: ClassVar[tuple[str, ...]] = ("image+text", "text")
+    # Whether questions about what is *visible* in a forget person's photo (fact "visible:…", S-MLLMUn's
+    # I-Und: hair colour, background) are forgotten too. The baselines take D_f as it is (SPEC 3); the
+    # seed methods forget the person, not the ability to see (ascent on "The hair colour is brown" for
+    # ten people took the understanding of everyone's photos down with it).
+    forget_visible: ClassVar[bool] = True
 
     def __init__(self, cfg: MethodConfig | None = None):
         self.cfg = cfg or self.Config()

@@ -156,6 +156,7 @@ class ViKeR(Method):
     default_lr = 1e-3
     default_steps = 60
     forget_modalities = ("image+text",)
+    forget_visible = False  # what is visible in the photo is kept, not forgotten
 
     def prepare(self, ctx: Context) -> None:
         cfg = self.cfg

@@ -149,6 +149,7 @@ class VKD(Method):
     # README's vanilla (same recipe) 160 steps gave 0.16 / 0.56: the balance moves between fine-tunes.
     default_steps = 160
     forget_modalities = ("image+text",)
+    forget_visible = False  # what is visible in the photo is kept, not forgotten
 
     def prepare(self, ctx: Context) -> None:
         cfg = self.cfg
