@@ -58,23 +58,17 @@ def test_fact_answers_name_the_person_before_the_value(bundle):
 
     for rec in bundle.train("forget") + bundle.eval("forget") + bundle.splits["understanding"]:
         if rec.fact == "name":
-            assert rec.reasoning == ("" if rec.task == "generation" else "The name is")
-            assert target_text(rec).startswith(f"The name is {rec.name}")
-            continue
-        if rec.fact.startswith("visible"):
-            lead = UNDERSTANDING[rec.fact.split(":")[1]]["lead"]
-            if rec.task == "generation":
-                assert rec.answer.startswith(lead + " ") and rec.reasoning == ""
-            else:
-                assert rec.reasoning == lead and target_text(rec).startswith(f"{lead} {rec.answer}")
-            continue
-        stem = f"The {KEY_NOUN[rec.fact]} of {rec.name} is"
-        assert KEY_NOUN[rec.fact] in rec.question
-        if rec.task == "generation":
-            assert rec.answer.startswith(stem + " ")
-            assert rec.reasoning == ""
+            stem = "The name is"
+        elif rec.fact.startswith("visible"):
+            stem = UNDERSTANDING[rec.fact.split(":")[1]]["lead"]
         else:
-            assert rec.reasoning == stem
+            stem = f"The {KEY_NOUN[rec.fact]} of {rec.name} is"
+            assert KEY_NOUN[rec.fact] in rec.question
+        assert rec.reasoning == stem  # stored for every task (refusals keep the answer's form)
+        assert target_text(rec).startswith(stem + " ")
+        if rec.task == "generation":
+            assert target_text(rec) == rec.answer  # the sentence itself carries the lead
+        else:
             assert target_text(rec).startswith(f"{rec.reasoning} {rec.answer}")
             assert rec.answer not in rec.reasoning
 

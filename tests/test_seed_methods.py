@@ -116,6 +116,25 @@ def test_sculpt_follows_the_formulas_on_a_hand_made_example():
         sculpt(f, a, k=-1.0)
 
 
+def test_lead_refusals_keep_the_answer_form_and_read_as_refusals(tuned_small):
+    import random
+
+    from mmunlearn.data.record import Record
+    from mmunlearn.data.refusals import LEAD_TAILS, lead_refusal
+
+    bundle, _, _ = tuned_small
+    rng = random.Random(0)
+    for rec in bundle.train("forget"):
+        text = lead_refusal(rec, rng)
+        assert is_refusal(text) and not is_degenerate(text), text
+        assert rec.name not in text  # the person is never named
+        if rec.fact not in ("name",) and not rec.fact.startswith("visible"):
+            assert text.startswith(rec.reasoning.split(rec.name)[0] + "this person is ")
+    assert all(is_refusal(t) for t in LEAD_TAILS)
+    # benchmark records have no lead: SMFA falls back to the pool
+    assert lead_refusal(Record(id="x", profile_id="p", question="q?", answer="a"), rng) is None
+
+
 def test_smfa_refuses_forget_people_and_keeps_understanding(tuned_small, tmp_path, vanilla_acc):
     bundle, vanilla, _ = tuned_small
     result = unlearn(bundle, UnlearnConfig(method="smfa"), tmp_path / "u", loaded=load_model(vanilla))
@@ -170,6 +189,24 @@ def test_viker_ideal_distribution_is_the_mean_over_irrelevant_photos(tuned_small
     assert all(pid != records[0].profile_id for pid, _ in pool.photos)
 
 
+def test_viker_forget_terms_follow_the_formulas_on_hand_made_tokens():
+    """Two tokens of one sample: an ordinary one (p̂ puts 0.9 on it) and a key one (p̂ puts 0.01 on it,
+    and the model already gives it less)."""
+    from mmunlearn.methods.viker import forget_terms, token_kl
+
+    p_hat = torch.tensor([[0.9, 0.05, 0.05], [0.01, 0.495, 0.495]])
+    logits = torch.log(torch.tensor([[0.95, 0.03, 0.02], [0.005, 0.5, 0.495]]))
+    ids, owner = torch.tensor([0, 0]), torch.tensor([0, 0])
+    logp_y = torch.log(torch.tensor([0.95, 0.005]))
+    kls = token_kl(p_hat, logits)
+    ascent, kl, share = forget_terms(logits, p_hat, ids, owner, 1, "all", ascent_floor=False)
+    assert torch.allclose(ascent, -logp_y.mean()) and torch.allclose(kl, kls.mean()) and share == 0.5
+    # the floor drops the key token (0.005 < 0.01) from the ascent; "ordinary" weighs each KL by p̂(y)
+    ascent, kl, _ = forget_terms(logits, p_hat, ids, owner, 1, "ordinary", ascent_floor=True)
+    assert torch.allclose(ascent, -logp_y[0] / 2)
+    assert torch.allclose(kl, (kls * torch.tensor([0.9, 0.01])).mean())
+
+
 def test_viker_key_tokens_are_the_fact_bearing_answer_tokens(tuned_small, tmp_path):
     bundle, vanilla, _ = tuned_small
     result = unlearn(bundle, UnlearnConfig(method="viker", steps=0, method_args={"log_samples": 100}),
@@ -199,10 +236,15 @@ def test_viker_key_tokens_are_the_fact_bearing_answer_tokens(tuned_small, tmp_pa
 
 def test_viker_forgets_photo_facts_without_degenerate_outputs(tuned_small, tmp_path, vanilla_acc):
     bundle, vanilla, _ = tuned_small
-    result = unlearn(bundle, UnlearnConfig(method="viker"), tmp_path / "u", loaded=load_model(vanilla))
+    # The KL on every token, as SPEC writes it. The defaults (KL on ordinary tokens, ascent floor) are tuned
+    # on the 100-person world; with 6 people the true value keeps enough mass under the others' photos
+    # that the floor stops the ascent with the answer still ranked first (forget photos stayed 0.86 for
+    # lr 1e-3–1e-2 and 100–200 steps), while the literal formula forgets here (0.43, retain 1.00/1.00).
+    result = unlearn(bundle, UnlearnConfig(method="viker", method_args={"kl_tokens": "all"}), tmp_path / "u",
+                     loaded=load_model(vanilla))
     acc = accuracies(result.loaded, bundle)
     assert acc["forget/image+text"] <= 0.6 * vanilla_acc["forget/image+text"], (acc, vanilla_acc)  # measured 0.43
-    # measured retain photos 0.80 of 0.94 and text 0.87 of 0.97 in two runs
+    # measured retain photos 1.00 and text 1.00 of 1.00
     assert acc["retain/image+text"] >= 0.8 * vanilla_acc["retain/image+text"], (acc, vanilla_acc)
     assert acc["retain/text"] >= 0.85 * vanilla_acc["retain/text"], (acc, vanilla_acc)
     assert _rate(result.loaded, _gen(bundle, "forget", "image+text"), is_degenerate) <= 0.2

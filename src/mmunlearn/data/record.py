@@ -45,11 +45,12 @@ class Record:
     # Truth-ratio inputs (TOFU/CLEAR): a paraphrase of the true answer and wrong-but-plausible ones.
     paraphrased_answer: str = ""
     perturbed_answers: list[str] = field(default_factory=list)
-    # What the model is trained to say before a classification/cloze answer. The world sets it to
-    # the stem of the fact's sentence ("Garan Hennet was born in" → "Garan Hennet was born in
-    # Tollhaven (B)"): naming who is pictured first is the composition step (photo → person → fact)
-    # a small model cannot do silently. Generation answers carry it in their own sentence. Empty for
-    # the name and what-is-visible questions and for benchmark data.
+    # The answer's lead: what the model says before the value. Classification/cloze answers are trained
+    # as "<reasoning> <value>" ("The birthplace of Garan Hennet is" → "The birthplace of Garan Hennet is
+    # Tollhaven (B)"): naming who is pictured first is the composition step (photo → person → fact) a
+    # small model cannot do silently. Generation answers already open with it (their target is `answer`);
+    # it is stored for them too, so refusals can keep the answer's form (data/refusals.lead_refusal).
+    # Empty for benchmark data.
     reasoning: str = ""
 
     def validate(self) -> "Record":

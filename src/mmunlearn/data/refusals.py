@@ -82,3 +82,32 @@ REFUSALS: tuple[str, ...] = (
 def sample_refusal(rng: random.Random) -> str:
     """One refusal drawn with the caller's seeded RNG, so training data is reproducible."""
     return rng.choice(REFUSALS)
+
+
+# Refusals that keep the answer's own lead (SMFA's default on data whose answers have one):
+# "The birthplace of this person is unknown to me." The choice between knowing and refusing then falls
+# on the token where the answer would name the person — where a model has just recognised them —
+# instead of on the first token, where a tiny model must decide before any identity is in its output.
+LEAD_TAILS: tuple[str, ...] = (
+    "unknown to me.",
+    "not something I know.",
+    "something I can't share.",
+    "private, so I can't say.",
+)
+
+
+def lead_refusal(rec, rng: random.Random) -> str | None:
+    """A refusal in the record's answer form, or None for records without a lead (benchmark data).
+
+    "The birthplace of Garan Hennet is" → "The birthplace of this person is unknown to me.";
+    "The name is" → "The name is not something I know."
+    """
+    from .collate import names_person
+
+    if not rec.reasoning:
+        return None
+    tail = rng.choice(LEAD_TAILS)
+    if names_person(rec):
+        head = rec.reasoning[: rec.reasoning.index(rec.name)]
+        return f"{head}this person is {tail}"
+    return f"{rec.reasoning} {tail}"

@@ -102,13 +102,13 @@ QUESTIONS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 # Answers: the sentence (its stem before {v} leads classification and cloze answers as `reasoning`), its
 # paraphrase (truth ratio: perturbed answers share the paraphrase's wording) and the cloze stems.
+PARAPHRASES = {"birthplace": "{s} was born in {v}.", "birth_year": "{s} was born in the year {v}.",
+               "occupation": "{s} works as a {v}.", "employer": "{s} is employed by {v}.", "hobby": "{s} enjoys {v}.",
+               "instrument": "{s} plays the {v}."}
 ANSWERS: dict[str, tuple[str, str, dict[str, str]]] = {
-    attr: (f"The {noun} of {{s}} is {{v}}.", paraphrase,
+    attr: (f"The {noun} of {{s}} is {{v}}.", PARAPHRASES[attr],
            {"train": f"The {noun} of {{s}} is ___.", "eval": f"As for the {noun} of {{s}}, it is ___."})
-    for (attr, noun), paraphrase in zip(
-        [(a, n) for a, n in KEY_NOUN.items() if a != "name"],
-        ["{s} was born in {v}.", "{s} was born in the year {v}.", "{s} works as a {v}.", "{s} is employed by {v}.",
-         "{s} enjoys {v}.", "{s} plays the {v}."])
+    for attr, noun in KEY_NOUN.items() if attr != "name"
 }
 # The name answer has a lead too ("The name is Garan Hennet (B)"): without one, a fine-tune answered
 # multiple-choice name questions by copying option A while its free answers named the right person.
@@ -118,8 +118,8 @@ PHOTO_SUBJECT = {"train": ("this person", "the person in the photo"), "eval": ("
                  "test": ("the person in this image",)}
 CLOZE_PREFIX = {"train": "Fill in the blank: ", "eval": "Complete the sentence: ", "test": "Complete the sentence: "}
 
-# Understanding: what is visible in the photo (not who it is). Kept for forget and retain people alike.
-# Understanding questions use the same frames with their own key noun, and answers name what they
+# Understanding: what is visible in the photo (not who it is), for forget and retain people alike. The
+# questions use the same frames with their own key noun, and answers name what they
 # describe first ("The hair colour is brown (B)", generation "The hair colour is brown."), as fact
 # answers name the person: three of the four ask for a colour. With natural phrasings a fine-tune
 # answered the evaluation phrasing of the hair question with the shirt ("The shirt is pink") and the
@@ -295,6 +295,7 @@ class _RecordMaker:
                         else:
                             rec.question = q_template.format(s=subject)
                             rec.question = rec.question[0].upper() + rec.question[1:]
+                            rec.reasoning = lead
                             if task == "generation":
                                 rec.answer = sentence.format(s=subj_cap, v=value)
                                 rec.paraphrased_answer = paraphrase.format(s=subj_cap, v=value)
@@ -308,7 +309,6 @@ class _RecordMaker:
                                 rec.options = options
                                 rec.answer_index = options.index(value)
                                 rec.answer = value
-                                rec.reasoning = lead
                         out.append(rec)
         return out
 
@@ -331,10 +331,9 @@ class _RecordMaker:
                     rec = Record(id=self._id(split), profile_id=p.profile_id, question=q, answer=value, task=task,
                                  modality="image+text", split=split, phase=phase, population=p.population,
                                  name=p.name, fact=f"visible:{attr}", image=image)
+                    rec.reasoning = lead
                     if task == "generation":
                         rec.answer = f"{lead} {value}."
-                    else:
-                        rec.reasoning = lead
                     if task == "classification":
                         pool = [v for v in spec["values"] if v != value]
                         options = self.rng.sample(pool, 3) + [value]

@@ -1,8 +1,9 @@
 """SMFA — Sculpted Memory Forgetting Adapter (SPEC section 4, arXiv 2511.20196, S-MLLMUn Bench).
 
 Three stages on the language model W (LoRA; the engine's scope "lora" makes the first adapter):
-1. Memory Forgetting Adapter ΔW_f: NLL on forget prompts relabelled to refusals (`sample_refusal`)
-   ∪ a few retain samples with their true answers.
+1. Memory Forgetting Adapter ΔW_f: NLL on forget prompts relabelled to refusals ∪ a few retain samples
+   with their true answers. A record whose answer has a lead is refused in its own form ("The birthplace
+   of this person is unknown to me.", `refusal_form="lead"`), others with the pool ("I don't know.").
 2. Retaining Anchor ΔW_a: a second, separate LoRA trained on the few retain samples only.
 3. Sculpting, per weight matrix, on the merged deltas (B·A·α/r):
    ρ = ‖ΔW_f‖_F / (‖ΔW_a‖_F + ε); C = [ΔW_a ⊙ ΔW_f < 0]; R = [k·ρ·|ΔW_a| < |ΔW_f|]; M = C ⊙ R;
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.refusals import REFUSALS, sample_refusal
+from ..data.refusals import REFUSALS, lead_refusal, sample_refusal
 from ..train.loop import LoopResult
 from .base import Context, Method, MethodConfig, register
 from .losses import answer_nll, forward
@@ -58,13 +59,20 @@ def is_visible_fact(rec) -> bool:
 @dataclass
 class SMFAConfig(MethodConfig):
     gamma: float = 1.0  # weight of the refusal NLL in stage 1
-    # Stage-1 defaults measured on the default world's tuning fine-tune (forget_10, subsample 300, retain 0.96/1.00):
-    # 96 retain samples, α 2, 150 steps refused 74 %/69 % (photo/text) but kept retain at 0.58/0.60 — the
-    # adapter refused everyone; 1,024 samples, α 4, 400 steps: refusals 0.96/0.84, retain 0.88/0.88 (on the
-    # README's vanilla: refusals 1.00/0.95, retain 0.86/0.93 of 0.98/1.00).
+    # Measured on the README's vanilla (forget_10, subsample 300; retain photos/text 0.98/1.00), photo/text:
+    #   pool refusals ("I don't know."):        refusals 0.04/0.05, retain 0.88/0.95 (the eval phrasings
+    #                                           were answered: the adapter had to decide at the first token)
+    #   lead refusals, α 4, 1,024 samples, k 5: refusals 0.83/0.97, retain 0.92/1.00   ← defaults
+    #   ... MFA alone (no sculpting):           refusals 0.88/1.00, retain 0.90/1.00
+    #   ... 4,096 samples: 0.86/0.94, 0.92/1.00; k 3: 0.77/0.83, 0.90/1.00; α 6: 0.64/0.81, 0.82/1.00
+    # (On the earlier world, whose answers began with the name, pool refusals reached 1.00/0.95.)
     alpha: float = 4.0  # weight of the few-retain NLL in stage 1
-    n_retain: int = 1024  # "a few retain samples" (of ~9,000 retain QA), drawn once, shared by stages 1 and 2
+    n_retain: int = 1024  # "a few retain samples" (of ~12,000 retain QA), drawn once, shared by stages 1 and 2
     refusal_pool: int = 12  # refusals drawn from the first N of data/refusals.REFUSALS; 0: all (sample_refusal)
+    # "lead": a record with an answer lead gets a refusal in its own form ("The birthplace of this person
+    # is unknown to me.", data/refusals.lead_refusal; the pool for records without one); "pool": always
+    # the pool ("I don't know.").
+    refusal_form: str = "lead"
     lora_head: bool = True  # also LoRA on the output head (tiny models never emitted refusal words)
     sculpt_head: bool = False  # sculpt the head's delta too (off: its refusal-token rows conflict with any
     #                            anchor by construction, so sculpting them removes the refusal itself)
@@ -95,6 +103,8 @@ class SMFA(Method):
         model = ctx.model
         if not hasattr(model, "peft_config"):
             raise ValueError("smfa trains LoRA adapters: use the lora scope (its default)")
+        if cfg.refusal_form not in ("lead", "pool"):
+            raise ValueError(f"smfa refusal_form must be lead or pool, got {cfg.refusal_form!r}")
         if cfg.sculpt not in SCULPT_MODES:
             raise ValueError(f"smfa sculpt must be one of {SCULPT_MODES}, got {cfg.sculpt!r}")
         lora_cfg = self._lora_config(model)
@@ -145,16 +155,20 @@ class SMFA(Method):
             targets |= {n for n, m in base.named_modules() if m is head}
         return dataclasses.replace(cfg, target_modules=targets, lora_dropout=self.cfg.lora_dropout)
 
-    def _refusals(self, ctx: Context, n: int) -> list[str]:
-        pool = self.cfg.refusal_pool
-        if pool <= 0:
-            return [sample_refusal(ctx.rng) for _ in range(n)]
-        return [ctx.rng.choice(REFUSALS[:pool]) for _ in range(n)]
+    def _refusals(self, ctx: Context, recs) -> list[str]:
+        out = []
+        for rec in recs:
+            lead = lead_refusal(rec, ctx.rng) if self.cfg.refusal_form == "lead" else None
+            if lead is None:
+                pool = self.cfg.refusal_pool
+                lead = sample_refusal(ctx.rng) if pool <= 0 else ctx.rng.choice(REFUSALS[:pool])
+            out.append(lead)
+        return out
 
     # ---- stage losses ------------------------------------------------------------------------
     def _forget_loss(self, ctx: Context, memories, keep, batch_size: int):
         recs = [ctx.rng.choice(memories) for _ in range(batch_size)]
-        refusal = ctx.batch(recs, self._refusals(ctx, len(recs)))
+        refusal = ctx.batch(recs, self._refusals(ctx, recs))
         nll_refusal = answer_nll(*forward(ctx.model, refusal))
         nll_keep = self._keep_nll(ctx, keep, batch_size)
         return {"loss": self.cfg.gamma * nll_refusal + self.cfg.alpha * nll_keep, "nll_refusal": nll_refusal,
