@@ -33,6 +33,7 @@ VARIANTS: dict[str, list[tuple[str, str, dict, dict]]] = {
         ("vkd", "vkd", {}, {}),
         ("vkd-no-distill", "vkd", {}, {"vkd_weight": 0.0}),
         ("vkd-no-mask", "vkd", {}, {"mask": "none"}),
+        ("vkd-keep-pretrain", "vkd", {}, {"keep_from": "retain+pretrain"}),
         ("vkd-full-scope", "vkd", {"scope": "full"}, {}),
         # the forgetting/keeping trade-off: no retain NLL, and the earlier, much stronger distillation
         ("vkd-no-retain-nll", "vkd", {}, {"alpha": 0.0}),
@@ -95,7 +96,7 @@ def tables(results: dict[str, dict], vanilla: dict) -> str:
                   "|---|" + "---:|" * (len(cols) + 3)]
         lines.append("| vanilla | " + " | ".join(_f(_m(vanilla, s, m)) for _, s, m in cols) + " | "
                      + _f(_m(vanilla, "forget", "text", "degenerate_rate")) + " | — | — |")
-        for name in ("vkd", "vkd-no-distill", "vkd-no-mask", "vkd-full-scope", "vkd-no-retain-nll",
+        for name in ("vkd", "vkd-no-distill", "vkd-no-mask", "vkd-keep-pretrain", "vkd-full-scope", "vkd-no-retain-nll",
                      "vkd-lambda-0.5", "graddiff-same-steps"):
             if name in results:
                 r = results[name]

@@ -42,6 +42,9 @@ class Context:
     grad_masks: dict[str, torch.Tensor] | None = None
     extra_log: dict[str, Any] = field(default_factory=dict)
     run_dir: Any = None
+    # the earlier-learned population's training records (the world's `pretrain` split; empty for data
+    # without one): kept knowledge too, for methods that can use more of it than the retain split
+    pretrain_records: list[Record] = field(default_factory=list)
 
     def batch(self, records: list[Record], answers: list[str] | None = None) -> dict:
         """Collate records (optionally with replacement answers) and move them to the device."""

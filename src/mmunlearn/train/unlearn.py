@@ -102,7 +102,7 @@ def unlearn(bundle: DataBundle, cfg: UnlearnConfig, out: Path, loaded: LoadedMod
                   device=accelerator.device, forget_records=forget, retain_records=retain,
                   next_forget=samplers["forget"].next,
                   next_retain=samplers["retain"].next if retain else (lambda: []),
-                  rng=rng, reference=reference, run_dir=out)
+                  rng=rng, reference=reference, run_dir=out, pretrain_records=bundle.train("pretrain"))
     t_prep = time.perf_counter()
     method.prepare(ctx)
     prep_s = time.perf_counter() - t_prep
