@@ -53,6 +53,11 @@ class Record:
     # Empty for benchmark data.
     reasoning: str = ""
 
+    @property
+    def is_visible_fact(self) -> bool:
+        """A question about what the photo shows (hair colour, background…), not about who is in it."""
+        return self.fact.startswith("visible:")
+
     def validate(self) -> "Record":
         where = f"record {self.id!r}"
         if not self.id:

@@ -52,10 +52,6 @@ def sculpt(delta_f: torch.Tensor, delta_a: torch.Tensor, k: float, eps: float = 
     return delta_f * (~mask), mask.float()
 
 
-def is_visible_fact(rec) -> bool:
-    return rec.fact.startswith("visible:")
-
-
 @dataclass
 class SMFAConfig(MethodConfig):
     gamma: float = 1.0  # weight of the refusal NLL in stage 1
@@ -109,10 +105,10 @@ class SMFA(Method):
             raise ValueError(f"smfa sculpt must be one of {SCULPT_MODES}, got {cfg.sculpt!r}")
         lora_cfg = self._lora_config(model)
         batch_size = len(ctx.next_forget())
-        memories = [r for r in ctx.forget_records if not (cfg.keep_visible and is_visible_fact(r))]
+        memories = [r for r in ctx.forget_records if not (cfg.keep_visible and r.is_visible_fact)]
         keep = ctx.rng.sample(ctx.retain_records, min(cfg.n_retain, len(ctx.retain_records)))
         if cfg.keep_visible:
-            keep += [r for r in ctx.forget_records if is_visible_fact(r)]
+            keep += [r for r in ctx.forget_records if r.is_visible_fact]
         if not memories or not keep:
             raise ValueError("smfa needs forget records to relabel and a few retain samples")
         if cfg.per_modality:
@@ -158,11 +154,11 @@ class SMFA(Method):
     def _refusals(self, ctx: Context, recs) -> list[str]:
         out = []
         for rec in recs:
-            lead = lead_refusal(rec, ctx.rng) if self.cfg.refusal_form == "lead" else None
-            if lead is None:
+            text = lead_refusal(rec, ctx.rng) if self.cfg.refusal_form == "lead" else None
+            if text is None:
                 pool = self.cfg.refusal_pool
-                lead = sample_refusal(ctx.rng) if pool <= 0 else ctx.rng.choice(REFUSALS[:pool])
-            out.append(lead)
+                text = sample_refusal(ctx.rng) if pool <= 0 else ctx.rng.choice(REFUSALS[:pool])
+            out.append(text)
         return out
 
     # ---- stage losses ------------------------------------------------------------------------

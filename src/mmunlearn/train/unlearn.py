@@ -72,7 +72,7 @@ def unlearn(bundle: DataBundle, cfg: UnlearnConfig, out: Path, loaded: LoadedMod
     seed_everything(cfg.seed)
     loaded = loaded or load_model(cfg.model)
     forget = [r for r in bundle.train("forget") if r.modality in method.forget_modalities
-              and (method.forget_visible or not r.fact.startswith("visible:"))]
+              and (method.forget_visible or not r.is_visible_fact)]
     retain = bundle.train("retain")
     if not forget:
         raise ValueError(f"no forget training records for {cfg.method} (modalities {method.forget_modalities}) "

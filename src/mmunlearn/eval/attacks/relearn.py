@@ -135,7 +135,7 @@ def attack_split(bundle: DataBundle, mode: str = "phrasing", seed: int = 0) -> A
         raise ValueError(f"unknown relearn split mode {mode!r}; choose one of {', '.join(SPLIT_MODES)}")
     probe = [r for r in bundle.eval("forget") if r.task == "classification" and r.profile_id in bundle.forget_ids]
     pool = [r for r in bundle.train("forget") if r.profile_id in bundle.forget_ids
-            and not r.fact.startswith("visible:")]
+            and not r.is_visible_fact]
     if not probe:
         raise DataError(f"{bundle.root}: split {bundle.forget_split!r} has no evaluation classification records "
                         "to probe the relearning attack with")
