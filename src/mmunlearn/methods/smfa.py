@@ -58,10 +58,13 @@ class SMFAConfig(MethodConfig):
     # Measured on the README's vanilla (forget_10, subsample 300; retain photos/text 0.98/1.00), photo/text:
     #   pool refusals ("I don't know."):        refusals 0.04/0.05, retain 0.88/0.95 (the eval phrasings
     #                                           were answered: the adapter had to decide at the first token)
-    #   lead refusals, α 4, 1,024 samples, k 5: refusals 0.83/0.97, retain 0.92/1.00   ← defaults
+    #   lead refusals, α 4, 1,024 samples, k 5, lr 1e-2: refusals 0.83/0.97, retain 0.92/1.00
     #   ... MFA alone (no sculpting):           refusals 0.88/1.00, retain 0.90/1.00
     #   ... 4,096 samples: 0.86/0.94, 0.92/1.00; k 3: 0.77/0.83, 0.90/1.00; α 6: 0.64/0.81, 0.82/1.00
     # (On the earlier world, whose answers began with the name, pool refusals reached 1.00/0.95.)
+    # Seeds 0–2 on a 600-record evaluation (benchmarks/seed_sweep.py; vanilla retain photos 0.97): lr 1e-2
+    # refused 0.74/0.95 and kept retain photos 0.88 (91 %: a retain face read as another retain person);
+    # lr 5e-3 (SMFA.default_lr) refuses 0.86/0.97 and keeps 0.94 (97 %), real photos 0.60 against 0.38.
     alpha: float = 4.0  # weight of the few-retain NLL in stage 1
     n_retain: int = 1024  # "a few retain samples" (of ~12,000 retain QA), drawn once, shared by stages 1 and 2
     refusal_pool: int = 12  # refusals drawn from the first N of data/refusals.REFUSALS; 0: all (sample_refusal)
@@ -91,7 +94,7 @@ class SMFA(Method):
     summary = "refusal LoRA sculpted against a retain-anchor LoRA (conflicting, dominant entries removed)"
     Config = SMFAConfig
     default_scope = "lora"
-    default_lr = 1e-2
+    default_lr = 5e-3  # 1e-2 kept fewer retain photos over three seeds (0.88 vs 0.94, see SMFAConfig)
     default_steps = 400  # forgetting stage; the anchor trains anchor_steps
 
     def run(self, ctx: Context, loop):
