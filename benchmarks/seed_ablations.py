@@ -142,6 +142,7 @@ def vanilla_summary(model: Path, bundle, out: Path, max_records: int) -> dict:
     from mmunlearn.eval.evaluator import EvalConfig, evaluate, write_results
     from mmunlearn.models.loader import load_model
 
+    out.mkdir(parents=True, exist_ok=True)
     path = out / "vanilla" / "eval" / "summary.json"
     if not path.is_file():
         summary, details = evaluate(load_model(model), bundle, EvalConfig(max_records_per_split=max_records,
