@@ -36,6 +36,8 @@ VARIANTS: dict[str, list[tuple[str, str, dict, dict]]] = {
         ("vkd NPO γ 0.2", "vkd", {}, {"forget_loss": "npo", "gamma": 0.2}),
         ("vkd SalUn mask", "vkd", {}, {"mask": "salun"}),
         ("vkd no mask, α 5", "vkd", {}, {"mask": "none", "alpha": 5.0}),
+        ("vkd 32 retain records a step", "vkd", {}, {"retain_batch": 32}),
+        ("vkd lr 2.5e-3, 480 steps", "vkd", {"lr": 2.5e-3, "steps": 480}, {}),
     ],
     "smfa": [
         ("smfa lr 1e-2 (the earlier default)", "smfa", {"lr": 1e-2}, {}),

@@ -89,6 +89,25 @@ def test_vkd_keeps_the_earlier_population_photos_only_when_asked(tuned_small, tm
                 tmp_path / "bad", loaded=load_model(vanilla))
 
 
+def test_vkd_retain_batch_sets_the_retain_nll_size(tuned_small, tmp_path, monkeypatch):
+    import mmunlearn.methods.vkd as vkd
+
+    bundle, vanilla, _ = tuned_small
+    sizes = []
+    real_forward = vkd.forward
+    monkeypatch.setattr(vkd, "forward", lambda model, batch: sizes.append(batch["input_ids"].shape[0])
+                        or real_forward(model, batch))
+    unlearn(bundle, UnlearnConfig(method="vkd", steps=1, batch_size=4, method_args={"retain_batch": 3}),
+            tmp_path / "u", loaded=load_model(vanilla))
+    assert sizes[-2:] == [4, 3]  # the step's forget batch, then its retain NLL batch
+    sizes.clear()
+    unlearn(bundle, UnlearnConfig(method="vkd", steps=1, batch_size=4), tmp_path / "d", loaded=load_model(vanilla))
+    assert sizes[-2:] == [4, 4]  # default: as many as the forget batch
+    with pytest.raises(ValueError, match="retain_batch"):
+        unlearn(bundle, UnlearnConfig(method="vkd", steps=1, method_args={"retain_batch": -1}),
+                tmp_path / "bad", loaded=load_model(vanilla))
+
+
 def test_vkd_forgets_photo_knowledge_and_keeps_text_knowledge(tuned_small, tmp_path, vanilla_acc):
     bundle, vanilla, _ = tuned_small
     # VKD's defaults are tuned on the default world (forget photos 0.98 → 0.21, retain 0.92 there). On
