@@ -151,28 +151,20 @@ def vanilla_summary(model: Path, bundle, out: Path, max_records: int) -> dict:
     return json.loads(path.read_text())
 
 
-def write_readme_section(readme: Path, marker: str, text: str) -> int:
-    """Replace the text between `<!-- MARKER:start -->` and `<!-- MARKER:end -->` (atomically); 2 if absent."""
-    from mmunlearn.data.store import atomic_write_text
-
-    content = readme.read_text()
-    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
-    if start not in content or end not in content:
-        print(f"error: {readme} has no {start} … {end} markers", file=sys.stderr)
-        return 2
-    before, rest = content.split(start, 1)
-    after = rest.split(end, 1)[1]
-    atomic_write_text(readme, f"{before}{start}\n{text}\n{end}{after}")
-    return 0
-
-
 def publish(text: str, path: Path, readme: Path | None, marker: str) -> int:
     """Write the tables to PATH, print them, and put them into README's MARKER section when asked."""
     from mmunlearn.data.store import atomic_write_text
+    from mmunlearn.report.tables import update_readme
 
     atomic_write_text(path, text + "\n")
     print(text)
-    return write_readme_section(readme, marker, text) if readme else 0
+    if readme:
+        try:
+            update_readme(readme, marker, text)
+        except ValueError as err:  # no markers: one line, exit 2
+            print(f"error: {readme}: {err}", file=sys.stderr)
+            return 2
+    return 0
 
 
 def argument_parser(doc: str, only: str, max_records: int) -> argparse.ArgumentParser:
