@@ -29,15 +29,23 @@ from seed_ablations import _m, argument_parser, publish, run_variant, vanilla_su
 # (name, method, UnlearnConfig overrides, method_args): settings tried against the unmet claims
 VARIANTS: dict[str, list[tuple[str, str, dict, dict]]] = {
     "vkd": [
-        ("vkd (defaults)", "vkd", {}, {}),
-        ("vkd λ 0.015, 280 steps", "vkd", {"steps": 280}, {"vkd_weight": 0.015}),
-        ("vkd λ 0.02, 320 steps", "vkd", {"steps": 320}, {"vkd_weight": 0.02}),
-        ("vkd projector only, λ 0.02", "vkd", {}, {"vkd_points": "projector", "vkd_weight": 0.02}),
-        ("vkd NPO γ 0.2", "vkd", {}, {"forget_loss": "npo", "gamma": 0.2}),
-        ("vkd SalUn mask", "vkd", {}, {"mask": "salun"}),
-        ("vkd no mask, α 5", "vkd", {}, {"mask": "none", "alpha": 5.0}),
-        ("vkd 32 retain records a step", "vkd", {}, {"retain_batch": 32}),
-        ("vkd lr 2.5e-3, 480 steps", "vkd", {"lr": 2.5e-3, "steps": 480}, {}),
+        ("vkd (defaults: cap 0.5, 480 steps)", "vkd", {}, {}),
+        ("vkd cap 0.3, 480 steps", "vkd", {}, {"forget_cap": 0.3}),
+        ("vkd cap 0.5, 400 steps", "vkd", {"steps": 400}, {}),
+        ("vkd cap 0.7, 400 steps", "vkd", {"steps": 400}, {"forget_cap": 0.7}),
+        ("vkd cap 1.0, 240 steps", "vkd", {"steps": 240}, {"forget_cap": 1.0}),
+        ("vkd uncapped, 480 steps", "vkd", {}, {"forget_cap": 0.0}),
+        # uncapped (plain GA, the defaults before forget_cap), 240 steps unless said
+        ("vkd uncapped (the earlier defaults)", "vkd", {"steps": 240}, {"forget_cap": 0.0}),
+        ("vkd uncapped, λ 0.015, 280 steps", "vkd", {"steps": 280}, {"forget_cap": 0.0, "vkd_weight": 0.015}),
+        ("vkd uncapped, λ 0.02, 320 steps", "vkd", {"steps": 320}, {"forget_cap": 0.0, "vkd_weight": 0.02}),
+        ("vkd uncapped, projector only, λ 0.02", "vkd", {"steps": 240},
+         {"forget_cap": 0.0, "vkd_points": "projector", "vkd_weight": 0.02}),
+        ("vkd NPO γ 0.2", "vkd", {"steps": 240}, {"forget_loss": "npo", "gamma": 0.2}),
+        ("vkd uncapped, SalUn mask", "vkd", {"steps": 240}, {"forget_cap": 0.0, "mask": "salun"}),
+        ("vkd uncapped, no mask, α 5", "vkd", {"steps": 240}, {"forget_cap": 0.0, "mask": "none", "alpha": 5.0}),
+        ("vkd uncapped, 32 retain records a step", "vkd", {"steps": 240}, {"forget_cap": 0.0, "retain_batch": 32}),
+        ("vkd uncapped, lr 2.5e-3, 480 steps", "vkd", {"lr": 2.5e-3, "steps": 480}, {"forget_cap": 0.0}),
     ],
     "smfa": [
         ("smfa lr 1e-2 (the earlier default)", "smfa", {"lr": 1e-2}, {}),

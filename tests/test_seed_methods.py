@@ -108,13 +108,38 @@ def test_vkd_retain_batch_sets_the_retain_nll_size(tuned_small, tmp_path, monkey
                 tmp_path / "bad", loaded=load_model(vanilla))
 
 
+def test_vkd_forget_cap_stops_the_ascent_on_forgotten_samples(tuned_small, tmp_path):
+    from mmunlearn.methods.losses import answer_nll, sample_nll
+
+    logits = torch.randn(3, 5, 11)
+    labels = torch.tensor([[-100, 1, 2, -100, -100], [-100, -100, 3, 4, 5], [-100, 6, -100, -100, -100]])
+    per_sample = sample_nll(logits, labels)  # each sample's own mean, whatever its answer length
+    for i in range(3):
+        assert per_sample[i] == pytest.approx(float(answer_nll(logits[i:i + 1], labels[i:i + 1])), rel=1e-5)
+
+    bundle, vanilla, _ = tuned_small
+    only_ascent = {"alpha": 0.0, "vkd_weight": 0.0, "mask": "none"}
+    changed = {}
+    for cap in (0.0, 1e-6):  # vanilla's answer NLL is far above 1e-6: with that cap nothing is pushed
+        out = tmp_path / f"cap{cap}"
+        result = unlearn(bundle, UnlearnConfig(method="vkd", steps=2, method_args={**only_ascent, "forget_cap": cap}),
+                         out, loaded=load_model(vanilla))
+        before, after = _weights(vanilla), _weights(out)
+        changed[cap] = any(not torch.equal(before[n], after[n]) for n in before)
+        if cap:
+            assert all(step["forget_capped"] == 1.0 for step in result.log["losses"])
+    assert changed == {0.0: True, 1e-6: False}
+
+
 def test_vkd_forgets_photo_knowledge_and_keeps_text_knowledge(tuned_small, tmp_path, vanilla_acc):
     bundle, vanilla, _ = tuned_small
-    # VKD's defaults are tuned on the default world (forget photos 0.98 → 0.21, retain 0.92 there). On
-    # this 6-person world the forget person has 7 photo questions and the result swings between 2/7
-    # and 4/7 with thread count and lr (measured 0.29–0.57 at lr 1e-2, vanilla 1.0): the test asks for
-    # a drop of at least 0.4 with text and retain kept.
-    result = unlearn(bundle, UnlearnConfig(method="vkd", lr=1e-2, steps=200), tmp_path / "u", loaded=load_model(vanilla))
+    # VKD's defaults are tuned on the default world (three seeds: forget photos 0.99 → 0.19, retain 0.96,
+    # real 0.92 there). Its forget_cap is in nats per answer token, and where an answer stops being
+    # ranked first depends on the world: on this 6-person world the default 0.5 leaves 6 of the forget
+    # person's 7 photo questions, 1.0 (and 2.0) leave 4 of 7 (with one or two threads, at lr 5e-3 or 1e-2).
+    # The test runs the defaults with cap 1.0 and asks for a drop of at least 0.4 with text and retain kept.
+    result = unlearn(bundle, UnlearnConfig(method="vkd", method_args={"forget_cap": 1.0}), tmp_path / "u",
+                     loaded=load_model(vanilla))
     acc = accuracies(result.loaded, bundle)
     assert acc["forget/image+text"] <= vanilla_acc["forget/image+text"] - 0.4, (acc, vanilla_acc)
     assert acc["forget/text"] >= 0.9 * vanilla_acc["forget/text"], acc

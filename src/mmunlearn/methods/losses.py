@@ -39,6 +39,12 @@ def answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return -(logp.sum() / mask.sum().clamp(min=1))
 
 
+def sample_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """NLL(y|I,x) per sample (B,): mean cross-entropy over each sample's own answer tokens."""
+    logp, mask = token_logprobs(logits, labels)
+    return -(logp.sum(dim=1) / mask.sum(dim=1).clamp(min=1))
+
+
 def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """log π(y|I,x) summed over answer tokens, per sample (B,) — what NPO and DPO compare."""
     logp, _ = token_logprobs(logits, labels)
