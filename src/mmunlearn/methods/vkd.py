@@ -91,7 +91,10 @@ class VKDConfig(MethodConfig):
     # are forgotten and the distillation and retain NLL repair what moved. Seeds 0–2, 600-record
     # evaluation, forget / retain / real photos (vanilla 0.99 / 0.97 / 0.91): uncapped at 240 steps
     # 0.19 / 0.86 / 0.79; cap 1.0 at 240 steps 0.26 / 0.91 / 0.85; cap 0.7 at 400 steps 0.21 / 0.94 /
-    # 0.85; cap 0.5 at 400 steps 0.29 / 0.95 / 0.86; cap 0.5 at 480 steps 0.19 / 0.96 / 0.92 ← defaults.
+    # 0.85; cap 0.5 at 400 steps 0.29 / 0.95 / 0.86; cap 0.5 at 480 steps 0.19 / 0.96 / 0.92 ← defaults;
+    # cap 0.5 at 560 steps 0.17 / 0.97 / 0.89; cap 0.7 at 480 steps 0.16 / 0.95 / 0.83; cap 0.3 at 480
+    # steps 0.37 / 0.95 / 0.85; uncapped at 480 steps 0.05 / 0.86 / 0.75. Seed 0 stops at 0.31 forget with
+    # caps 0.5 (any steps from 480) and 0.37 with 0.7: its last photos resist.
     forget_cap: float = 0.5
     beta: float = 0.1  # NPO β
     vkd_points: str = "vision_layer,projector"  # feature_modules keys or full module names, comma-separated
