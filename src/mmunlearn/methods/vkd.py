@@ -75,26 +75,26 @@ class VKDConfig(MethodConfig):
     #   Seeds 0–2, mean forget / retain / real: defaults 0.18 / 0.90 / 0.79; mask_keep 0.5: 0.06 / 0.79 /
     #   0.61; mask_keep 0.2: 0.36 / 0.83 / 0.78 (0.16–0.56 forget from seed to seed).
     #   Seeds 0–2 on a 600-record evaluation (benchmarks/seed_sweep.py; vanilla retain 0.97, real 0.91),
-    #   all uncapped (forget_cap 0, 240 steps unless said): defaults 0.19 / 0.86 / 0.79; λ 0.015 + 280 steps, λ 0.02 + 320 steps and projector-only λ 0.02 all
-    #   land at real 0.79–0.80 (retain 0.86–0.88, forget 0.22–0.31); NPO γ 0.2, SalUn and no mask with α 5
-    #   forget more and keep less (real 0.65–0.69), as does lr 2.5e-3 for 480 steps (0.68); retain_batch 32
-    #   keeps retain 0.90 but real 0.74. The real people's missed photos are mostly read as
-    #   *retain* people (44 of 66 misses: the retain NLL's faces); none of these reaches 90 % on them;
-    #   capping the ascent (forget_cap, below) does.
+    #   all uncapped (forget_cap 0, 240 steps unless said): defaults 0.19 / 0.86 / 0.79; λ 0.015 + 280
+    #   steps, λ 0.02 + 320 steps and projector-only λ 0.02 all land at real 0.79–0.80 (retain 0.86–0.88,
+    #   forget 0.22–0.31); NPO γ 0.2, SalUn and no mask with α 5 forget more and keep less (real
+    #   0.65–0.69), as does lr 2.5e-3 for 480 steps (0.68); retain_batch 32 keeps retain 0.90 but real
+    #   0.74. The real people's missed photos are mostly read as *retain* people (44 of 66 misses: the
+    #   retain NLL's faces); none of these reaches 90 % on them; capping the ascent (forget_cap) does.
     alpha: float = 3.0  # retain image+text NLL weight (0: off — the distillation alone keeps)
     retain_batch: int = 0  # retain records in the retain NLL per step (0: as many as the forget batch)
     vkd_weight: float = 0.01  # λ; 0 = no distillation (ablation)
     forget_loss: str = "ga"  # ga | npo
-    # GA only: once a forget sample's answer NLL (mean over its answer tokens, nats) reaches forget_cap,
-    # the ascent stops pushing it (0: plain, unbounded GA). Unbounded ascent keeps driving forgotten faces
-    # away and drags their look-alikes with them; capped, the forget term goes quiet as the forget photos
-    # are forgotten and the distillation and retain NLL repair what moved. Seeds 0–2, 600-record
-    # evaluation, forget / retain / real photos (vanilla 0.99 / 0.97 / 0.91): uncapped at 240 steps
-    # 0.19 / 0.86 / 0.79; cap 1.0 at 240 steps 0.26 / 0.91 / 0.85; cap 0.7 at 400 steps 0.21 / 0.94 /
-    # 0.85; cap 0.5 at 400 steps 0.29 / 0.95 / 0.86; cap 0.5 at 480 steps 0.19 / 0.96 / 0.92 ← defaults;
-    # cap 0.5 at 560 steps 0.17 / 0.97 / 0.89; cap 0.7 at 480 steps 0.16 / 0.95 / 0.83; cap 0.3 at 480
-    # steps 0.37 / 0.95 / 0.85; uncapped at 480 steps 0.05 / 0.86 / 0.75. Seed 0 stops at 0.31 forget with
-    # caps 0.5 (any steps from 480) and 0.37 with 0.7: its last photos resist.
+    # GA only (NPO is bounded already and ignores it): once a forget sample's answer NLL (mean over its
+    # answer tokens, nats) reaches forget_cap, the ascent stops pushing it (0: plain, unbounded GA).
+    # Unbounded ascent keeps driving forgotten faces away and drags their look-alikes with them; capped,
+    # the forget term goes quiet as the forget photos are forgotten and the distillation and retain NLL
+    # repair what moved. Seeds 0–2, 600-record evaluation, forget / retain / real photos (vanilla 0.99 /
+    # 0.97 / 0.91): uncapped at 240 steps 0.19 / 0.86 / 0.79; cap 1.0 at 240 steps 0.26 / 0.91 / 0.85;
+    # cap 0.7 at 400 steps 0.21 / 0.94 / 0.85; cap 0.5 at 400 steps 0.29 / 0.95 / 0.86; cap 0.5 at 480
+    # steps 0.19 / 0.96 / 0.92 ← defaults; cap 0.5 at 560 steps 0.17 / 0.97 / 0.89; cap 0.7 at 480 steps
+    # 0.16 / 0.95 / 0.83; cap 0.3 at 480 steps 0.37 / 0.95 / 0.85; uncapped at 480 steps 0.05 / 0.86 /
+    # 0.75. Seed 0 stops at 0.31 forget with cap 0.5 (480 or 560 steps) and 0.37 with 0.7.
     forget_cap: float = 0.5
     beta: float = 0.1  # NPO β
     vkd_points: str = "vision_layer,projector"  # feature_modules keys or full module names, comma-separated
@@ -214,6 +214,8 @@ class VKD(Method):
             raise ValueError(f"vkd forget_loss must be one of {FORGET_LOSSES}, got {cfg.forget_loss!r}")
         if cfg.mask not in MASKS:
             raise ValueError(f"vkd mask must be one of {MASKS}, got {cfg.mask!r}")
+        if cfg.forget_cap < 0:
+            raise ValueError(f"vkd forget_cap must be ≥ 0 (0: plain, uncapped ascent), got {cfg.forget_cap}")
         if cfg.retain_batch < 0:
             raise ValueError(f"vkd retain_batch must be ≥ 0 (0: the forget batch size), got {cfg.retain_batch}")
         if cfg.keep_from not in KEEP_SOURCES:
