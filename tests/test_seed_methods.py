@@ -240,7 +240,7 @@ def test_viker_ideal_distribution_is_the_mean_over_irrelevant_photos(tuned_small
         draws = [pool.draw(r, 4, rng) for r in records]
         assert all(im.size == r.image.size for r, d in zip(records, draws) for im in d)
         irrelevant = [[d[j] for d in draws] for j in range(4)]
-        p_hat = ideal_distribution(model, make_batch, records, answers, irrelevant)
+        p_hat = ideal_distribution(lambda b: forward(model, b), make_batch, records, answers, irrelevant)
         manual = []
         with torch.no_grad():
             for imgs in irrelevant:

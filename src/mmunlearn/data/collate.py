@@ -108,6 +108,10 @@ class TrainCollator:
     `shuffle_options`: re-order classification options on the fly (training only) so the model learns
     the fact, not a letter. `augment_images`: light pixel jitter (training only).
     `answers`: optional override of the target text per record id (IdK refusals, DPO pairs...).
+    `shard=(rank, world)`: encode only this process's share of a global batch (records rank, rank +
+    world, ...), while drawing the option orders and augmentations of *every* record — so the random
+    stream advances identically on every process and a record is shuffled the same whichever process
+    encodes it (an N-process step sees what one process sees with the whole batch).
     """
 
     adapter: Any
@@ -120,7 +124,11 @@ class TrainCollator:
         self._rng = random.Random(self.seed)
         self._nprng = np.random.default_rng(self.seed)
 
-    def __call__(self, records: Sequence[Record], answers: Sequence[str] | None = None) -> dict[str, Any]:
+    def __call__(self, records: Sequence[Record], answers: Sequence[str] | None = None,
+                 shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+        rank, world = shard
+        if len(records) < world:
+            raise ValueError(f"a global batch of {len(records)} records cannot be shared by {world} processes")
         prompts, fulls, images = [], [], []
         eos = end_of_answer(self.processor)
         for i, rec in enumerate(records):
@@ -131,13 +139,15 @@ class TrainCollator:
                 self._rng.shuffle(order)
                 options = [rec.options[j] for j in order]
                 idx = order.index(rec.answer_index)
+            image = rec.image
+            if image is not None and self.augment_images:
+                image = augment(image, self._nprng)
+            if i % world != rank:  # another process encodes it; its random draws are made all the same
+                continue
             prompt = render_prompt(self.processor, rec, options)
             target = answers[i] if answers is not None else target_text(rec, idx, options)
             prompts.append(prompt)
             fulls.append(prompt + target + eos)
-            image = rec.image
-            if image is not None and self.augment_images:
-                image = augment(image, self._nprng)
             images.append(image)
         batch = self.adapter.encode(self.processor, fulls, images, padding_side="right")
         prompt_only = self.adapter.encode(self.processor, prompts, images, padding_side="right")

@@ -1,40 +1,34 @@
 """MLLMU-Bench from a local folder of its released parquet files → `Record`s.
 
-Nothing is fetched: `folder` must already hold a local copy of the released dataset (the Hugging
-Face dataset ``MLLMMU/MLLMU-Bench``), one entry per split, each entry either ``NAME.parquet``,
-``NAME/*.parquet`` (e.g. ``forget_10/train-00000-of-00001.parquet``) or ``NAME-*.parquet``.
+Nothing is fetched: `folder` is a local copy of the released dataset (Hugging Face dataset
+``MLLMMU/MLLMU-Bench``, e.g. a git clone): one folder per config holding hub-named shards
+(``forget_10/train-00000-of-00001.parquet``; ``Test_Set`` has two). ``NAME.parquet`` and
+``NAME-*.parquet`` beside the folder are accepted too.
 
-Released layout (what the loader reads):
+The released configs (dataset card; the authors' ``eval.py`` and ``data_process/data_preprocess.py``):
 
-* ``ft_Data``     – the fine-tuning / unlearning QA: columns ``image, ID, metadata`` where
-  ``metadata`` is a JSON string: a list of ``{"Question": ..., "Answer": ...}`` objects.
-* ``forget_5|10|15`` / ``retain_95|90|85`` – the people of each side of the split. The rows carry
-  either the ``ft_Data`` shape (``image, ID, metadata``) or the evaluation shape (below), or both;
-  the loader takes whatever the file has and fills the rest from ``ft_Data`` / ``Full_Set`` by ``ID``.
-* ``Full_Set``    – every fictitious person, evaluation shape: ``image, ID, biography,
-  Classification_Task, Generation_Task, Mask_Task``.
-* ``Test_Set``    – same questions with transformed photos: an ``images`` *list* instead of ``image``.
-* ``Retain_Set``  – the celebrities (people the model knew before fine-tuning): evaluation shape.
+* ``ft_Data``     – the fine-tuning QA, one row per person: ``image, ID, metadata`` where
+  ``metadata`` is a JSON string: a list of ``{"ID", "Question", "Answer"}`` objects.
+* ``forget_5|10|15`` / ``retain_95|90|85`` – the people of each side of the split, evaluation
+  shape: ``image, ID, biography, question, answer, Classification_Task, Generation_Task,
+  Mask_Task`` (the reference evaluation reads these files themselves). Their training QA comes
+  from ``ft_Data`` by ``ID``; a split file that carries ``metadata`` itself is read as is, and one
+  without the evaluation fields takes them from ``Full_Set`` by ``ID``.
+* ``Full_Set``    – every fictitious person, evaluation shape (plus ``Directory``).
+* ``Test_Set``    – the same questions with transformed photos: an ``images`` *list* instead of ``image``.
+* ``Retain_Set``  – the celebrities (people the model knew before fine-tuning), evaluation shape.
 
 Evaluation fields:
 
-* ``Classification_Task`` = ``{"Image_Textual_Questions": [...], "Pure_Text_Questions": [...]}``,
-  each item ``{"Question", "Options": {"A".."D"}, "Correct_Answer": letter}``;
-* ``Generation_Task`` = list of ``{"Question", "Ground_Truth", "Type"}`` with Type
-  ``Image_Textual`` or ``Pure_Text``;
-* ``Mask_Task`` (cloze) = list of ``{"Question" (with a ``__`` blank), "Ground_Truth", "Type"}``.
-* images are stored as ``{"bytes": ..., "path": ...}`` structs (a bare bytes value is accepted too).
-
-Field names verified against the public reference code (YokeYao/MLLMU-Bench ``eval.py`` and
-``data_process/data_preprocess.py``, franciscoliu's ``data/preprocess.py``): ``ID``, ``image`` →
-``["bytes"]``, ``images`` (Test_Set, list of image structs), ``metadata`` (``json.loads`` → list of
-``Question``/``Answer``), ``Classification_Task`` → ``Image_Textual_Questions`` /
-``Pure_Text_Questions`` → ``Question``, ``Options`` (dict A–D), ``Correct_Answer``;
-``Generation_Task`` and ``Mask_Task`` items → ``Question``, ``Ground_Truth``, ``Type`` with values
-``Image_Textual`` / ``Pure_Text``; ``biography`` → ``Name`` (profile JSON). The reference evaluation
-reads the evaluation fields from the ``forget_N`` / ``retain_M`` parquet itself, which is why both
-shapes are accepted there. Not verified (taken from the brief): the exact shape of ``biography`` in
-the parquet (dict, JSON string or free text are all accepted; only the name is used).
+* ``Classification_Task`` = struct ``{Image_Textual_Questions: [...], Pure_Text_Questions: [...]}``,
+  each item ``{Correct_Answer: letter, Options: {A..D}, Question}``;
+* ``Generation_Task`` = list of ``{Ground_Truth, Question, Type}`` with Type ``Image_Textual`` or
+  ``Pure_Text``;
+* ``Mask_Task`` (cloze) = list of ``{Ground_Truth, Question (with a ``__`` blank), Type}``;
+* ``biography`` is a string column; the person's name is read from it (JSON object, dict repr or
+  ``Name: ...`` text), "" when it names nobody. The top-level ``question``/``answer`` columns are not used.
+* images are ``{"bytes", "path"}`` structs (a bare bytes value is accepted too); struct columns
+  that arrive as JSON strings (other exports) are decoded.
 
 Mapping to our splits (all records validated; any problem is a one-line `DataError`):
 
@@ -53,6 +47,7 @@ The helpers `find_split_files`, `iter_rows` and `decode_image` are shared with t
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import re
@@ -248,13 +243,25 @@ def _profile_id(row: Row, prefix: str = "") -> str:
     return prefix + str(value).strip()
 
 
+_NAME_IN_TEXT = re.compile(r"""["']?[Nn]ame["']?\s*[:=]\s*["']?([^"',\n}]+)""")
+
+
 def _name_of(row: Row) -> str:
+    """The person's name from ``biography`` (a string column in the release): a JSON object, a
+    Python dict repr, or text with a ``Name: ...`` field; "" when it names nobody."""
     bio = row.data.get("biography")
     if isinstance(bio, str):
+        text = bio
         try:
-            bio = json.loads(bio)
+            bio = json.loads(text)
         except (ValueError, RecursionError):
-            return ""
+            try:
+                bio = ast.literal_eval(text) if text.lstrip().startswith("{") else None
+            except (ValueError, SyntaxError, RecursionError, MemoryError, TypeError):
+                bio = None
+            if not isinstance(bio, dict):
+                match = _NAME_IN_TEXT.search(text)
+                return match.group(1).strip() if match else ""
     if isinstance(bio, dict):
         name = bio.get("Name") or bio.get("name")
         return name.strip() if isinstance(name, str) else ""

@@ -128,6 +128,10 @@ class DataBundle:
     forget_ids: set[str] = field(default_factory=set)
     retain_ids: set[str] = field(default_factory=set)
     manifest: dict = field(default_factory=dict)
+    # Why a cell ("split/modality") lacks a metric or is absent (CLEAR without TOFU or without its
+    # text side...), for the summary; and the one-line warnings `load_data` printed.
+    notes: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def eval(self, split: str) -> list[Record]:
         return [r for r in self.splits.get(split, []) if r.phase == "eval"]
@@ -171,8 +175,13 @@ def check_disjoint(bundle: DataBundle) -> None:
         raise DataError(f"forget and retain sets overlap on {len(overlap)} id(s): {', '.join(sorted(overlap)[:5])}")
 
 
-def load_data(root: str | Path, forget_split: str = "forget_10", splits: tuple[str, ...] | None = None) -> DataBundle:
-    """Open a world folder, an MLLMU-Bench folder or a CLEAR folder (detected from its files)."""
+def load_data(root: str | Path, forget_split: str = "forget_10", splits: tuple[str, ...] | None = None,
+              tofu: str | Path | None = None) -> DataBundle:
+    """Open a world folder, an MLLMU-Bench folder or a CLEAR folder (detected from its files).
+
+    `tofu`: a local TOFU folder (CLEAR only) for the text side's truth ratio and the real-authors /
+    world-facts sets. Warnings (e.g. CLEAR without TOFU) are printed to stderr, one line each, and
+    kept in `bundle.warnings`; per-cell reasons in `bundle.notes`."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(
@@ -180,24 +189,33 @@ def load_data(root: str | Path, forget_split: str = "forget_10", splits: tuple[s
             "or point --data at a local MLLMU-Bench / CLEAR folder"
         )
     if (root / WORLD_MANIFEST).is_file():
+        if tofu is not None:
+            raise DataError(f"--tofu applies to a CLEAR folder only; {root} is a world")
         bundle = load_world(root, forget_split, splits)
     else:
-        bundle = _load_benchmark(root, forget_split)
+        bundle = _load_benchmark(root, forget_split, tofu)
     check_disjoint(bundle)
+    if bundle.warnings:
+        from .clear import print_warnings
+
+        print_warnings(bundle.warnings)
     return bundle
 
 
-def _load_benchmark(root: Path, forget_split: str) -> DataBundle:
+def _load_benchmark(root: Path, forget_split: str, tofu: str | Path | None = None) -> DataBundle:
     names = {p.name.split(".")[0].split("-")[0] for p in root.iterdir()}
     if any(n.startswith("ft_Data") or n in ("Test_Set", "Retain_Set", "Full_Set") for n in names):
         from .mllmu import load_mllmu
 
+        if tofu is not None:
+            raise DataError(f"--tofu applies to a CLEAR folder only; {root} is an MLLMU-Bench folder")
         splits = load_mllmu(root, forget_split=forget_split)
-        source = "mllmu"
+        source, notes, warnings = "mllmu", {}, []
     elif any(n.startswith(("forget01", "forget05", "forget10", "real_faces")) for n in names):
         from .clear import load_clear
 
-        splits = load_clear(root, forget_split=forget_split.replace("_", ""))
+        clear = load_clear(root, forget_split=forget_split.replace("_", ""), tofu=tofu)
+        splits, notes, warnings = clear.splits, clear.notes, clear.warnings
         source = "clear"
     else:
         raise DataError(
@@ -208,4 +226,4 @@ def _load_benchmark(root: Path, forget_split: str) -> DataBundle:
     retain_ids = {r.profile_id for r in splits.get("retain", [])}
     if not forget_ids:
         raise DataError(f"{root}: the forget split {forget_split!r} has no records")
-    return DataBundle(source, root, forget_split, splits, forget_ids, retain_ids)
+    return DataBundle(source, root, forget_split, splits, forget_ids, retain_ids, notes=notes, warnings=warnings)

@@ -18,6 +18,20 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _float_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype of the model's floating weights (bf16 for a model loaded in bf16); fp32 if none."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
+def _to_model(batch: dict, model: torch.nn.Module) -> dict:
+    """Move a batch onto the model's device; floating inputs (pixel_values) in the model's dtype.
+    Integer and boolean tensors (ids, masks, image_grid_thw) keep theirs."""
+    device, dtype = _device(model), _float_dtype(model)
+    return {k: v.to(device=device, dtype=dtype) if torch.is_tensor(v) and v.is_floating_point()
+            else v.to(device) if torch.is_tensor(v) else v
+            for k, v in batch.items()}
+
+
 @torch.no_grad()
 def generate(loaded: LoadedModel, records: Sequence[Record], max_new_tokens: int = 24, batch_size: int = 64,
              desc: str = "generate", prompts: Sequence[str] | None = None, progress: bool = True) -> list[str]:
@@ -25,7 +39,6 @@ def generate(loaded: LoadedModel, records: Sequence[Record], max_new_tokens: int
     model, processor = loaded.model, loaded.processor
     model.eval()
     tok = processor.tokenizer
-    device = _device(model)
     # Sort by prompt length so batches pad little; restore order at the end.
     prompts = list(prompts) if prompts is not None else [render_prompt(processor, r) for r in records]
     order = sorted(range(len(records)), key=lambda i: (records[i].image is None, len(prompts[i])))
@@ -33,8 +46,8 @@ def generate(loaded: LoadedModel, records: Sequence[Record], max_new_tokens: int
     starts = range(0, len(order), batch_size)
     for s in tqdm(starts, desc=desc, disable=not progress, leave=False, mininterval=1.0):
         idx = order[s : s + batch_size]
-        batch = eval_batch(loaded.adapter, processor, [records[i] for i in idx], [prompts[i] for i in idx])
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = _to_model(eval_batch(loaded.adapter, processor, [records[i] for i in idx], [prompts[i] for i in idx]),
+                          model)
         out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
         new = out[:, batch["input_ids"].shape[1]:]
@@ -49,14 +62,12 @@ def answer_logprobs(loaded: LoadedModel, records: Sequence[Record], answers: Seq
     """Per-token log-probabilities of `answers[i]` (plus end-of-answer) given record i's prompt."""
     model = loaded.model
     model.eval()
-    device = _device(model)
     collate = TrainCollator(loaded.adapter, loaded.processor)
     out: list[list[float]] = [[] for _ in records]
     order = sorted(range(len(records)), key=lambda i: (records[i].image is None, len(answers[i])))
     for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False, mininterval=1.0):
         idx = order[s : s + batch_size]
-        batch = collate([records[i] for i in idx], answers=[answers[i] for i in idx])
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = _to_model(collate([records[i] for i in idx], answers=[answers[i] for i in idx]), model)
         logits, labels = answer_logits(model, batch)
         logits = logits[:, :-1].float()
         target = labels[:, 1:]

@@ -8,12 +8,15 @@ it to the registry, so a new method is one file and `mmunlearn methods` lists it
 from __future__ import annotations
 
 import random
+from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence, TypeVar
 
 import torch
 
 from ..data.record import Record
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -26,29 +29,47 @@ class MethodConfig:
 
 @dataclass
 class Context:
-    """What a method sees during unlearning (built by the engine in train/unlearn.py)."""
+    """What a method sees during unlearning (built by the engine in train/unlearn.py).
 
-    model: torch.nn.Module
+    Batches are drawn as *global* batches, identical on every process (`next_forget`, `next_retain`,
+    and every draw from `rng`): a method decides what a step holds as if it ran alone, and `batch`
+    encodes this process's share. Model calls go through `run` (one call of the wrapped module per
+    step, so DDP/FSDP see it); θ0 through `reference_logits` / `reference_features`.
+    """
+
+    model: torch.nn.Module  # the HF (or peft) model: parameter names, adapters, hook points
     adapter: Any
     processor: Any
     collate: Callable[..., dict]
     device: torch.device
     forget_records: list[Record]
     retain_records: list[Record]
-    next_forget: Callable[[], list[Record]]
+    next_forget: Callable[[], list[Record]]  # the next global forget batch
     next_retain: Callable[[], list[Record]]
-    rng: random.Random
-    reference: torch.nn.Module | None = None
+    rng: random.Random  # one stream, the same on every process
+    reference: Any = None  # models/reference.Reference, when the method needs θ0
     grad_masks: dict[str, torch.Tensor] | None = None
     extra_log: dict[str, Any] = field(default_factory=dict)
     run_dir: Any = None
     # the earlier-learned population's training records (the world's `pretrain` split; empty for data
     # without one): kept knowledge too, for methods that can use more of it than the retain split
     pretrain_records: list[Record] = field(default_factory=list)
+    rank: int = 0
+    world: int = 1
+    module: Any = None  # models/forward.StepModule around `model`
+    step_module: Any = None  # the same, prepared by accelerate, while a loop runs
+    autocast: Callable[[], Any] = nullcontext
 
-    def batch(self, records: list[Record], answers: list[str] | None = None) -> dict:
-        """Collate records (optionally with replacement answers) and move them to the device."""
-        return {k: v.to(self.device) for k, v in self.collate(records, answers=answers).items()}
+    def local(self, items: Sequence[T]) -> list[T]:
+        """This process's share of a global list (items rank, rank + world, ...)."""
+        return list(items[self.rank :: self.world])
+
+    def batch(self, records: list[Record], answers: list[str] | None = None, shard: bool = True) -> dict:
+        """Collate this process's share of a global batch (optionally with replacement answers) onto
+        the device. `shard=False`: every record, on every process (one-off estimates such as
+        saliency masks, computed identically everywhere)."""
+        where = (self.rank, self.world) if shard else (0, 1)
+        return {k: v.to(self.device) for k, v in self.collate(records, answers=answers, shard=where).items()}
 
     def forget_batch(self, answers: Callable[[list[Record]], list[str]] | None = None) -> dict:
         recs = self.next_forget()
@@ -57,14 +78,41 @@ class Context:
     def retain_batch(self) -> dict:
         return self.batch(self.next_retain())
 
+    def run(self, **requests: Any) -> dict[str, Any]:
+        """One call of the wrapped model with named requests (models/forward.py): the prepared
+        module inside the training loop, the plain one outside it."""
+        return (self.step_module or self.module)(requests)
+
+    def answer_logits(self, **batches: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """(logits, labels) of each named batch's answer tokens, in one call of the model."""
+        from ..models.forward import AnswerLogits
+
+        return self.run(**{name: AnswerLogits(b) for name, b in batches.items()})
+
+    def pixel_inputs(self, images: list) -> dict:
+        """The image processor's tensors for `images` (this process encodes all it is given)."""
+        enc = self.processor.image_processor(images=images, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in enc.items() if torch.is_tensor(v)}
+
     @torch.no_grad()
-    def reference_logits(self, batch: dict) -> torch.Tensor:
-        """θ0's answer logits in the layout `losses.forward` returns for the same batch."""
+    def reference_answer(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """θ0's (answer logits, labels) in the layout `losses.forward` returns for the same batch."""
         if self.reference is None:
             raise RuntimeError("this method needs a reference model but none was prepared")
-        from ..models.answer_logits import answer_logits
+        with self.autocast():
+            return self.reference.answer_logits(batch)
 
-        return answer_logits(self.reference, batch)[0]
+    def reference_logits(self, batch: dict) -> torch.Tensor:
+        """θ0's answer logits in the layout `losses.forward` returns for the same batch."""
+        return self.reference_answer(batch)[0]
+
+    @torch.no_grad()
+    def reference_features(self, pixel_inputs: dict, points: str) -> dict[str, torch.Tensor]:
+        """θ0's visual features at the named hook points (VKD's teacher)."""
+        if self.reference is None:
+            raise RuntimeError("this method needs a reference model but none was prepared")
+        with self.autocast():
+            return self.reference.features(pixel_inputs, points)
 
 
 class Method:
@@ -97,11 +145,18 @@ class Method:
     def loss(self, ctx: Context, step: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def reference_kind(self) -> str:
+        """Which θ0 the method reads: "model" (answer logits: a disabled LoRA adapter, a frozen copy
+        or --reference), "vision" (only the vision tower and projector: VKD's teacher), or "none"."""
+        return "model" if self.needs_reference else "none"
+
     def run(self, ctx: Context, loop: Callable[..., Any]) -> Any:
         """The optimisation: by default one engine loop over `loss`. `loop(step_loss, checkpoint=True,
         **LoopConfig overrides)` runs train/loop.run_loop on ctx.model and returns its LoopResult (None
         for 0 steps). Multi-stage methods (SMFA) override this, call `loop` once per stage and may
-        replace ctx.model; the engine saves ctx.model (merging LoRA if it is still a peft model)."""
+        change ctx.model between stages (each stage prepares the model anew, so adapters added before
+        a stage are wrapped with it); the engine saves ctx.model (merging LoRA if it is still a peft
+        model)."""
         return loop(lambda step: self.loss(ctx, step))
 
     @classmethod

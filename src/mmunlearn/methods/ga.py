@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .base import Context, Method, MethodConfig, register
-from .losses import answer_nll, forward
+from .losses import answer_nll
 
 
 @register
@@ -18,5 +18,6 @@ class GradientAscent(Method):
     Config = MethodConfig
 
     def loss(self, ctx: Context, step: int):
-        nll_f = answer_nll(*forward(ctx.model, ctx.forget_batch()))
+        out = ctx.answer_logits(forget=ctx.forget_batch())
+        nll_f = answer_nll(*out["forget"])
         return {"loss": -self.cfg.gamma * nll_f, "nll_forget": nll_f}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .base import Context, Method, MethodConfig, register
-from .losses import answer_nll, forward
+from .losses import answer_nll
 
 
 @register
@@ -14,6 +14,6 @@ class GradDiff(Method):
     Config = MethodConfig
 
     def loss(self, ctx: Context, step: int):
-        nll_f = answer_nll(*forward(ctx.model, ctx.forget_batch()))
-        nll_r = answer_nll(*forward(ctx.model, ctx.retain_batch()))
+        out = ctx.answer_logits(forget=ctx.forget_batch(), retain=ctx.retain_batch())
+        nll_f, nll_r = answer_nll(*out["forget"]), answer_nll(*out["retain"])
         return {"loss": -self.cfg.gamma * nll_f + self.cfg.alpha * nll_r, "nll_forget": nll_f, "nll_retain": nll_r}

@@ -5,7 +5,7 @@ Refusals are sampled per example from a pool of varied phrasings (data/refusals.
 from __future__ import annotations
 
 from .base import Context, Method, MethodConfig, register
-from .losses import answer_nll, forward
+from .losses import answer_nll
 from ..data.refusals import sample_refusal
 
 
@@ -18,7 +18,7 @@ class IdK(Method):
 
     def loss(self, ctx: Context, step: int):
         forget = ctx.forget_batch(answers=lambda recs: [sample_refusal(ctx.rng) for _ in recs])
-        nll_idk = answer_nll(*forward(ctx.model, forget))
-        nll_r = answer_nll(*forward(ctx.model, ctx.retain_batch()))
+        out = ctx.answer_logits(refusal=forget, retain=ctx.retain_batch())
+        nll_idk, nll_r = answer_nll(*out["refusal"]), answer_nll(*out["retain"])
         return {"loss": self.cfg.gamma * nll_idk + self.cfg.alpha * nll_r, "nll_refusal": nll_idk,
                 "nll_retain": nll_r}

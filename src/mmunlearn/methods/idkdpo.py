@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .base import Context, Method, MethodConfig, register
-from .losses import answer_nll, dpo_loss, forward, sequence_logprob
+from .losses import answer_nll, dpo_loss, sequence_logprob
 from ..data.collate import target_text
 from ..data.refusals import sample_refusal
 
@@ -29,10 +29,10 @@ class IdkDPO(Method):
         records = ctx.next_forget()
         win = ctx.batch(records, [sample_refusal(ctx.rng) for _ in records])
         lose = ctx.batch(records, [target_text(r) for r in records])
-        win_logits, win_labels = forward(ctx.model, win)
-        lose_logits, lose_labels = forward(ctx.model, lose)
+        out = ctx.answer_logits(win=win, lose=lose, retain=ctx.retain_batch())
+        (win_logits, win_labels), (lose_logits, lose_labels) = out["win"], out["lose"]
         dpo = dpo_loss(sequence_logprob(win_logits, win_labels), sequence_logprob(ctx.reference_logits(win), win_labels),
                        sequence_logprob(lose_logits, lose_labels), sequence_logprob(ctx.reference_logits(lose), lose_labels),
                        self.cfg.beta)
-        nll_r = answer_nll(*forward(ctx.model, ctx.retain_batch()))
+        nll_r = answer_nll(*out["retain"])
         return {"loss": self.cfg.gamma * dpo + self.cfg.alpha * nll_r, "dpo": dpo, "nll_retain": nll_r}

@@ -4,7 +4,7 @@ L = −NLL_f + α·KL(p_θ0 ‖ p_θ) on retain answer tokens."""
 from __future__ import annotations
 
 from .base import Context, Method, MethodConfig, register
-from .losses import answer_kl, answer_nll, forward
+from .losses import answer_kl, answer_nll
 
 
 @register
@@ -16,8 +16,9 @@ class KLMinimisation(Method):
     Config = MethodConfig
 
     def loss(self, ctx: Context, step: int):
-        nll_f = answer_nll(*forward(ctx.model, ctx.forget_batch()))
-        retain = ctx.retain_batch()
-        logits, labels = forward(ctx.model, retain)
+        forget, retain = ctx.forget_batch(), ctx.retain_batch()
+        out = ctx.answer_logits(forget=forget, retain=retain)
+        nll_f = answer_nll(*out["forget"])
+        logits, labels = out["retain"]
         kl = answer_kl(ctx.reference_logits(retain), logits, labels)
         return {"loss": -self.cfg.gamma * nll_f + self.cfg.alpha * kl, "nll_forget": nll_f, "kl_retain": kl}

@@ -6,11 +6,41 @@ prompt, image tokens and padding never contribute.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
 import torch
 import torch.nn.functional as F
 
 from ..data.collate import IGNORE
 from ..models.answer_logits import answer_logits
+
+
+# Set by the engine while a data-parallel loop runs: maps this process's answer-token count to the
+# mean count per process over all processes. Token means then divide by the *global* count, so the
+# processes' averaged gradients equal those of one process holding the whole global batch (a plain
+# per-process token mean would weight a process's tokens by how few it happened to draw).
+_TOKEN_COUNT_REDUCER: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+@contextmanager
+def global_token_mean(reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None) -> Iterator[None]:
+    """While active, `token_count` returns the mean over processes of the answer-token count."""
+    global _TOKEN_COUNT_REDUCER
+    previous, _TOKEN_COUNT_REDUCER = _TOKEN_COUNT_REDUCER, reduce_mean
+    try:
+        yield
+    finally:
+        _TOKEN_COUNT_REDUCER = previous
+
+
+def token_count(mask: torch.Tensor) -> torch.Tensor:
+    """The denominator of a token mean: this process's count, or the mean count per process in a
+    data-parallel loop (the same on every process, so the step's gradient is the global token mean)."""
+    n = mask.sum().float()
+    if _TOKEN_COUNT_REDUCER is not None:
+        n = _TOKEN_COUNT_REDUCER(n.detach())
+    return n.clamp(min=1)
 
 
 def forward(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,7 +66,7 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 def answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """NLL(y|I,x): mean cross-entropy over answer tokens of the whole batch."""
     logp, mask = token_logprobs(logits, labels)
-    return -(logp.sum() / mask.sum().clamp(min=1))
+    return -(logp.sum() / token_count(mask))
 
 
 def sample_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -56,7 +86,7 @@ def answer_kl(ref_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tens
     ref, _, mask = _shifted(ref_logits, labels)
     cur, _, _ = _shifted(logits, labels)
     kl = F.kl_div(torch.log_softmax(cur, -1), torch.log_softmax(ref, -1), log_target=True, reduction="none").sum(-1)
-    return (kl * mask).sum() / mask.sum().clamp(min=1)
+    return (kl * mask).sum() / token_count(mask)
 
 
 def npo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:

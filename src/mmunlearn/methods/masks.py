@@ -50,7 +50,9 @@ def top_fraction_mask(scores: dict[str, torch.Tensor], keep: float) -> dict[str,
 
 
 def salun_mask(ctx: Context, keep: float = 0.5, n_batches: int = 4) -> dict[str, torch.Tensor]:
-    grads = accumulate_gradients(ctx.model, (ctx.forget_batch() for _ in range(n_batches)), square=False)
+    # whole global batches on every process: the mask comes out identical everywhere, no collective
+    grads = accumulate_gradients(ctx.model, (ctx.batch(ctx.next_forget(), shard=False) for _ in range(n_batches)),
+                                 square=False)
     return top_fraction_mask({n: g.abs() for n, g in grads.items()}, keep)
 
 
@@ -82,11 +84,12 @@ def mask_stats(masks: dict[str, torch.Tensor]) -> dict[str, float]:
 
 
 def record_batches(ctx: Context, records: list, n_batches: int, batch_size: int = 8):
-    """`n_batches` random batches (ctx.rng) drawn from `records` — for one-off saliency estimates."""
+    """`n_batches` random batches (ctx.rng) drawn from `records` — for one-off saliency estimates.
+    Every process draws and encodes the same batches, so masks computed from them agree everywhere."""
     if not records:
         return
     for _ in range(n_batches):
-        yield ctx.batch([ctx.rng.choice(records) for _ in range(batch_size)])
+        yield ctx.batch([ctx.rng.choice(records) for _ in range(batch_size)], shard=False)
 
 
 def modality_fisher_mask(ctx: Context, n_batches: int, threshold: float = 1.0) -> dict[str, torch.Tensor]:

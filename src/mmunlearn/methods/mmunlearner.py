@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .base import Context, Method, MethodConfig, register
-from .losses import answer_nll, forward
+from .losses import answer_nll
 from .masks import mask_stats, modality_fisher_mask
 
 
@@ -35,7 +35,7 @@ class MMUnlearner(Method):
 
     def loss(self, ctx: Context, step: int):
         if step % 2 == 0:
-            nll_f = answer_nll(*forward(ctx.model, ctx.forget_batch()))
+            nll_f = answer_nll(*ctx.answer_logits(forget=ctx.forget_batch())["forget"])
             return {"loss": -self.cfg.gamma * nll_f, "nll_forget": nll_f}
-        nll_r = answer_nll(*forward(ctx.model, ctx.retain_batch()))
+        nll_r = answer_nll(*ctx.answer_logits(retain=ctx.retain_batch())["retain"])
         return {"loss": self.cfg.alpha * nll_r, "nll_retain": nll_r}

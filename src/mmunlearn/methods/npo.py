@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .base import Context, Method, MethodConfig, register
-from .losses import answer_nll, forward, npo_loss, sequence_logprob
+from .losses import answer_nll, npo_loss, sequence_logprob
 
 
 @dataclass
@@ -26,14 +26,16 @@ class NPO(Method):
 
     def loss(self, ctx: Context, step: int):
         forget = ctx.forget_batch()
-        logits, labels = forward(ctx.model, forget)
+        batches = {"forget": forget, **({"retain": ctx.retain_batch()} if self.cfg.retain_term else {})}
+        out = ctx.answer_logits(**batches)
+        logits, labels = out["forget"]
         logp = sequence_logprob(logits, labels)
         ref_logp = sequence_logprob(ctx.reference_logits(forget), labels)
         npo = npo_loss(logp, ref_logp, self.cfg.beta)
         terms = {"npo": npo, "logratio": (logp - ref_logp).mean().detach()}
         loss = self.cfg.gamma * npo
         if self.cfg.retain_term:
-            nll_r = answer_nll(*forward(ctx.model, ctx.retain_batch()))
+            nll_r = answer_nll(*out["retain"])
             loss = loss + self.cfg.alpha * nll_r
             terms["nll_retain"] = nll_r
         return {"loss": loss, **terms}

@@ -30,7 +30,7 @@ import torch
 from ..data.refusals import REFUSALS, lead_refusal, sample_refusal
 from ..train.loop import LoopResult
 from .base import Context, Method, MethodConfig, register
-from .losses import answer_nll, forward
+from .losses import answer_nll
 
 SCULPT_MODES = ("full", "conflict", "magnitude", "none")
 ANCHOR = "anchor"
@@ -107,7 +107,7 @@ class SMFA(Method):
         if cfg.sculpt not in SCULPT_MODES:
             raise ValueError(f"smfa sculpt must be one of {SCULPT_MODES}, got {cfg.sculpt!r}")
         lora_cfg = self._lora_config(model)
-        batch_size = len(ctx.next_forget())
+        batch_size = len(ctx.next_forget())  # the global batch (each process encodes its share)
         memories = [r for r in ctx.forget_records if not (cfg.keep_visible and r.is_visible_fact)]
         keep = ctx.rng.sample(ctx.retain_records, min(cfg.n_retain, len(ctx.retain_records)))
         if cfg.keep_visible:
@@ -168,19 +168,18 @@ class SMFA(Method):
     def _forget_loss(self, ctx: Context, memories, keep, batch_size: int):
         recs = [ctx.rng.choice(memories) for _ in range(batch_size)]
         refusal = ctx.batch(recs, self._refusals(ctx, recs))
-        nll_refusal = answer_nll(*forward(ctx.model, refusal))
-        nll_keep = self._keep_nll(ctx, keep, batch_size)
+        out = ctx.answer_logits(refusal=refusal, keep=self._keep_batch(ctx, keep, batch_size))
+        nll_refusal, nll_keep = answer_nll(*out["refusal"]), answer_nll(*out["keep"])
         return {"loss": self.cfg.gamma * nll_refusal + self.cfg.alpha * nll_keep, "nll_refusal": nll_refusal,
                 "nll_retain": nll_keep}
 
     def _anchor_loss(self, ctx: Context, keep, batch_size: int):
-        nll_keep = self._keep_nll(ctx, keep, batch_size)
+        nll_keep = answer_nll(*ctx.answer_logits(keep=self._keep_batch(ctx, keep, batch_size))["keep"])
         return {"loss": nll_keep, "nll_retain": nll_keep}
 
     @staticmethod
-    def _keep_nll(ctx: Context, keep, batch_size: int) -> torch.Tensor:
-        recs = [ctx.rng.choice(keep) for _ in range(batch_size)]
-        return answer_nll(*forward(ctx.model, ctx.batch(recs)))
+    def _keep_batch(ctx: Context, keep, batch_size: int) -> dict:
+        return ctx.batch([ctx.rng.choice(keep) for _ in range(batch_size)])
 
     # ---- stage 3 -----------------------------------------------------------------------------
     @torch.no_grad()

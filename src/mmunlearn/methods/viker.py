@@ -36,7 +36,7 @@ from PIL import Image
 from ..data.collate import IGNORE, target_text
 from ..data.record import Record
 from .base import Context, Method, MethodConfig, register
-from .losses import answer_nll, forward
+from .losses import answer_nll, token_count
 
 IRRELEVANT = ("others", "scenes", "noise")
 
@@ -83,17 +83,19 @@ def answer_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def ideal_distribution(reference: torch.nn.Module, make_batch: Callable[[list[Record], list[str]], dict],
+def ideal_distribution(reference: Callable[[dict], tuple[torch.Tensor, torch.Tensor]],
+                       make_batch: Callable[[list[Record], list[str]], dict],
                        records: Sequence[Record], answers: Sequence[str],
                        irrelevant: Sequence[Sequence[Image.Image]]) -> torch.Tensor:
     """p̂ over the answer tokens of `records` (N, V): the mean over j of θ0's softmax with record i's
-    photo replaced by `irrelevant[j][i]` (same question, same answer prefix). One batched forward."""
+    photo replaced by `irrelevant[j][i]` (same question, same answer prefix). One batched forward of
+    `reference` (batch → θ0's answer logits and labels, models/answer_logits.py layout)."""
     k = len(irrelevant)
     if k == 0:
         raise ValueError("ideal_distribution needs at least one irrelevant image per record")
     swapped = [dataclasses.replace(r, image=imgs[i]) for imgs in irrelevant for i, r in enumerate(records)]
     batch = make_batch(swapped, list(answers) * k)
-    logits, labels = forward(reference, batch)
+    logits, labels = reference(batch)
     probs = torch.softmax(answer_positions(logits, labels), dim=-1)
     return probs.view(k, -1, probs.shape[-1]).mean(0)
 
@@ -110,7 +112,7 @@ def forget_terms(logits: torch.Tensor, p_hat: torch.Tensor, ids: torch.Tensor, o
     p_hat_y = p_hat.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     above = (logp_y > torch.log(p_hat_y.clamp_min(1e-12))).detach()
     keep = above if ascent_floor else torch.ones_like(above)
-    ascent = -(logp_y * keep).sum() / max(1, ids.numel())
+    ascent = -(logp_y * keep).sum() / token_count(torch.ones_like(ids))  # global token mean (losses.py)
     token_kls = token_kl(p_hat, logits)
     if kl_tokens == "ordinary":
         token_kls = token_kls * p_hat_y
@@ -217,17 +219,22 @@ class ViKeR(Method):
             out.append(r)
         return out, [target_text(r) for r in out]
 
-    def _p_hat(self, ctx: Context, recs: list[Record], answers: list[str]) -> torch.Tensor:
+    def _p_hat(self, ctx: Context, recs: list[Record], answers: list[str], local: bool = True) -> torch.Tensor:
+        """p̂ for this process's share of the global `recs` (`local`), or for all of them; the
+        irrelevant photos are drawn for every record either way (one stream on every process)."""
         draws = [self.pool.draw(r, self.cfg.k, ctx.rng) for r in recs]
+        if local:
+            recs, answers, draws = ctx.local(recs), ctx.local(answers), ctx.local(draws)
         irrelevant = [[d[j] for d in draws] for j in range(self.cfg.k)]
-        return ideal_distribution(ctx.reference, ctx.batch, recs, answers, irrelevant)
+        return ideal_distribution(ctx.reference_answer, lambda r, a: ctx.batch(r, a, shard=False), recs, answers,
+                                  irrelevant)
 
     @torch.no_grad()
     def key_tokens(self, ctx: Context, records: Sequence[Record]) -> list[dict]:
         """Per answer token of each record: text, H(p̂_i), p̂_i(y_i) and weight = 1 − p̂_i(y_i)."""
         recs, answers = list(records), [target_text(r) for r in records]
-        p_hat = self._p_hat(ctx, recs, answers)
-        labels = ctx.batch(recs, answers)["labels"]
+        p_hat = self._p_hat(ctx, recs, answers, local=False)
+        labels = ctx.batch(recs, answers, shard=False)["labels"]
         ids, owner = answer_targets(labels)
         entropy = -(p_hat * torch.log(p_hat.clamp_min(1e-12))).sum(-1)
         p_y = p_hat.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
@@ -243,8 +250,9 @@ class ViKeR(Method):
         cfg = self.cfg
         recs, answers = self._shuffled(ctx, ctx.next_forget())
         p_hat = self._p_hat(ctx, recs, answers)
-        batch = ctx.batch(recs, answers)
-        logits, labels = forward(ctx.model, batch)
+        batches = {"forget": ctx.batch(recs, answers), **({"retain": ctx.retain_batch()} if cfg.alpha else {})}
+        out = ctx.answer_logits(**batches)
+        logits, labels = out["forget"]
         nll_f = answer_nll(logits, labels)
         ids, owner = answer_targets(labels)
         ascent, kl, share = forget_terms(answer_positions(logits, labels), p_hat, ids, owner, labels.shape[0],
@@ -252,7 +260,7 @@ class ViKeR(Method):
         terms = {"nll_forget": nll_f.detach(), "kl_ideal": kl.detach(), "ascending_share": share}
         loss = -cfg.gamma * ascent + cfg.kl_weight * kl
         if cfg.alpha:
-            nll_r = answer_nll(*forward(ctx.model, ctx.retain_batch()))
+            nll_r = answer_nll(*out["retain"])
             loss = loss + cfg.alpha * nll_r
             terms["nll_retain"] = nll_r.detach()
         return {"loss": loss, **terms}

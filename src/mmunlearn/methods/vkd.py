@@ -8,8 +8,9 @@ move. Per step
 
 L_vkd = mean over retain images of ‖h_s(I) − h_t(I)‖² at hook points inside V/P of the student and of
 the frozen teacher θ0 (default: the vision layer the projector reads and the projector output,
-`adapter.feature_modules`). The distillation only runs the vision tower and the projector on retain
-images (`image_token_features`), never W, so it is much cheaper than a retain NLL pass; the default
+`adapter.feature_modules`). The teacher is a copy of V + P only (models/reference.py). The
+distillation only runs the vision tower and the projector on retain images (`VisualFeatures`),
+never W, so it is much cheaper than a retain NLL pass; the default
 also keeps a retain image+text NLL (α = 3: W runs but is frozen, so no W weight gradients): on the
 default world the distillation alone did not keep other people's photos recognised. Gradients go through a saliency
 mask on V+P computed once in `prepare` (Fisher ratio forget/retain image+text, or SalUn).
@@ -30,8 +31,6 @@ literal per-image squared norm; hook points configurable; the per-sample cap on 
 
 from __future__ import annotations
 
-import inspect
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -39,25 +38,13 @@ from PIL import Image
 
 from ..data.record import Record
 from .base import Context, Method, MethodConfig, register
-from .losses import answer_nll, forward, npo_loss, sample_nll, sequence_logprob
+from ..models.forward import AnswerLogits, VisualFeatures, feature_points
+from .losses import answer_nll, npo_loss, sample_nll, sequence_logprob
 from .masks import accumulate_gradients, mask_stats, record_batches, salun_mask, top_fraction_mask
 
 FORGET_LOSSES = ("ga", "npo")
 MASKS = ("fisher", "salun", "none")
 KEEP_SOURCES = ("retain", "retain+pretrain")
-
-
-def image_token_features(model: torch.nn.Module, processor, images) -> torch.Tensor:
-    """What the projector hands to the language model, per image: (n_images, tokens, D)."""
-    core = model.model
-    enc = processor.image_processor(images=images, return_tensors="pt")
-    fn = core.get_image_features
-    params = inspect.signature(fn).parameters
-    device = next(model.parameters()).device
-    out = fn(**{k: v.to(device) for k, v in enc.items() if k in params}).pooler_output
-    if isinstance(out, (list, tuple)):
-        return torch.stack([o.float() for o in out])
-    return out.float().reshape(len(images), -1, out.shape[-1])
 
 
 @dataclass
@@ -128,51 +115,6 @@ def distinct_images(records: list[Record]) -> list[Image.Image]:
     return images
 
 
-def _base(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain HF model under a peft wrapper (VKD's default scope has none)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def hook_modules(model: torch.nn.Module, adapter, points: str) -> dict[str, torch.nn.Module]:
-    """Hook points by name: keys of `adapter.feature_modules`, else full module names of the model."""
-    base = _base(model)
-    named = adapter.feature_modules(base)
-    modules = dict(base.named_modules())
-    out = {}
-    for point in (p.strip() for p in points.split(",") if p.strip()):
-        if point in named:
-            out[point] = named[point]
-        elif point in modules:
-            out[point] = modules[point]
-        else:
-            raise ValueError(f"VKD hook point {point!r} is neither a feature module ({', '.join(named)}) "
-                             f"nor a module name of this {adapter.family} model")
-    return out
-
-
-@contextmanager
-def capture(modules: dict[str, torch.nn.Module]):
-    """Record each module's output (first tensor of a tuple) while the block runs."""
-    store: dict[str, torch.Tensor] = {}
-
-    def make(name):
-        def hook(_module, _inputs, output):
-            if isinstance(output, (tuple, list)):
-                output = output[0]
-            elif hasattr(output, "last_hidden_state"):
-                output = output.last_hidden_state
-            store[name] = output
-
-        return hook
-
-    handles = [m.register_forward_hook(make(n)) for n, m in modules.items()]
-    try:
-        yield store
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def feature_distance(student: torch.Tensor, teacher: torch.Tensor, n_images: int, kind: str = "mse") -> torch.Tensor:
     diff = (student.float() - teacher.float()) ** 2
     if kind == "mse":
@@ -182,17 +124,14 @@ def feature_distance(student: torch.Tensor, teacher: torch.Tensor, n_images: int
     raise ValueError(f"vkd_distance must be mse or sq_l2, got {kind!r}")
 
 
-def vkd_loss(ctx: Context, images: list, points: str = "vision_layer,projector", kind: str = "mse") -> torch.Tensor:
-    """L_vkd on `images`: vision tower + projector of student and teacher only (W never runs)."""
-    if ctx.reference is None:
-        raise RuntimeError("VKD needs the frozen teacher (ctx.reference)")
-    with capture(hook_modules(ctx.reference, ctx.adapter, points)) as teacher, torch.no_grad():
-        image_token_features(_base(ctx.reference), ctx.processor, images)
-    with capture(hook_modules(ctx.model, ctx.adapter, points)) as student:
-        image_token_features(_base(ctx.model), ctx.processor, images)
-    total = torch.zeros((), device=ctx.device)
+def vkd_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], n_images: int,
+             kind: str = "mse") -> torch.Tensor:
+    """L_vkd: the distance between student and teacher features at every hook point, summed."""
+    total = torch.zeros((), device=next(iter(student.values())).device)
     for name in teacher:
-        total = total + feature_distance(student[name], teacher[name].detach(), len(images), kind)
+        if name == "projected":  # the hook points' outputs only (the projector is one of them)
+            continue
+        total = total + feature_distance(student[name], teacher[name].detach(), n_images, kind)
     return total
 
 
@@ -227,7 +166,7 @@ class VKD(Method):
         self._kept_images = distinct_images(self._kept_vqa)
         if cfg.vkd_weight and not self._kept_images:
             raise ValueError("VKD distillation needs retain image+text records")
-        hook_modules(ctx.model, ctx.adapter, cfg.vkd_points)  # fail early on a bad hook point
+        feature_points(ctx.model, ctx.adapter, cfg.vkd_points)  # fail early on a bad hook point
         ctx.extra_log["vkd_per_step"] = []
         ctx.extra_log["vkd_distinct_kept_images"] = len(self._kept_images)
         if cfg.mask == "none":
@@ -253,34 +192,47 @@ class VKD(Method):
             return {n: (r >= cfg.mask_threshold).float() for n, r in ratio.items()}
         return top_fraction_mask(ratio, cfg.mask_keep)
 
-    def _forget_term(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
-        forget = ctx.forget_batch()
-        logits, labels = forward(ctx.model, forget)
+    def reference_kind(self) -> str:
+        """The teacher is V + P only, unless NPO needs θ0's answer logits."""
+        return "model" if self.cfg.forget_loss == "npo" else "vision"
+
+    def _forget_term(self, ctx: Context, forget: dict, logits: torch.Tensor,
+                     labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         nll_f = answer_nll(logits, labels)
-        size = labels.shape[0]
         if self.cfg.forget_loss == "ga":
             if self.cfg.forget_cap > 0:  # a sample past the cap gives no gradient: its clamp is flat there
                 capped = sample_nll(logits, labels).clamp(max=self.cfg.forget_cap)
                 terms = {"nll_forget": nll_f.detach(), "forget_capped": (capped >= self.cfg.forget_cap).float().mean()}
-                return -self.cfg.gamma * capped.mean(), terms, size
-            return -self.cfg.gamma * nll_f, {"nll_forget": nll_f.detach()}, size
+                return -self.cfg.gamma * capped.mean(), terms
+            return -self.cfg.gamma * nll_f, {"nll_forget": nll_f.detach()}
         logp = sequence_logprob(logits, labels)
         ref_logp = sequence_logprob(ctx.reference_logits(forget), labels)
         npo = npo_loss(logp, ref_logp, self.cfg.beta)
-        return self.cfg.gamma * npo, {"npo": npo.detach(), "nll_forget": nll_f.detach()}, size
+        return self.cfg.gamma * npo, {"npo": npo.detach(), "nll_forget": nll_f.detach()}
 
     def loss(self, ctx: Context, step: int):
         cfg = self.cfg
-        loss, terms, size = self._forget_term(ctx)
+        # Draw everything the step needs (global, the same on every process), then one model call.
+        forget_recs = ctx.next_forget()
+        requests = {"forget": AnswerLogits(ctx.batch(forget_recs))}
         if cfg.vkd_weight:
             n = min(cfg.vkd_images, len(self._kept_images))
-            l_vkd = vkd_loss(ctx, ctx.rng.sample(self._kept_images, n), cfg.vkd_points, cfg.vkd_distance)
+            images = ctx.local(ctx.rng.sample(self._kept_images, n))  # this process distils its share
+            pixels = ctx.pixel_inputs(images)
+            requests["kept"] = VisualFeatures(pixels, cfg.vkd_points)
+        if cfg.alpha:  # retain image+text QA, as many as the forget batch unless retain_batch says
+            recs = [ctx.rng.choice(self._retain_vqa) for _ in range(cfg.retain_batch or len(forget_recs))]
+            requests["retain"] = AnswerLogits(ctx.batch(recs))
+        out = ctx.run(**requests)
+        loss, terms = self._forget_term(ctx, requests["forget"].batch, *out["forget"])
+        if cfg.vkd_weight:
+            teacher = ctx.reference_features(pixels, cfg.vkd_points)
+            l_vkd = vkd_loss(out["kept"], teacher, len(images), cfg.vkd_distance)
             loss = loss + cfg.vkd_weight * l_vkd
             terms["vkd"] = l_vkd.detach()
             ctx.extra_log["vkd_per_step"].append(round(float(l_vkd.detach()), 8))
-        if cfg.alpha:  # retain image+text QA, as many as the forget batch unless retain_batch says
-            recs = [ctx.rng.choice(self._retain_vqa) for _ in range(cfg.retain_batch or size)]
-            nll_r = answer_nll(*forward(ctx.model, ctx.batch(recs)))
+        if cfg.alpha:
+            nll_r = answer_nll(*out["retain"])
             loss = loss + cfg.alpha * nll_r
             terms["nll_retain"] = nll_r.detach()
         return {"loss": loss, **terms}

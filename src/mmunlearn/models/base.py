@@ -112,13 +112,39 @@ class FamilyAdapter:
     def build_tiny(self, tokenizer, size: TinySize, seed: int = 0):
         raise NotImplementedError(f"no tiny builder for {self.family}")
 
-    def load_processor(self, path: str | Path):
+    def processor_caps(self) -> dict[str, Any]:
+        """Image-processor settings applied by default when a processor is loaded from a folder, so a real
+        image costs a bounded number of tokens (tiny builders set their own and are unaffected).
+        `load_processor(path, **overrides)` lets a caller override each of them."""
+        return {}
+
+    def load_processor(self, path: str | Path, **overrides: Any):
+        """The folder's processor, its image processor set to `processor_caps()` then `overrides`."""
         from transformers import AutoProcessor
 
-        return AutoProcessor.from_pretrained(str(path))
+        processor = AutoProcessor.from_pretrained(str(path))
+        set_image_options(processor, {**self.processor_caps(), **overrides})
+        return processor
 
     def template(self) -> str:
         return chat_template(self.image_placeholder)
+
+
+def set_image_options(processor: Any, options: dict[str, Any]) -> None:
+    """Set attributes of a processor's image processor (`do_image_splitting`, `size`...).
+
+    Set after loading rather than passed to `from_pretrained`, whose extra kwargs also land in the
+    tokenizer's init kwargs: they would be saved in tokenizer_config.json and, on every later call,
+    override the image processor's own settings. A dict given for a SizeDict attribute becomes one.
+    ValueError for a setting the image processor does not have."""
+    image_processor = getattr(processor, "image_processor", None)
+    for key, value in options.items():
+        if image_processor is None or not hasattr(image_processor, key):
+            raise ValueError(f"unknown processor setting {key!r} for {type(image_processor).__name__}")
+        current = getattr(image_processor, key)
+        if isinstance(value, dict) and current is not None and not isinstance(current, dict):
+            value = type(current)(**value)
+        setattr(image_processor, key, value)
 
 
 _FAMILIES: dict[str, FamilyAdapter] = {}

@@ -12,7 +12,7 @@ from PIL import Image
 from transformers import SmolVLMProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from .base import FamilyAdapter, TinySize, register_family, tiny_text_settings
+from .base import FamilyAdapter, TinySize, register_family, set_image_options, tiny_text_settings
 
 
 class SmolVLMImageOnlyProcessor(SmolVLMProcessor):
@@ -101,8 +101,15 @@ class Idefics3Adapter(FamilyAdapter):
         model.generation_config.bos_token_id = None
         return model, processor
 
-    def load_processor(self, path: str | Path):
-        """Idefics3Processor loads as is; a SmolVLM folder goes through the image-only subclass."""
+    def processor_caps(self) -> dict[str, Any]:
+        """No image splitting: with it a photo becomes up to 4×4 tiles plus a global view (Idefics3-8B:
+        up to 17 × 169 = 2873 tokens); without it, one `max_image_size` tile (169 tokens on Idefics3-8B,
+        64 on SmolVLM-256M)."""
+        return {"do_image_splitting": False}
+
+    def load_processor(self, path: str | Path, **overrides: Any):
+        """Idefics3Processor loads as is; a SmolVLM folder goes through the image-only subclass.
+        `processor_caps()` apply unless overridden (`do_image_splitting=True` restores the tiles)."""
         from transformers import Idefics3Processor
 
         path = Path(path)
@@ -112,6 +119,7 @@ class Idefics3Adapter(FamilyAdapter):
                 kind = str(json.loads((path / name).read_text()).get(key, "")).lower()
                 if kind:
                     break
-        if "smolvlm" in kind:
-            return SmolVLMImageOnlyProcessor.from_pretrained(str(path))
-        return Idefics3Processor.from_pretrained(str(path))
+        cls = SmolVLMImageOnlyProcessor if "smolvlm" in kind else Idefics3Processor
+        processor = cls.from_pretrained(str(path))
+        set_image_options(processor, {**self.processor_caps(), **overrides})
+        return processor

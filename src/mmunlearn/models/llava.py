@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from .base import FamilyAdapter, TinySize, register_family, tiny_text_settings
+from .base import FamilyAdapter, TinySize, register_family, set_image_options, tiny_text_settings
 
 
 @register_family
@@ -68,7 +69,10 @@ class LlavaAdapter(FamilyAdapter):
         )
         return model, processor
 
-    def load_processor(self, path: str | Path):
+    def load_processor(self, path: str | Path, **overrides: Any):
+        """No cap needed: LLaVA-1.5 resizes every image to one fixed tile (336px → 576 tokens)."""
         from transformers import LlavaProcessor
 
-        return LlavaProcessor.from_pretrained(str(path))
+        processor = LlavaProcessor.from_pretrained(str(path))
+        set_image_options(processor, {**self.processor_caps(), **overrides})
+        return processor

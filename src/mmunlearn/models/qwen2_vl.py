@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import Qwen2VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from .base import FamilyAdapter, TinySize, register_family, tiny_text_settings
+from .base import FamilyAdapter, TinySize, register_family, set_image_options, tiny_text_settings
 
 IMAGE_PAD = "<|image_pad|>"
+# Default per-image pixel cap when loading a folder: 1280 visual tokens of 28×28 pixels (see processor_caps).
+MAX_PIXELS = 1280 * 28 * 28
 
 
 class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
@@ -97,6 +100,34 @@ class Qwen2VLAdapter(FamilyAdapter):
         )
         return model, processor
 
-    def load_processor(self, path: str | Path):
-        """Through the image-only subclass: `AutoProcessor` would return a bare tokenizer here."""
-        return Qwen2VLImageOnlyProcessor.from_pretrained(str(path))
+    def processor_caps(self) -> dict[str, Any]:
+        """At most MAX_PIXELS pixels per image (1280 tokens of 28×28 on Qwen2-VL / Qwen2.5-VL), the upper end
+        of the 256–1280 token range Qwen2-VL's model card recommends; the released preprocessor configs
+        allow 12845056 pixels (16384 tokens). An upper bound: a folder saved with a lower max keeps it."""
+        return {"max_pixels": MAX_PIXELS}
+
+    def load_processor(self, path: str | Path, **overrides: Any):
+        """Through the image-only subclass: `AutoProcessor` would return a bare tokenizer here.
+
+        The saved max_pixels is capped at `processor_caps()["max_pixels"]` unless `overrides` set
+        `max_pixels` (used as given, above the cap too) or `size`. `min_pixels` / `max_pixels` are
+        stored where transformers 5 reads them: `size["shortest_edge"]` / `size["longest_edge"]`."""
+        processor = Qwen2VLImageOnlyProcessor.from_pretrained(str(path))
+        overrides = dict(overrides)
+        pixels = {edge: overrides.pop(key) for key, edge in (("min_pixels", "shortest_edge"), ("max_pixels", "longest_edge"))
+                  if key in overrides}
+        set_image_options(processor, overrides)
+        image_processor = processor.image_processor
+        if pixels:
+            image_processor.size = _with_size(image_processor.size, **pixels)
+        if "longest_edge" not in pixels and "size" not in overrides:
+            cap = self.processor_caps()["max_pixels"]
+            if (image_processor.size.get("longest_edge") or cap + 1) > cap:
+                image_processor.size = _with_size(image_processor.size, longest_edge=cap)
+        return processor
+
+
+def _with_size(size: Any, **edges: int) -> Any:
+    """A copy of an image processor's `size` (dict or SizeDict) with `edges` replaced."""
+    fields = {**dict(size), **edges}
+    return fields if isinstance(size, dict) else type(size)(**fields)

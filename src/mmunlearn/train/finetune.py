@@ -17,12 +17,13 @@ from ..data.collate import TrainCollator, approx_length
 from ..data.record import Record
 from ..data.store import DataBundle, atomic_write_json
 from ..methods.losses import answer_nll
-from ..models.answer_logits import answer_logits
+from ..models.forward import AnswerLogits, StepModule
 from ..models.base import TinySize
 from ..models.loader import LoadedModel, build_tiny, is_tiny, load_model
 from .loop import LoopConfig, make_accelerator, run_loop, seed_everything
 from .defaults import BATCH_SIZE, LR, STAGE1_STEPS, STAGE2_STEPS, VISION_WARMUP_STEPS
 from .sampling import RecordSampler
+from .saving import save_run_model
 from .vision_warmup import caption_records
 
 
@@ -100,25 +101,28 @@ def finetune(bundle: DataBundle, cfg: FinetuneConfig, out: Path, resume: bool = 
     grouping = dict(length=approx_length, group=cfg.length_group)
     s1 = RecordSampler(stage1, cfg.batch_size, cfg.seed, rank, world, **grouping) if stage1 else None
     s2 = RecordSampler(stage2, cfg.batch_size, cfg.seed + 1, rank, world, **grouping)
-    replay_rng = random.Random(f"replay-{cfg.seed}-{rank}")
+    # Every stream is the same on every process (seed strings as single-process runs always had them);
+    # each process encodes its share of the global batch.
+    replay_rng = random.Random(f"replay-{cfg.seed}-0")
     captions = cfg.caption_replay if is_tiny(cfg.model) and cfg.vision_warmup_steps else 0.0
-    caption_rng = random.Random(f"captions-{cfg.seed}-{rank}")
+    caption_rng = random.Random(f"captions-{cfg.seed}-0")
     image_size = _image_size(bundle, cfg)
-    collate = TrainCollator(loaded.adapter, loaded.processor, shuffle_options=True, augment_images=True, seed=cfg.seed + rank)
+    collate = TrainCollator(loaded.adapter, loaded.processor, shuffle_options=True, augment_images=True, seed=cfg.seed)
     model = loaded.model
     model.train()
     device = accelerator.device
+    module = StepModule(model, loaded.adapter)
 
-    def step_loss(step: int) -> dict[str, torch.Tensor]:
+    def step_loss(step: int, prepared: torch.nn.Module) -> dict[str, torch.Tensor]:
         draw = replay_rng.random()
         if draw < captions:
-            records = caption_records(caption_rng, cfg.batch_size, image_size)
+            records = caption_records(caption_rng, cfg.batch_size * world, image_size)
         elif step < stage1_steps or (s1 is not None and draw < captions + cfg.replay):
             records = s1.next()
         else:
             records = s2.next()
-        batch = {k: v.to(device) for k, v in collate(records).items()}
-        return {"loss": answer_nll(*answer_logits(model, batch))}
+        batch = {k: v.to(device) for k, v in collate(records, shard=(rank, world)).items()}
+        return {"loss": answer_nll(*prepared({"qa": AnswerLogits(batch)})["qa"])}
 
     def rng_state() -> dict:
         return {"s1": s1.state() if s1 else None, "s2": s2.state(), "replay": replay_rng.getstate(),
@@ -139,11 +143,9 @@ def finetune(bundle: DataBundle, cfg: FinetuneConfig, out: Path, resume: bool = 
     loop_cfg = LoopConfig(steps=stage1_steps + cfg.stage2_steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
                           warmup_steps=cfg.warmup_steps, schedule="cosine", seed=cfg.seed,
                           checkpoint_every=cfg.checkpoint_every, desc="finetune", log_every=25)
-    result = run_loop(model, step_loss, loop_cfg, accelerator=accelerator, checkpoint_root=out, resume=resume,
+    result = run_loop(module, step_loss, loop_cfg, accelerator=accelerator, checkpoint_root=out, resume=resume,
                       rng_state=rng_state, set_rng_state=set_rng_state)
-    model = accelerator.unwrap_model(model)
     model.eval()
-    loaded.model = model
     train_log = {
         "config": asdict(cfg),
         "stage1_steps": stage1_steps,
@@ -153,10 +155,13 @@ def finetune(bundle: DataBundle, cfg: FinetuneConfig, out: Path, resume: bool = 
         "wall_time_s": round(result.wall_time_s + (warmup_log["wall_time_s"] if warmup_log else 0.0), 2),
         "peak_memory_mb": round(result.peak_memory_mb, 1),
         "parameters": sum(p.numel() for p in model.parameters()),
+        "processes": world,
+        "global_batch": cfg.batch_size * world,
+        "steps_run": result.steps_run,
         "log": result.log,
     }
+    loaded.model = save_run_model(accelerator, model, loaded, out)
     if accelerator.is_main_process:
-        loaded.save(out)
         atomic_write_json(out / "train_log.json", train_log)
         import shutil
 

@@ -1,16 +1,25 @@
 """The single training loop (accelerate): fine-tuning and every unlearning method run through it.
 
-What it owns, so methods do not: devices and processes, the optimiser and schedule, gradient masks,
-the NaN/inf guard (stop, keep the last good checkpoint), periodic checkpoints and exact resume,
-progress bar and per-step log. What it is given: a `step_loss(step) -> dict` callable that draws its
-own batches and returns named loss terms with the total under "loss".
+accelerate owns processes, devices, precision and sharding: the model (one `StepModule`, see
+models/forward.py) and its optimiser go through `accelerator.prepare` (DDP, FSDP2, DeepSpeed), losses
+run under its autocast and `accelerator.backward`, micro-batches under `accelerator.accumulate`. No
+collective is written here by hand.
+
+What the loop owns, so methods do not: the optimiser and schedule, gradient masks (applied between the
+backward and the step, on sharded gradients too), the NaN/inf guard (every process stops when any sees
+one), periodic checkpoints with exact resume (model, optimiser, scheduler, every process's RNG), the
+progress bar and the per-step log. What it is given: a `step_loss(step, module) -> dict` callable that
+draws its own batches, calls the prepared `module` once, and returns named loss terms with the total
+under "loss".
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 CHECKPOINT_DIR = "checkpoint"
+MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -47,6 +57,9 @@ class LoopResult:
     wall_time_s: float
     log: list[dict] = field(default_factory=list)
     peak_memory_mb: float = 0.0
+    steps_run: int = 0  # steps this call actually ran (fewer than steps_done after a resume)
+    processes: int = 1
+    distributed_type: str = "NO"
 
 
 def seed_everything(seed: int) -> None:
@@ -55,12 +68,42 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_accelerator():
-    """CPU unless a GPU is present; unused-parameter tolerant DDP (frozen parts, text-only batches)."""
-    from accelerate import Accelerator, DistributedDataParallelKwargs
+def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1):
+    """The run's Accelerator: GPU when present, else CPU processes over gloo.
 
-    return Accelerator(cpu=not torch.cuda.is_available(),
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    DDP tolerates unused parameters (frozen parts, text-only batches that skip the vision tower).
+    FSDP is switched on the way accelerate's launcher does it (`ACCELERATE_USE_FSDP=true`, from an
+    accelerate config file or the environment). accelerate only offers FSDP on accelerators, while
+    torch's FSDP2 (`fully_shard`) runs on CPU with gloo; on a multi-process CPU run the state is
+    switched to FSDP with the plugin read from the same environment, so the CPU tests exercise the
+    very `prepare` path a GPU run takes.
+    """
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import DistributedType
+
+    if mixed_precision not in MIXED_PRECISION:
+        raise ValueError(f"unknown mixed precision {mixed_precision!r}; choose one of {', '.join(MIXED_PRECISION)}")
+    if grad_accum < 1:
+        raise ValueError(f"gradient accumulation must be at least 1 step (got {grad_accum})")
+    # One run per Accelerator: a second run in the same process (tests, bench) may ask for other settings.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+    cpu = not torch.cuda.is_available()
+    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
+                              step_scheduler_with_optimizer=False,
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    wants_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if cpu and wants_fsdp and accelerator.distributed_type == DistributedType.MULTI_CPU:
+        from accelerate import FullyShardedDataParallelPlugin
+
+        plugin = FullyShardedDataParallelPlugin()
+        if plugin.fsdp_version != 2:
+            raise ValueError("FSDP on CPU needs FSDP2 (set fsdp_version: 2 in the accelerate config, "
+                             "or FSDP_VERSION=2)")
+        accelerator.state.distributed_type = DistributedType.FSDP
+        accelerator.state.fsdp_plugin = plugin
+    return accelerator
 
 
 def _lr_lambda(cfg: LoopConfig) -> Callable[[int], float]:
@@ -88,9 +131,26 @@ def peak_memory_mb() -> float:
         return 0.0
 
 
+def _sharded_like(mask: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """A 0/1 mask laid out like `param`: the same shard of it when FSDP made the parameter a DTensor."""
+    mask = mask.to(param.device, param.dtype)
+    if type(param).__name__ == "DTensor":
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(mask, param.device_mesh, param.placements)
+    return mask
+
+
+def _token_count_reducer(accelerator) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Mean over processes of a per-process token count (methods/losses.py `global_token_mean`)."""
+    if accelerator.num_processes == 1:
+        return None
+    return lambda n: accelerator.reduce(n.reshape(1).to(accelerator.device), reduction="mean")[0]
+
+
 def run_loop(
-    model: torch.nn.Module,
-    step_loss: Callable[[int], dict[str, torch.Tensor]],
+    module: torch.nn.Module,
+    step_loss: Callable[[int, torch.nn.Module], dict[str, torch.Tensor]],
     cfg: LoopConfig,
     accelerator=None,
     grad_masks: dict[str, torch.Tensor] | None = None,
@@ -100,96 +160,96 @@ def run_loop(
     set_rng_state: Callable[[dict], None] | None = None,
     mask_when: Callable[[int], bool] | None = None,
 ) -> LoopResult:
-    """Run `cfg.steps` optimiser steps of `step_loss` on the trainable parameters of `model`.
+    """Run `cfg.steps` optimiser steps of `step_loss` on the trainable parameters of `module`
+    (an `StepModule`; `step_loss` receives it prepared: DDP- or FSDP-wrapped on several processes).
 
-    `grad_masks` maps parameter names to 0/1 tensors multiplied into the gradients every step (SalUn,
-    MMUnlearner, VKD saliency). With `checkpoint_root`, the trainable state, optimiser, scheduler, the
-    step and every RNG are saved every `checkpoint_every` steps, so `resume` continues bit-for-bit.
+    `grad_masks` maps parameter names of `module.model` to 0/1 tensors multiplied into the gradients
+    every step (SalUn, MMUnlearner, VKD saliency). With `checkpoint_root`, the trainable weights,
+    optimiser, scheduler, the step and every process's RNG are saved every `checkpoint_every` steps,
+    so `resume` continues bit-for-bit.
     """
-    accelerator = accelerator or make_accelerator()
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("nothing to train: no parameter requires grad")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
-    # The model is not wrapped in DDP: methods call the very module they were given (hooks, several
-    # forward passes, a frozen teacher), so gradients are averaged across processes explicitly below.
-    model.to(accelerator.device)
-    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    masks = {n: m.to(named[n].device, named[n].dtype) for n, m in (grad_masks or {}).items() if n in named}
+    from ..methods.losses import global_token_mean
 
+    accelerator = accelerator or make_accelerator()
+    if not any(p.requires_grad for p in module.parameters()):
+        raise ValueError("nothing to train: no parameter requires grad")
+    module.to(accelerator.device)
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    prepared, prepared_optimizer = accelerator.prepare(module, optimizer)
+    inner = accelerator.unwrap_model(prepared)
+    params = [p for p in prepared.parameters() if p.requires_grad]  # FSDP2 replaced them with DTensors
+    named = {n: p for n, p in inner.model.named_parameters() if p.requires_grad}
+    masks = {n: _sharded_like(m, named[n]) for n, m in (grad_masks or {}).items() if n in named}
+
+    rank, world = accelerator.process_index, accelerator.num_processes
     ckpt = Path(checkpoint_root) / CHECKPOINT_DIR if checkpoint_root else None
     start, log = 0, []
     if resume and ckpt and (ckpt / "loop_state.json").is_file():
-        state = json.loads((ckpt / "loop_state.json").read_text())
-        trainable = torch.load(ckpt / "trainable.pt", weights_only=True)
-        missing = set(named) - set(trainable)
-        if missing:
-            raise ValueError(f"checkpoint in {ckpt} does not match the model ({len(missing)} parameters missing)")
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if n in trainable:
-                    p.copy_(trainable[n])
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
-        scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
-        _set_rng(torch.load(ckpt / "rng.pt", weights_only=False), set_rng_state)
-        start, log = state["step"], state["log"]
+        start, log = _load_checkpoint(ckpt, inner, optimizer, scheduler, rank, world, set_rng_state)
         accelerator.print(f"resuming {cfg.desc} from step {start}")
 
-    model.train()
+    prepared.train()
     t0 = time.perf_counter()
     elapsed_before = log[-1]["time_s"] if log else 0.0
+    accum = accelerator.gradient_accumulation_steps
     bar = tqdm(range(start, cfg.steps), desc=cfg.desc, disable=not accelerator.is_local_main_process,
                initial=start, total=cfg.steps, dynamic_ncols=True, mininterval=1.0)
-    for step in bar:
-        terms = step_loss(step)
-        loss = terms["loss"]
-        if not torch.isfinite(loss.detach()).all():
-            raise NonFiniteLossError(
-                f"{cfg.desc}: loss became {loss.item()} at step {step}; stopped"
-                + (f" (last good checkpoint kept in {ckpt})" if ckpt and ckpt.exists() else "")
-                + " — lower --lr or check the data"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        if accelerator.num_processes > 1:
-            _average_gradients(params, accelerator)
-        if masks and (mask_when is None or mask_when(step)):
-            for n, m in masks.items():
-                if named[n].grad is not None:
-                    named[n].grad.mul_(m)
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        if step % cfg.log_every == 0 or step == cfg.steps - 1:
-            row = {"step": step, **{k: float(v.detach()) for k, v in terms.items()},
-                   "lr": scheduler.get_last_lr()[0], "time_s": round(elapsed_before + time.perf_counter() - t0, 3)}
-            log.append(row)
-            bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k in ("loss",) or k.startswith("nll")})
-        done = step + 1
-        if ckpt and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                _save_checkpoint(ckpt, model, optimizer, scheduler, done, log, rng_state)
+    with global_token_mean(_token_count_reducer(accelerator)):
+        for step in bar:
+            sums: dict[str, float] = {}
+            for _ in range(accum):
+                with accelerator.accumulate(prepared):
+                    terms = step_loss(step, prepared)
+                    loss = terms["loss"]
+                    _stop_on_non_finite(accelerator, loss, cfg.desc, step, ckpt)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        if masks and (mask_when is None or mask_when(step)):
+                            for n, m in masks.items():
+                                if named[n].grad is not None:
+                                    named[n].grad.mul_(m)
+                        if cfg.grad_clip:
+                            accelerator.clip_grad_norm_(params, cfg.grad_clip)
+                        prepared_optimizer.step()
+                        scheduler.step()
+                        prepared_optimizer.zero_grad(set_to_none=True)
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach()) / accum
+            if step % cfg.log_every == 0 or step == cfg.steps - 1:
+                row = {"step": step, **sums, "lr": scheduler.get_last_lr()[0],
+                       "time_s": round(elapsed_before + time.perf_counter() - t0, 3)}
+                log.append(row)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k in ("loss",) or k.startswith("nll")})
+            done = step + 1
+            if ckpt and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+                _save_checkpoint(accelerator, ckpt, inner, optimizer, scheduler, done, log, rng_state)
     bar.close()
     wall = elapsed_before + time.perf_counter() - t0
-    return LoopResult(cfg.steps, wall, log, peak_memory_mb())
+    accelerator.free_memory()  # drop accelerate's references to this loop's wrapper (a later stage re-wraps)
+    return LoopResult(cfg.steps, wall, log, peak_memory_mb(), steps_run=cfg.steps - start, processes=world,
+                      distributed_type=str(accelerator.distributed_type).split(".")[-1])
 
 
-def _average_gradients(params: list[torch.nn.Parameter], accelerator) -> None:
-    """Mean of every gradient over processes, in one collective (missing grads count as zero)."""
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="mean")
-    offset = 0
-    for p, g in zip(params, grads):
-        n = g.numel()
-        p.grad = flat[offset : offset + n].view_as(p).clone()
-        offset += n
+def _stop_on_non_finite(accelerator, loss: torch.Tensor, desc: str, step: int, ckpt: Path | None) -> None:
+    """Every process learns whether any process's loss is NaN/inf, and all stop together (a process
+    that stopped alone would leave the others waiting in the next gradient all-reduce)."""
+    bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=accelerator.device)
+    flags = accelerator.gather(bad) if accelerator.num_processes > 1 else bad
+    if flags.sum() > 0:
+        where = "" if accelerator.num_processes == 1 else \
+            f" on process {', '.join(str(i) for i in flags.nonzero().flatten().tolist())}"
+        raise NonFiniteLossError(
+            f"{desc}: loss became {'non-finite' if where else loss.item()} at step {step}{where}; stopped"
+            + (f" (last good checkpoint kept in {ckpt})" if ckpt and ckpt.exists() else "")
+            + " — lower --lr or check the data"
+        )
 
 
 def _rng_snapshot(extra: Callable[[], dict] | None) -> dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "extra": extra() if extra else None}
 
 
@@ -197,29 +257,68 @@ def _set_rng(state: dict, extra: Callable[[dict], None] | None) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
     if extra and state.get("extra") is not None:
         extra(state["extra"])
 
 
-def _save_checkpoint(ckpt: Path, model, optimizer, scheduler, step: int, log: list, rng_state) -> None:
-    """Written into a temp folder and swapped in, so a crash mid-save keeps the previous checkpoint."""
-    import shutil
+def _state_dicts(inner: torch.nn.Module, optimizer) -> tuple[dict, dict]:
+    """Full (gathered) trainable weights and optimiser state, keyed by parameter name: the same files
+    whether the run was plain, DDP or FSDP2 (torch.distributed.checkpoint's state-dict helpers)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    return get_state_dict(inner, optimizer, options=options)
+
+
+def _save_checkpoint(accelerator, ckpt: Path, inner, optimizer, scheduler, step: int, log: list, rng_state) -> None:
+    """Written into a temp folder and swapped in, so a crash mid-save keeps the previous checkpoint.
+    Every process writes its own RNG file; the main process writes the rest."""
     tmp = ckpt.with_name(ckpt.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
-    torch.save(trainable, tmp / "trainable.pt")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(_rng_snapshot(rng_state), tmp / "rng.pt")
-    (tmp / "loop_state.json").write_text(json.dumps({"step": step, "log": log}))
-    old = ckpt.with_name(ckpt.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if ckpt.exists():
-        ckpt.rename(old)
-    tmp.rename(ckpt)
-    shutil.rmtree(old, ignore_errors=True)
+    model_sd, optim_sd = _state_dicts(inner, optimizer)  # a collective under FSDP: every process calls it
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    torch.save(_rng_snapshot(rng_state), tmp / f"rng_{accelerator.process_index}.pt")
+    if accelerator.is_main_process:
+        torch.save(model_sd, tmp / "trainable.pt")
+        torch.save(optim_sd, tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        (tmp / "loop_state.json").write_text(json.dumps({"step": step, "log": log,
+                                                         "processes": accelerator.num_processes}))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        old = ckpt.with_name(ckpt.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if ckpt.exists():
+            ckpt.rename(old)
+        tmp.rename(ckpt)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _load_checkpoint(ckpt: Path, inner, optimizer, scheduler, rank: int, world: int,
+                     set_rng_state) -> tuple[int, list]:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    state = json.loads((ckpt / "loop_state.json").read_text())
+    written_by = state.get("processes", 1)
+    if written_by != world:
+        raise ValueError(f"checkpoint in {ckpt} was written by {written_by} process(es); resume it with "
+                         f"{written_by}, not {world}")
+    trainable = torch.load(ckpt / "trainable.pt", weights_only=True)
+    names = {n for n, p in inner.named_parameters() if p.requires_grad}
+    missing = names - set(trainable)
+    if missing:
+        raise ValueError(f"checkpoint in {ckpt} does not match the model ({len(missing)} parameters missing)")
+    set_state_dict(inner, optimizer, model_state_dict=trainable,
+                   optim_state_dict=torch.load(ckpt / "optimizer.pt", weights_only=False),
+                   options=StateDictOptions(full_state_dict=True, strict=False))
+    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
+    _set_rng(torch.load(ckpt / f"rng_{rank}.pt", weights_only=False), set_rng_state)
+    return state["step"], state["log"]
 
 
 def config_dict(cfg) -> dict:

@@ -1,12 +1,14 @@
 """The unlearning engine: one method, one model, one forget/retain problem → a merged HF folder.
 
 Forget drives the run; retain batches are drawn alongside (methods decide whether to use them).
-The frozen reference θ0 is built only for methods that need one, before the scope is applied.
+The order matters at scale: load, scope (LoRA adapters are created here), θ0 in its cheapest exact
+form (models/reference.py), saliency masks from the same data on every process, then the loop, which
+hands the model to accelerate. Only the main process writes files; the log records the process count,
+the global batch and which θ0 was used.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import random
@@ -16,12 +18,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..data.collate import TrainCollator
 from ..data.store import DataBundle, atomic_write_json
 from ..methods.base import Context, Method, get_method
+from ..models.forward import StepModule
 from ..models.loader import LoadedModel, load_model
+from ..models.reference import build_reference, parameter_count
 from .loop import LoopConfig, make_accelerator, run_loop, seed_everything
 from .sampling import RecordSampler
+from .saving import save_run_model
 from .scope import LoraSettings, apply_scope, trainable_count
 
 
@@ -31,7 +38,7 @@ class UnlearnConfig:
     model: str = ""
     steps: int | None = None  # None: the method's default
     lr: float | None = None
-    batch_size: int = 8
+    batch_size: int = 8  # per process; the global batch is batch_size × processes × grad_accum
     scope: str | None = None
     seed: int = 0
     checkpoint_every: int = 0
@@ -39,6 +46,9 @@ class UnlearnConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
+    mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate's autocast)
+    grad_accum: int = 1  # micro-batches per optimiser step
+    gradient_checkpointing: bool = False
     method_args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -65,11 +75,25 @@ def _sampler_state_hooks(samplers: dict[str, RecordSampler], rng: random.Random,
     return state, restore
 
 
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute activations in the backward pass (non-reentrant: works with frozen inputs, so LoRA
+    and the vision scope need no `enable_input_require_grads`)."""
+    from ..models.forward import base_model
+
+    base = base_model(model)
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ValueError(f"{type(base).__name__} does not support gradient checkpointing")
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    base.config.use_cache = False
+
+
 def unlearn(bundle: DataBundle, cfg: UnlearnConfig, out: Path, loaded: LoadedModel | None = None,
             resume: bool = False) -> UnlearnResult:
     method_cls = get_method(cfg.method)
     method: Method = method_cls(method_cls.make_config(cfg.method_args))
     seed_everything(cfg.seed)
+    accelerator = make_accelerator(cfg.mixed_precision, cfg.grad_accum)
+    rank, world = accelerator.process_index, accelerator.num_processes
     loaded = loaded or load_model(cfg.model)
     forget = [r for r in bundle.train("forget") if r.modality in method.forget_modalities
               and (method.forget_visible or not r.is_visible_fact)]
@@ -79,32 +103,41 @@ def unlearn(bundle: DataBundle, cfg: UnlearnConfig, out: Path, loaded: LoadedMod
                          f"in split {bundle.forget_split!r}")
     if method.needs_retain and not retain:
         raise ValueError(f"{cfg.method} needs retain records but the retain split is empty")
+    if cfg.batch_size * world > len(forget):
+        raise ValueError(f"{world} processes × batch {cfg.batch_size} = {cfg.batch_size * world} forget records "
+                         f"per step, but the forget split has {len(forget)}: use fewer processes or a smaller batch")
 
-    accelerator = make_accelerator()
-    rank, world = accelerator.process_index, accelerator.num_processes
     model = loaded.model
-    reference = None
-    if method.needs_reference:
-        reference = load_model(cfg.reference).model if cfg.reference else copy.deepcopy(model)
-        reference.eval().requires_grad_(False).to(accelerator.device)
     scope = cfg.scope or method.default_scope
+    if scope == "lora" and accelerator.is_fsdp2:
+        raise ValueError("the lora scope is not supported under FSDP yet: LoRA trains few weights, run it "
+                         "with DDP (one full copy of the base model per process)")
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    loaded_reference = load_model(cfg.reference).model if cfg.reference and method.needs_reference else None
+    # Adapters exist before anything is wrapped (DDP/FSDP register parameters when they wrap).
     model = apply_scope(model, loaded.adapter, scope, LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
     loaded.model = model
     n_train, n_total = trainable_count(model)
+    model.to(accelerator.device)
+    module = StepModule(model, loaded.adapter)
+    reference = build_reference(method.reference_kind(), model, loaded.adapter, module, accelerator,
+                                loaded_reference)
 
     samplers = {"forget": RecordSampler(forget, cfg.batch_size, cfg.seed, rank, world)}
     if retain:
         samplers["retain"] = RecordSampler(retain, cfg.batch_size, cfg.seed + 1, rank, world)
-    collate = TrainCollator(loaded.adapter, loaded.processor, shuffle_options=True, seed=cfg.seed + rank)
-    rng = random.Random(f"method-{cfg.seed}-{rank}")
-    model.to(accelerator.device)
+    collate = TrainCollator(loaded.adapter, loaded.processor, shuffle_options=True, seed=cfg.seed)
+    # One stream on every process (its seed string is the one single-process runs always used).
+    rng = random.Random(f"method-{cfg.seed}-0")
     ctx = Context(model=model, adapter=loaded.adapter, processor=loaded.processor, collate=collate,
                   device=accelerator.device, forget_records=forget, retain_records=retain,
                   next_forget=samplers["forget"].next,
                   next_retain=samplers["retain"].next if retain else (lambda: []),
-                  rng=rng, reference=reference, run_dir=out, pretrain_records=bundle.train("pretrain"))
+                  rng=rng, reference=reference, run_dir=out, pretrain_records=bundle.train("pretrain"),
+                  rank=rank, world=world, module=module, autocast=accelerator.autocast)
     t_prep = time.perf_counter()
-    method.prepare(ctx)
+    method.prepare(ctx)  # masks from the same global batches on every process: identical everywhere
     prep_s = time.perf_counter() - t_prep
     state, restore = _sampler_state_hooks(samplers, rng, collate)
     steps = cfg.steps if cfg.steps is not None else method.default_steps
@@ -118,33 +151,47 @@ def unlearn(bundle: DataBundle, cfg: UnlearnConfig, out: Path, loaded: LoadedMod
         stage_cfg = dataclasses.replace(loop_cfg, **overrides)
         if stage_cfg.steps <= 0:
             return None
-        return run_loop(ctx.model, step_loss, stage_cfg, accelerator=accelerator, grad_masks=ctx.grad_masks,
-                        checkpoint_root=out if checkpoint else None, resume=resume and checkpoint,
-                        rng_state=state, set_rng_state=restore, mask_when=method.mask_active)
+        if ctx.module.model is not ctx.model:
+            ctx.module = StepModule(ctx.model, loaded.adapter)
+
+        def bound(step, prepared):
+            ctx.step_module = prepared
+            return step_loss(step)
+
+        try:
+            return run_loop(ctx.module, bound, stage_cfg, accelerator=accelerator, grad_masks=ctx.grad_masks,
+                            checkpoint_root=out if checkpoint else None, resume=resume and checkpoint,
+                            rng_state=state, set_rng_state=restore, mask_when=method.mask_active)
+        finally:
+            ctx.step_module = None
 
     result = method.run(ctx, loop)
-    model = accelerator.unwrap_model(ctx.model)  # a multi-stage method may have replaced ctx.model
+    model = ctx.model  # a multi-stage method may have replaced it
     model.eval()
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    loaded.model = model
     log = {
         "method": cfg.method,
         "config": {**asdict(cfg), "steps": steps, "lr": lr, "scope": scope},
         "method_config": asdict(method.cfg),
         "forget_split": bundle.forget_split,
         "records": {"forget": len(forget), "retain": len(retain)},
+        "processes": world,
+        "distributed_type": result.distributed_type if result else str(accelerator.distributed_type).split(".")[-1],
+        "global_batch": cfg.batch_size * world * cfg.grad_accum,
+        "mixed_precision": cfg.mixed_precision,
+        "reference": reference.kind if reference is not None else None,
+        "reference_params": parameter_count(reference),
         "trainable_params": n_train,
         "total_params": n_total,
         "trainable_share": round(n_train / n_total, 4),
         "prepare_time_s": round(prep_s, 3),
         "wall_time_s": round((result.wall_time_s if result else 0.0) + prep_s, 3),
+        "steps_run": result.steps_run if result else 0,
         "peak_memory_mb": round(result.peak_memory_mb, 1) if result else None,
         "losses": result.log if result else [],
         **{k: v for k, v in ctx.extra_log.items()},
     }
+    loaded.model = save_run_model(accelerator, model, loaded, out)
     if accelerator.is_main_process:
-        loaded.save(out)
         atomic_write_json(out / "unlearn_log.json", log)
         shutil.rmtree(out / "checkpoint", ignore_errors=True)
     accelerator.wait_for_everyone()

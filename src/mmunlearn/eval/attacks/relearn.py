@@ -49,7 +49,7 @@ from ...data.errors import DataError
 from ...data.record import OPTION_LETTERS, Record
 from ...data.store import DataBundle
 from ...methods.losses import answer_nll
-from ...models.answer_logits import answer_logits
+from ...models.forward import AnswerLogits, StepModule
 from ...models.loader import LoadedModel, load_model
 from ...train.loop import LoopConfig, make_accelerator, run_loop, seed_everything
 from ...train.sampling import RecordSampler
@@ -224,14 +224,15 @@ def relearn_once(source: ModelSource, records: Sequence[Record], cfg: RelearnCon
                             accelerator.num_processes)
     collate = TrainCollator(loaded.adapter, loaded.processor, shuffle_options=True, seed=cfg.seed)
     device = accelerator.device
+    shard = (accelerator.process_index, accelerator.num_processes)
 
-    def step_loss(step: int) -> dict[str, torch.Tensor]:
-        batch = {k: v.to(device) for k, v in collate(sampler.next()).items()}
-        return {"loss": answer_nll(*answer_logits(model, batch))}
+    def step_loss(step: int, prepared: torch.nn.Module) -> dict[str, torch.Tensor]:
+        batch = {k: v.to(device) for k, v in collate(sampler.next(), shard=shard).items()}
+        return {"loss": answer_nll(*prepared({"qa": AnswerLogits(batch)})["qa"])}
 
-    result = run_loop(model, step_loss, LoopConfig(steps=cfg.steps, lr=cfg.lr, seed=cfg.seed, desc="relearn",
-                                                   log_every=max(1, cfg.steps // 5)), accelerator=accelerator)
-    model = accelerator.unwrap_model(model)
+    result = run_loop(StepModule(model, loaded.adapter), step_loss,
+                      LoopConfig(steps=cfg.steps, lr=cfg.lr, seed=cfg.seed, desc="relearn",
+                                 log_every=max(1, cfg.steps // 5)), accelerator=accelerator)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     model.eval()

@@ -1,0 +1,142 @@
+"""One module around the HF model, one forward per training step.
+
+DDP and FSDP only see what goes through the wrapped module's `forward`: gradient synchronisation is
+armed there (DDP traverses the graph from its outputs), parameters are gathered there (FSDP). A method
+that called `model.model(...)`, a submodule, or the model twice per step would escape them. So every
+call a step needs — answer logits of several batches, the visual features VKD distils — is one
+*request* of a single `forward(requests)` call:
+
+    out = module({"forget": AnswerLogits(forget_batch), "retain": AnswerLogits(retain_batch),
+                  "kept": VisualFeatures(images, points)})
+
+Requests run in order inside that one call; the outputs come back under the same names.
+"""
+
+from __future__ import annotations
+
+import inspect
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+
+from .answer_logits import answer_logits
+
+
+@dataclass
+class AnswerLogits:
+    """(logits, labels) of a collated batch's answer tokens (models/answer_logits.py layout)."""
+
+    batch: dict
+
+
+@dataclass
+class VisualFeatures:
+    """Outputs of the named hook points (`points`, comma-separated: keys of the family adapter's
+    `feature_modules`, or module names) when the vision tower and projector encode `pixel_inputs`
+    (the image processor's output); "projected" is always there."""
+
+    pixel_inputs: dict
+    points: str = ""
+
+
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain HF `...ForConditionalGeneration` under a peft wrapper (LoRA layers stay injected)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+@contextmanager
+def capture(modules: dict[str, torch.nn.Module]) -> Iterator[dict[str, torch.Tensor]]:
+    """Record each module's output (first tensor of a tuple) while the block runs."""
+    store: dict[str, torch.Tensor] = {}
+
+    def make(name):
+        def hook(_module, _inputs, output):
+            if isinstance(output, (tuple, list)):
+                output = output[0]
+            elif hasattr(output, "last_hidden_state"):
+                output = output.last_hidden_state
+            store[name] = output
+
+        return hook
+
+    handles = [m.register_forward_hook(make(n)) for n, m in modules.items()]
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def feature_points(model: torch.nn.Module, adapter, points: str) -> dict[str, torch.nn.Module]:
+    """Hook points by name: keys of `adapter.feature_modules`, else full module names of the model."""
+    base = base_model(model)
+    named = adapter.feature_modules(base)
+    modules = dict(base.named_modules())
+    out = {}
+    for point in (p.strip() for p in points.split(",") if p.strip()):
+        if point in named:
+            out[point] = named[point]
+        elif point in modules:
+            out[point] = modules[point]
+        else:
+            raise ValueError(f"hook point {point!r} is neither a feature module ({', '.join(named)}) "
+                             f"nor a module name of this {adapter.family} model")
+    return out
+
+
+def image_features(model: torch.nn.Module, pixel_inputs: dict) -> torch.Tensor:
+    """What the projector hands to the language model, per image: (n_images, tokens, D). Runs the
+    vision tower and projector only (`get_image_features`), never the language model."""
+    core = base_model(model).model
+    fn = core.get_image_features
+    params = inspect.signature(fn).parameters
+    ref = next(p for p in core.parameters())
+    inputs = {k: (v.to(ref.device, ref.dtype) if v.is_floating_point() else v.to(ref.device))
+              for k, v in pixel_inputs.items() if k in params}
+    out = fn(**inputs).pooler_output
+    n = len(pixel_inputs.get("image_grid_thw", pixel_inputs["pixel_values"]))
+    if isinstance(out, (list, tuple)):
+        return torch.stack([o.float() for o in out])
+    return out.float().reshape(n, -1, out.shape[-1])
+
+
+class StepModule(torch.nn.Module):
+    """The HF (or peft) model as the one module accelerate prepares.
+
+    `_no_split_modules` is the inner model's, so FSDP's transformer-layer wrapping policy finds the
+    decoder and vision layers through this wrapper.
+    """
+
+    def __init__(self, model: torch.nn.Module, adapter: Any):
+        super().__init__()
+        self.model = model
+        self.adapter = adapter
+        self._no_split_modules = getattr(base_model(model), "_no_split_modules", None) or []
+
+    def forward(self, requests: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, request in requests.items():
+            if isinstance(request, AnswerLogits):
+                out[name] = answer_logits(self.model, request.batch)
+            elif isinstance(request, VisualFeatures):
+                with capture(feature_points(self.model, self.adapter, request.points)) as store:
+                    projected = image_features(self.model, request.pixel_inputs)
+                out[name] = {"projected": projected, **store}
+            else:
+                raise TypeError(f"unknown request {type(request).__name__} for {name!r}")
+        return out
+
+    @contextmanager
+    def as_reference(self) -> Iterator[None]:
+        """θ0 of a LoRA run for free: the base weights with every adapter switched off, in eval mode
+        (no dropout), without gradients."""
+        disable = getattr(self.model, "disable_adapter", None)
+        was_training = self.training
+        self.eval()
+        try:
+            with (disable() if disable is not None else nullcontext()), torch.no_grad():
+                yield
+        finally:
+            self.train(was_training)
