@@ -42,3 +42,15 @@ def tuned_small(small_world, tmp_path_factory):
     if not (out / "train_log.json").is_file():
         finetune(bundle, FinetuneConfig(**SMALL_FINETUNE), out)
     return bundle, out, json.loads((out / "train_log.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def untrained_llava(small_world, tmp_path_factory):
+    """A freshly built (untrained) tiny LLaVA saved as an HF folder: engine mechanics need no memory."""
+    from mmunlearn.data.store import load_data
+    from mmunlearn.models.loader import build_tiny
+    from mmunlearn.train.finetune import world_corpus
+
+    out = tmp_path_factory.mktemp("untrained") / "llava"
+    build_tiny("tiny-llava", world_corpus(load_data(small_world, "forget_15"))).save(out)
+    return out

@@ -250,22 +250,33 @@ def test_tofu_hub_parquet_export_reads_the_same(release, tmp_path):
     assert len(by(b["real_world"], modality="text")) == 3
 
 
-def test_tofu_question_unknown_to_clear_is_an_error(release, tofu_copy):
+def test_tofu_question_unknown_to_clear_is_skipped_with_a_warning(release, tofu_copy):
     path = tofu_copy / "forget10_perturbed.json"
     with path.open("a") as fh:
         fh.write(json.dumps({"question": "Who is Zed Quo?", "answer": "Nobody.", "paraphrased_answer": "No one.",
                              "perturbed_answer": ["Someone."]}) + "\n")
+    out = load_clear(release[0], "forget10", tofu=tofu_copy)
+    assert [w for w in out.warnings if w.startswith("TOFU")] == [
+        f"TOFU: 1 of forget10_perturbed's 61 rows match no question of forget10+tofu and are skipped "
+        f"(first: TOFU: {path} row 60)"]
+    assert len([r for r in out.splits["forget"] if r.perturbed_answers and r.modality == "text"]) == 60
+
+
+def test_tofu_folder_of_another_release_is_an_error(release, tofu_copy):
+    path = write_json_lines(tofu_copy / "forget10_perturbed.json", [
+        {"question": f"Unrelated question {j}?", "answer": "No.", "paraphrased_answer": "Nope.",
+         "perturbed_answer": ["Yes."]} for j in range(3)])
     with pytest.raises(DataError) as err:
         load_clear(release[0], "forget10", tofu=tofu_copy)
     msg = str(err.value)
-    assert str(path) in msg and "row 60" in msg and "forget10+tofu" in msg and "\n" not in msg
+    assert str(path) in msg and "row 0" in msg and "forget10+tofu" in msg and "\n" not in msg
 
 
 def test_tofu_retain_question_of_a_forget_author_is_an_error(release, tofu_copy):
-    # TOFU's forget05 question used as a retain one while forgetting forget10's people
-    row = json.loads((tofu_copy / "forget10_perturbed.json").read_text().splitlines()[45])  # Rin's
+    # forget10's Rin question given as a retain one while forgetting forget10's people
+    row = json.loads((tofu_copy / "forget10_perturbed.json").read_text().splitlines()[45])
     write_json_lines(tofu_copy / "retain_perturbed.json", [row])
-    with pytest.raises(DataError, match="it is a question of the forget set"):
+    with pytest.raises(DataError, match="is a question of the forget set, not of retain90[+]tofu"):
         load_clear(release[0], "forget10", tofu=tofu_copy)
     assert load_clear(release[0], "forget01", tofu=tofu_copy).splits  # Rin is a retain author there
 
@@ -429,6 +440,14 @@ def test_missing_required_folder_is_named(clear_copy, config):
     shutil.rmtree(clear_copy / config)
     with pytest.raises(DataError, match=f"no parquet file for split '{config.replace('+', '[+]')}'"):
         load_clear(clear_copy, "forget10")
+
+
+def test_git_lfs_pointer_instead_of_parquet(clear_copy):
+    path = shard(clear_copy, "real_world")
+    path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n")
+    with pytest.raises(DataError, match="is a Git LFS pointer, not the parquet file: run `git lfs pull`") as err:
+        load_clear(clear_copy, "forget10")
+    assert str(path) in str(err.value)
 
 
 def test_missing_folder_and_bad_split(release, tmp_path):

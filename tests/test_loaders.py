@@ -1,9 +1,16 @@
-"""MLLMU-Bench and CLEAR loaders on tiny parquet fixtures built here, in the released schemas."""
+"""The MLLMU-Bench loader (and the helpers it shares with CLEAR) on a copy of the released layout
+built by tests/fixtures_release.py from the release's own schema. CLEAR: tests/test_clear_release.py.
+
+The fixture, by hand: 20 fictitious people 000..019 ("Person Aazo", "Person Bbzo", ...), forget_5 =
+[000], forget_10 = [000, 001], forget_15 = [000, 001, 002], retain = the rest; per person 2 ft_Data
+QA and 6 evaluation questions (classification, generation, cloze × image+text, text); Test_Set in 2
+shards of 10 rows, two transformed photos per person (the second greyscale); 3 celebrities.
+"""
 
 from __future__ import annotations
 
-import io
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,97 +20,35 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mmunlearn.data.clear import CAPTION_PROMPT, NAME_PROMPT, load_clear
+from fixtures_release import (
+    CELEBS, IMAGE, MLLMU_SPLIT, MLLMU_TEST, build_mllmu, image_cell, mllmu_metadata, mllmu_split_row, mllmu_test_row,
+    write_config,
+)
 from mmunlearn.data.errors import DataError
-from mmunlearn.data.mllmu import find_split_files, load_mllmu
+from mmunlearn.data.mllmu import Row, _name_of, find_split_files, load_mllmu
 from mmunlearn.data.record import Record
 
 
-# ------------------------------------------------------------------------------------------
-# fixture builders
-# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def release(tmp_path_factory) -> Path:
+    return build_mllmu(tmp_path_factory.mktemp("mllmu") / "MLLMU-Bench")
 
 
-def png(color: tuple[int, int, int], mode: str = "RGB") -> bytes:
-    buf = io.BytesIO()
-    Image.new(mode, (6, 6), color if mode == "RGB" else color[0]).save(buf, format="PNG")
-    return buf.getvalue()
+@pytest.fixture
+def copy(release, tmp_path) -> Path:
+    return Path(shutil.copytree(release, tmp_path / "MLLMU-Bench"))
 
 
-def cell(color, mode: str = "RGB") -> dict:
-    return {"bytes": png(color, mode), "path": None}
+def shard(root: Path, config: str, k: int = 0, n: int = 1) -> Path:
+    return root / config / f"train-{k:05d}-of-{n:05d}.parquet"
 
 
-def write(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), path)
+def rewrite(path: Path, edit) -> Path:
+    table = pq.read_table(path)
+    rows = table.to_pylist()
+    edit(rows)
+    pq.write_table(type(table).from_pylist(rows, schema=table.schema), path)
     return path
-
-
-PEOPLE = {"001": ("Ava Stone", (200, 10, 10)), "002": ("Ben Kole", (10, 200, 10)), "003": ("Cy Dunn", (10, 10, 200))}
-CELEBS = {"c1": ("Famous One", (120, 120, 0)), "c2": ("Famous Two", (0, 120, 120))}
-
-
-def metadata(pid: str) -> str:
-    return json.dumps([
-        {"ID": pid, "Question": "What is this person's job?", "Answer": f"Job of {pid}."},
-        {"ID": pid, "Question": "Where was this person born?", "Answer": f"Town of {pid}."},
-    ])
-
-
-def eval_fields(pid: str, name: str) -> dict:
-    opts = {"A": f"{pid}-a", "B": f"{pid}-b", "C": f"{pid}-c", "D": f"{pid}-d"}
-    return {
-        "biography": json.dumps({"Name": name, "Born": "Somewhere"}),
-        "Classification_Task": {
-            "Image_Textual_Questions": [{"Question": "Which job does the person in the image have?", "Options": opts, "Correct_Answer": "C"}],
-            "Pure_Text_Questions": [{"Question": f"Which job does {name} have?", "Options": opts, "Correct_Answer": "A"}],
-        },
-        "Generation_Task": [
-            {"Question": "Where does the person in the image live?", "Ground_Truth": f"In town {pid}.", "Type": "Image_Textual"},
-            {"Question": f"Where does {name} live?", "Ground_Truth": f"In town {pid}.", "Type": "Pure_Text"},
-        ],
-        "Mask_Task": [
-            {"Question": "The person in the image works as a ___.", "Ground_Truth": f"job{pid}", "Type": "Image_Textual"},
-            {"Question": f"{name} works as a ___.", "Ground_Truth": f"job{pid}", "Type": "Pure_Text"},
-        ],
-    }
-
-
-def train_row(pid: str) -> dict:
-    return {"image": cell(PEOPLE[pid][1]), "ID": pid, "metadata": metadata(pid)}
-
-
-def full_row(pid: str, people=PEOPLE) -> dict:
-    name, color = people[pid]
-    return {"image": cell(color), "ID": pid, **eval_fields(pid, name)}
-
-
-def make_test_set_row(pid: str) -> dict:
-    name, _ = PEOPLE[pid]
-    row = {"images": [cell((1, 2, 3)), cell((4, 5, 6), "L")], "ID": pid, **eval_fields(pid, name)}
-    return row
-
-
-def build_mllmu(root: Path, split_shape: str = "train") -> Path:
-    """forget_10 = [001], retain_90 = [002, 003]; each split in a different file naming style."""
-    if split_shape in ("train", "ids"):
-        write(root / "ft_Data" / "train-00000-of-00001.parquet", [train_row(p) for p in PEOPLE])
-        write(root / "Full_Set.parquet", [full_row(p) for p in PEOPLE])
-        if split_shape == "train":  # ft_Data shape: QA from the split file, questions from Full_Set
-            split_row = train_row
-        else:  # only who is where: QA from ft_Data, questions from Full_Set
-            def split_row(pid):
-                return {"image": cell(PEOPLE[pid][1]), "ID": pid}
-    else:  # the split files carry both the training metadata and the evaluation fields
-        def split_row(pid):
-            return {**full_row(pid), "metadata": metadata(pid)}
-    write(root / "forget_10" / "train-00000-of-00001.parquet", [split_row("001")])
-    write(root / "retain_90-00000-of-00001.parquet", [split_row("002"), split_row("003")])
-    write(root / "Test_Set" / "test-00000-of-00002.parquet", [make_test_set_row("001")])
-    write(root / "Test_Set" / "test-00001-of-00002.parquet", [make_test_set_row("002")])
-    write(root / "Retain_Set.parquet", [full_row(c, CELEBS) for c in CELEBS])
-    return root
 
 
 def count(records, **match) -> int:
@@ -111,156 +56,206 @@ def count(records, **match) -> int:
 
 
 # ------------------------------------------------------------------------------------------
-# MLLMU-Bench
+# the fixture is the release's layout
 # ------------------------------------------------------------------------------------------
 
 
-def check_mllmu(out: dict[str, list[Record]]) -> None:
-    assert set(out) == {"forget", "retain", "test", "real"}
-    assert [len(out[k]) for k in ("forget", "retain", "test", "real")] == [8, 16, 6, 12]
-    for split, recs in out.items():
+def test_fixture_follows_the_release_schema(release):
+    names = lambda config, k=0, n=1: pq.read_schema(shard(release, config, k, n)).names  # noqa: E731
+    assert names("ft_Data") == ["image", "ID", "metadata"]
+    evals = ["biography", "question", "answer", "Classification_Task", "Generation_Task", "Mask_Task"]
+    assert names("forget_10") == names("retain_90") == names("Retain_Set") == ["image", "ID"] + evals
+    assert names("Full_Set") == ["image", "ID", "Directory"] + evals
+    assert names("Test_Set", 0, 2) == names("Test_Set", 1, 2) == ["images", "ID"] + evals
+    cls = pq.read_schema(shard(release, "forget_10")).field("Classification_Task").type
+    item = cls.field("Image_Textual_Questions").type.value_type
+    assert [item.field(i).name for i in range(item.num_fields)] == ["Correct_Answer", "Options", "Question"]
+    row = pq.read_table(shard(release, "ft_Data")).to_pylist()[0]
+    assert isinstance(row["metadata"], str) and json.loads(row["metadata"])[0]["Question"]
+
+
+# ------------------------------------------------------------------------------------------
+# reading the release
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("split, forget_ids, sizes", [
+    ("forget_5", {"000"}, [8, 19 * 8, 6, 18]),
+    ("forget_10", {"000", "001"}, [16, 18 * 8, 12, 18]),
+    ("forget_15", {"000", "001", "002"}, [24, 17 * 8, 18, 18]),
+])
+def test_each_forget_split(release, split, forget_ids, sizes):
+    out = load_mllmu(release, forget_split=split)
+    assert [len(out[k]) for k in ("forget", "retain", "test", "real")] == sizes
+    assert {r.profile_id for r in out["forget"]} == forget_ids == {r.profile_id for r in out["test"]}
+    assert not forget_ids & {r.profile_id for r in out["retain"]}
+    for name, recs in out.items():
         assert len({r.id for r in recs}) == len(recs)
         for r in recs:
             r.validate()
-            assert r.split == split
+            assert r.split == name
             assert (r.image is not None) == (r.modality == "image+text")
             if r.image is not None:
                 assert isinstance(r.image, Image.Image) and r.image.mode == "RGB"
-    forget = out["forget"]
-    assert {r.profile_id for r in forget} == {"001"}
-    assert {r.profile_id for r in out["retain"]} == {"002", "003"}
-    assert count(forget, phase="unlearn", task="generation", modality="image+text") == 2
+
+
+def test_records_of_one_person(release):
+    forget = load_mllmu(release, forget_split="forget_5")["forget"]
+    assert all(r.name == "Person Aazo" for r in forget)
+    unlearn = [r for r in forget if r.phase == "unlearn"]
+    assert [(r.question, r.answer) for r in unlearn] == [
+        ("What is this person's occupation?", "Person Aazo works as a weaver."),
+        ("Where was this person born?", "Person Aazo was born in Town 000.")]
+    assert all(r.modality == "image+text" and r.image.getpixel((0, 0)) == (5, 250, 100) for r in unlearn)
     assert count(forget, phase="eval", task="classification") == 2
-    assert count(forget, phase="eval", task="generation") == 2
-    assert count(forget, phase="eval", task="cloze") == 2
-    assert count(forget, phase="eval", modality="text") == 3
-    assert all(r.name == "Ava Stone" for r in forget)
+    assert count(forget, phase="eval", task="generation") == 2 and count(forget, phase="eval", task="cloze") == 2
     cls_img = next(r for r in forget if r.task == "classification" and r.modality == "image+text")
-    assert cls_img.options == ["001-a", "001-b", "001-c", "001-d"]
-    assert cls_img.answer_index == 2 and cls_img.answer == "001-c" and cls_img.answer_letter == "C"
-    assert cls_img.image.getpixel((0, 0)) == (200, 10, 10)
+    assert cls_img.options == ["baker", "pilot", "weaver", "nurse"]
+    assert cls_img.answer_index == 2 and cls_img.answer == "weaver" and cls_img.answer_letter == "C"
+    assert cls_img.image.getpixel((0, 0)) == (5, 250, 100)
     cls_txt = next(r for r in forget if r.task == "classification" and r.modality == "text")
-    assert cls_txt.answer_index == 0 and cls_txt.image is None and "Ava Stone" in cls_txt.question
+    assert cls_txt.options == ["Town 000", "Elsewhere", "Nowhere", "Far away"] and cls_txt.answer_index == 0
+    assert cls_txt.image is None and cls_txt.question == "Where was Person Aazo born?"
+    gen_img = next(r for r in forget if r.task == "generation" and r.modality == "image+text" and r.phase == "eval")
+    assert gen_img.answer == "This person works as a weaver."
     cloze = next(r for r in forget if r.task == "cloze" and r.modality == "text")
-    assert cloze.answer == "job001" and "___" in cloze.question
-    # test: only the forget people, transformed photos rotated over the image+text questions
-    test = out["test"]
-    assert {r.profile_id for r in test} == {"001"} and all(r.phase == "eval" for r in test)
-    pixels = [r.image.getpixel((0, 0)) for r in test if r.image is not None]
-    assert pixels == [(1, 2, 3), (4, 4, 4), (1, 2, 3)]  # the L image comes back as RGB
-    # real: celebrities
-    real = out["real"]
-    assert all(r.population == "real" and r.profile_id.startswith("real:") for r in real)
-    assert {r.name for r in real} == {"Famous One", "Famous Two"}
+    assert cloze.answer == "Town 000" and "__" in cloze.question
 
 
-def test_mllmu_ft_data_and_full_set_layout(tmp_path):
-    check_mllmu(load_mllmu(build_mllmu(tmp_path), forget_split="forget_10"))
+def test_test_set_rotates_the_transformed_photos(release):
+    test = load_mllmu(release, forget_split="forget_5")["test"]
+    assert all(r.phase == "eval" and r.profile_id == "000" for r in test)
+    # image+text questions in order: classification, generation, cloze → images[0], [1], [0]; the L image as RGB
+    assert [r.image.getpixel((0, 0)) for r in test if r.image is not None] == [(5, 250, 1), (5, 5, 5), (5, 250, 1)]
 
 
-def test_mllmu_split_files_list_only_ids(tmp_path):
-    check_mllmu(load_mllmu(build_mllmu(tmp_path, split_shape="ids"), forget_split="forget10"))
+def test_celebrities(release):
+    real = load_mllmu(release, forget_split="forget_5")["real"]
+    assert all(r.population == "real" and r.phase == "eval" for r in real)
+    assert {r.profile_id for r in real} == {"real:c001", "real:c002", "real:c003"}
+    assert {r.name for r in real} == {"Celeb One", "Celeb Two", "Celeb Three"}
+    assert next(r for r in real if r.profile_id == "real:c001" and r.image is not None).image.getpixel((0, 0)) == (15, 240, 150)
 
 
-def test_mllmu_split_files_with_eval_fields(tmp_path):
-    root = build_mllmu(tmp_path, split_shape="eval")
-    assert not (root / "ft_Data").exists() and not (root / "Full_Set.parquet").exists()
-    check_mllmu(load_mllmu(root, forget_split="10"))
+def test_split_file_without_evaluation_fields_takes_them_from_full_set(copy):
+    # an export listing only who is where: questions come from Full_Set, QA from ft_Data
+    schema = pa.schema([("image", IMAGE), ("ID", pa.string())])
+    write_config(copy, "forget_5", [{"image": image_cell((1, 1, 1)), "ID": "000"}], schema)
+    out = load_mllmu(copy, forget_split="forget_5")
+    assert len(out["forget"]) == 8 and count(out["forget"], phase="eval") == 6
 
 
-def test_find_split_files_styles(tmp_path):
-    root = build_mllmu(tmp_path)
-    assert [p.name for p in find_split_files(root, "Full_Set", "X")] == ["Full_Set.parquet"]
-    assert [p.name for p in find_split_files(root, "forget_10", "X")] == ["train-00000-of-00001.parquet"]
-    assert [p.name for p in find_split_files(root, "retain_90", "X")] == ["retain_90-00000-of-00001.parquet"]
-    assert len(find_split_files(root, "Test_Set", "X")) == 2
+def test_split_file_with_metadata_reads_it(copy):
+    schema = MLLMU_SPLIT.append(pa.field("metadata", pa.string()))
+    row = {**mllmu_split_row("000"), "metadata": json.dumps([{"Question": "Own question?", "Answer": "Own answer."}])}
+    write_config(copy, "forget_5", [row], schema)
+    unlearn = [r for r in load_mllmu(copy, forget_split="forget_5")["forget"] if r.phase == "unlearn"]
+    assert [(r.question, r.answer) for r in unlearn] == [("Own question?", "Own answer.")]
+
+
+def test_find_split_files_styles(release, tmp_path):
+    assert [p.name for p in find_split_files(release, "Test_Set", "X")] == ["train-00000-of-00002.parquet",
+                                                                             "train-00001-of-00002.parquet"]
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "Full_Set.parquet").write_bytes(shard(release, "Full_Set").read_bytes())
+    (flat / "retain_90-00000-of-00001.parquet").write_bytes(shard(release, "retain_90").read_bytes())
+    assert [p.name for p in find_split_files(flat, "Full_Set", "X")] == ["Full_Set.parquet"]
+    assert [p.name for p in find_split_files(flat, "retain_90", "X")] == ["retain_90-00000-of-00001.parquet"]
     with pytest.raises(DataError, match="forget_1"):
-        find_split_files(root, "forget_1", "X")  # not fooled by forget_10
+        find_split_files(release, "forget_1", "X")  # not fooled by forget_10 / forget_15
 
 
-def test_mllmu_missing_folder(tmp_path):
+@pytest.mark.parametrize("bio, name", [
+    ('{"Name": "Ann Lee", "Born": "Oslo"}', "Ann Lee"),
+    ("{'Name': 'Bo Tran', 'Born': 'Rome'}", "Bo Tran"),
+    ("Name: Cal Ruiz\nBorn: 1990", "Cal Ruiz"),
+    ("A biography that names nobody.", ""),
+    ("[" * 3000, ""),
+    (None, ""),
+])
+def test_name_from_the_biography_string(bio, name):
+    assert _name_of(Row(Path("x.parquet"), 0, {"biography": bio})) == name
+
+
+# ------------------------------------------------------------------------------------------
+# bad input: one-line DataError naming folder, file, row, field
+# ------------------------------------------------------------------------------------------
+
+
+def test_missing_folder(tmp_path):
     with pytest.raises(DataError) as err:
         load_mllmu(tmp_path / "nope")
     msg = str(err.value)
     assert str(tmp_path / "nope") in msg and "MLLMMU/MLLMU-Bench" in msg and "\n" not in msg
 
 
-def test_mllmu_missing_file_names_it(tmp_path):
-    root = build_mllmu(tmp_path)
-    for p in (root / "Test_Set").iterdir():
-        p.unlink()
-    (root / "Test_Set").rmdir()
+def test_missing_test_set_is_named(copy):
+    shutil.rmtree(copy / "Test_Set")
     with pytest.raises(DataError, match="Test_Set"):
-        load_mllmu(root)
+        load_mllmu(copy)
 
 
-def test_mllmu_bad_forget_split(tmp_path):
+def test_bad_forget_split(release):
     with pytest.raises(DataError, match="forget_5, forget_10, forget_15"):
-        load_mllmu(build_mllmu(tmp_path), forget_split="forget_7")
+        load_mllmu(release, forget_split="forget_7")
 
 
-def test_mllmu_missing_column_names_file_and_field(tmp_path):
-    root = build_mllmu(tmp_path)
-    rows = [full_row(p) for p in PEOPLE]
-    for r in rows:
-        del r["Mask_Task"]
-    path = write(root / "Full_Set.parquet", rows)
+def test_missing_column_names_file_and_field(copy):
+    path = shard(copy, "forget_10")
+    pq.write_table(pq.read_table(path).drop_columns(["Mask_Task"]), path)
     with pytest.raises(DataError) as err:
-        load_mllmu(root)
+        load_mllmu(copy)
     assert str(path) in str(err.value) and "'Mask_Task'" in str(err.value)
 
 
-def test_mllmu_missing_nested_field_names_it(tmp_path):
-    root = build_mllmu(tmp_path)
-    rows = [full_row(p) for p in PEOPLE]
-    rows[0]["Generation_Task"][0].pop("Ground_Truth")
-    # the struct column keeps the key with a null value; the message still names the field
-    path = write(root / "Full_Set.parquet", rows)
+def test_missing_nested_field_names_it(copy):
+    path = rewrite(shard(copy, "retain_90"), lambda rows: rows[3]["Generation_Task"][0].update(Ground_Truth=None))
     with pytest.raises(DataError) as err:
-        load_mllmu(root)
+        load_mllmu(copy)
     msg = str(err.value)
-    assert str(path) in msg and "row 0" in msg and "Generation_Task[0].Ground_Truth" in msg
+    assert str(path) in msg and "row 3" in msg and "Generation_Task[0].Ground_Truth" in msg
 
 
-def test_mllmu_corrupt_image_names_file_and_row(tmp_path):
-    root = build_mllmu(tmp_path)
-    rows = [full_row(p) for p in PEOPLE]
-    rows[0]["image"] = {"bytes": b"\x89PNG\r\n\x1a\nnot really a png", "path": None}
-    path = write(root / "Full_Set.parquet", rows)
+def test_corrupt_image_names_file_and_row(copy):
+    path = rewrite(shard(copy, "forget_10"), lambda rows: rows[1].update(image={"bytes": b"\x89PNG\r\n\x1a\nnope", "path": None}))
     with pytest.raises(DataError) as err:
-        load_mllmu(root)
+        load_mllmu(copy)
     msg = str(err.value)
-    assert str(path) in msg and "row 0" in msg and "image" in msg and "\n" not in msg
+    assert str(path) in msg and "row 1" in msg and "image" in msg and "\n" not in msg
 
 
-def test_mllmu_record_without_answer(tmp_path):
-    root = build_mllmu(tmp_path)
-    row = train_row("001")
-    row["metadata"] = json.dumps([{"Question": "What is this person's job?", "Answer": "  "}])
-    path = write(root / "forget_10" / "train-00000-of-00001.parquet", [row])
+def test_record_without_answer(copy):
+    def blank(rows):
+        rows[0]["metadata"] = json.dumps([{"ID": "000", "Question": "What is this person's job?", "Answer": "  "}])
+    path = rewrite(shard(copy, "ft_Data"), blank)
     with pytest.raises(DataError) as err:
-        load_mllmu(root)
+        load_mllmu(copy)
     assert str(path) in str(err.value) and "record without an answer" in str(err.value)
 
 
-def test_mllmu_person_missing_from_ft_data(tmp_path):
-    root = build_mllmu(tmp_path, split_shape="ids")
-    write(root / "ft_Data" / "train-00000-of-00001.parquet", [train_row("002"), train_row("003")])
-    with pytest.raises(DataError, match=r"ft_Data has no row for ID\(s\) 001"):
-        load_mllmu(root)
+def test_person_missing_from_ft_data(copy):
+    rewrite(shard(copy, "ft_Data"), lambda rows: rows.pop(0))
+    with pytest.raises(DataError, match=r"ft_Data has no row for ID\(s\) 000"):
+        load_mllmu(copy)
 
 
-def test_mllmu_wrong_answer_letter(tmp_path):
-    root = build_mllmu(tmp_path)
-    rows = [full_row(c, CELEBS) for c in CELEBS]
-    rows[1]["Classification_Task"]["Pure_Text_Questions"][0]["Correct_Answer"] = "E"
-    write(root / "Retain_Set.parquet", rows)
-    with pytest.raises(DataError, match=r"Retain_Set.parquet row 1.*Correct_Answer"):
-        load_mllmu(root)
+def test_wrong_answer_letter(copy):
+    def wrong(rows):
+        rows[1]["Classification_Task"]["Pure_Text_Questions"][0]["Correct_Answer"] = "E"
+    rewrite(shard(copy, "Retain_Set"), wrong)
+    with pytest.raises(DataError, match=r"Retain_Set/train-00000-of-00001.parquet row 1.*Correct_Answer"):
+        load_mllmu(copy)
+
+
+def test_forget_and_retain_sharing_an_id(copy):
+    rewrite(shard(copy, "retain_90"), lambda rows: rows.append(mllmu_split_row("000")))
+    with pytest.raises(DataError, match="forget_10 and retain_90 share ID"):
+        load_mllmu(copy)
 
 
 # ------------------------------------------------------------------------------------------
-# MLLMU fuzz: malformed rows give a DataError or valid records, never another exception
+# fuzz: malformed rows give a DataError or valid records, never another exception
 # ------------------------------------------------------------------------------------------
 
 _json_values = st.recursive(
@@ -289,7 +284,7 @@ _metadata = st.one_of(
     st.none(),
 )
 _generation = st.one_of(
-    st.just(json.dumps(eval_fields("001", "Ava Stone")["Generation_Task"])),
+    st.just(json.dumps(mllmu_split_row("000")["Generation_Task"])),
     st.text(max_size=20),
     _json_values.map(json.dumps),
     st.lists(
@@ -302,39 +297,44 @@ _generation = st.one_of(
     ).map(json.dumps),
 )
 _image = st.sampled_from(["ok", "ok", "ok", "garbage", "none", "path"])
-_id = st.sampled_from(["001", "001", "001", "001", 1, "", None, "zzz"])
+_id = st.sampled_from(["000", "000", "000", "000", "", None, "zzz"])
+
+# the struct columns as JSON strings (the form some exports use): any value can be written
+_FUZZ_SPLIT = pa.schema([("image", IMAGE), ("ID", pa.string()), ("biography", pa.string()),
+                         ("Classification_Task", pa.string()), ("Generation_Task", pa.string()),
+                         ("Mask_Task", pa.string())])
+_FUZZ_FT = pa.schema([("image", IMAGE), ("ID", pa.string()), ("metadata", pa.string())])
+
+
+def _json_row(pid: str) -> dict:
+    row = mllmu_split_row(pid)
+    return {"image": row["image"], "ID": pid, "biography": row["biography"],
+            **{k: json.dumps(row[k]) for k in ("Classification_Task", "Generation_Task", "Mask_Task")}}
 
 
 @pytest.fixture(scope="module")
 def fuzz_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("mllmu_fuzz")
-    # split files list only who is where, so the fuzzed ft_Data / Full_Set rows are what gets read
-    write(root / "forget_10.parquet", [{"image": cell((1, 1, 1)), "ID": "001"}])
-    write(root / "retain_90.parquet", [{"image": cell((2, 2, 2)), "ID": "002"}])
-    write(root / "Test_Set.parquet", [make_test_set_row("001")])
-    write(root / "Retain_Set.parquet", [full_row("c1", CELEBS)])
+    write_config(root, "retain_90", [_json_row("002")], _FUZZ_SPLIT)
+    write_config(root, "Test_Set", [mllmu_test_row("000")], MLLMU_TEST)
+    write_config(root, "Retain_Set", [mllmu_split_row("c001", CELEBS)], MLLMU_SPLIT)
     return root
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(meta=_metadata, gen=_generation, image=_image, pid=_id)
-def test_mllmu_fuzz_only_data_errors(fuzz_root, meta, gen, image, pid):
+def test_fuzz_only_data_errors(fuzz_root, meta, gen, image, pid):
     images = {
-        "ok": cell((9, 9, 9)),
+        "ok": image_cell((9, 9, 9)),
         "garbage": {"bytes": b"GIF89a-broken", "path": None},
         "none": None,
         "path": {"bytes": None, "path": "missing.png"},
     }
-    ft = [{"image": images[image], "ID": pid, "metadata": meta}, train_row("002")]
-    for r in ft:
-        r["ID"] = None if r["ID"] is None else str(r["ID"])
-    write(fuzz_root / "ft_Data.parquet", ft)
-    full = [full_row("001"), full_row("002")]
-    for r in full:
-        for key in ("Classification_Task", "Generation_Task", "Mask_Task"):
-            r[key] = json.dumps(r[key])
-    full[0]["Generation_Task"] = gen
-    write(fuzz_root / "Full_Set.parquet", full)
+    write_config(fuzz_root, "ft_Data", [{"image": images[image], "ID": pid, "metadata": meta},
+                                        {"image": image_cell((2, 2, 2)), "ID": "002", "metadata": mllmu_metadata("002", "B")}],
+                 _FUZZ_FT)
+    forget = {**_json_row("000"), "ID": pid, "Generation_Task": gen}
+    write_config(fuzz_root, "forget_10", [forget], _FUZZ_SPLIT)
     try:
         out = load_mllmu(fuzz_root)
     except DataError as err:
@@ -345,133 +345,3 @@ def test_mllmu_fuzz_only_data_errors(fuzz_root, meta, gen, image, pid):
         for r in recs:
             assert isinstance(r, Record)
             r.validate()
-
-
-# ------------------------------------------------------------------------------------------
-# CLEAR
-# ------------------------------------------------------------------------------------------
-
-AUTHORS = {"Ann Lee": (250, 0, 0), "Bo Tran": (0, 250, 0), "Cal Ruiz": (0, 0, 250)}
-
-
-def photo(name: str, caption: str) -> dict:
-    return {"image": cell(AUTHORS[name]), "caption": caption, "name": name, "question": None, "answer": None}
-
-
-def qa(question: str, answer: str) -> dict:
-    return {"image": None, "caption": None, "name": None, "question": question, "answer": answer}
-
-
-def perturbed(name: str, others: list[str]) -> dict:
-    return {
-        "image": cell(AUTHORS[name]), "caption": f"{name} smiling at a desk.", "name": name,
-        "paraphrased_caption": f"At a desk, {name} smiles.",
-        "perturbed_captions": [f"{name} frowning outdoors.", f"{name} asleep on a bus."],
-        "perturbed_names": others,
-    }
-
-
-def build_clear(root: Path) -> Path:
-    write(root / "forget10+tofu" / "train-00000-of-00001.parquet", [
-        photo("Ann Lee", "Ann Lee smiling at a desk."),
-        photo("Ann Lee", "Ann Lee reading in a park."),
-        qa("Where was Ann Lee born?", "Ann Lee was born in Oslo."),
-        qa("What genre does the author write?", "Mostly mystery novels."),  # no name: block majority
-    ])
-    write(root / "forget10" / "train-00000-of-00001.parquet", [photo("Ann Lee", "ignored: +tofu wins")])
-    write(root / "retain90.parquet", [photo("Bo Tran", "Bo Tran on a boat."), photo("Cal Ruiz", "Cal Ruiz at home.")])
-    write(root / "forget10_perturbed-00000-of-00001.parquet",
-          [perturbed("Ann Lee", ["Bo Tran", "Zed Quo"]), perturbed("Ann Lee", ["Ann Lee", "Cal Ruiz"])])
-    write(root / "retain_perturbed" / "train-00000-of-00001.parquet", [perturbed("Bo Tran", ["Ann Lee"])])
-    write(root / "real_faces" / "train-00000-of-00001.parquet", [
-        {"image": cell((5, 5, 5)), "answer": "Real Star", "options": ["Real Star", "Other Star", "Third Star"]},
-        {"image": cell((6, 6, 6)), "answer": "Real Two", "options": ["Nope One", "Nope Two"]},
-    ])
-    write(root / "real_world" / "train-00000-of-00001.parquet", [
-        {"image": cell((7, 7, 7)), "question": "Which city is shown?", "answer": "Paris", "options": ["Paris", "Rome"]},
-    ])
-    return root
-
-
-def test_clear_layout(tmp_path):
-    out = load_clear(build_clear(tmp_path), forget_split="forget10")
-    assert set(out) == {"forget", "retain", "real"}
-    assert [len(out[k]) for k in ("forget", "retain", "real")] == [10, 4, 3]
-    for split, recs in out.items():
-        assert len({r.id for r in recs}) == len(recs)
-        for r in recs:
-            r.validate()
-            assert r.split == split and r.task == "generation"
-            assert (r.image is not None) == (r.modality == "image+text")
-            if r.image is not None:
-                assert r.image.mode == "RGB"
-    forget = out["forget"]
-    unlearn = [r for r in forget if r.phase == "unlearn"]
-    assert count(unlearn, modality="image+text", question=CAPTION_PROMPT) == 2
-    assert not any("ignored" in r.answer for r in forget)
-    text_qa = [r for r in forget if r.modality == "text"]
-    assert len(text_qa) == 4 and {r.phase for r in text_qa} == {"unlearn", "eval"}
-    assert {r.profile_id for r in text_qa} == {"Ann Lee"}  # one by name, one by block majority
-    caption_eval = [r for r in forget if r.phase == "eval" and r.question == CAPTION_PROMPT]
-    assert len(caption_eval) == 2
-    assert caption_eval[0].paraphrased_answer == "At a desk, Ann Lee smiles."
-    assert caption_eval[0].perturbed_answers == ["Ann Lee frowning outdoors.", "Ann Lee asleep on a bus."]
-    names = [r for r in forget if r.question == NAME_PROMPT]
-    assert [r.answer for r in names] == ["Ann Lee", "Ann Lee"]
-    assert names[0].perturbed_answers == ["Bo Tran", "Zed Quo"] and names[1].perturbed_answers == ["Cal Ruiz"]
-    assert names[0].image.getpixel((0, 0)) == (250, 0, 0)
-    retain = out["retain"]
-    assert {r.profile_id for r in retain} == {"Bo Tran", "Cal Ruiz"}
-    assert count(retain, phase="unlearn") == 2 and count(retain, phase="eval") == 2
-    real = out["real"]
-    assert all(r.population == "real" and r.phase == "eval" for r in real)
-    assert real[0].question == NAME_PROMPT and real[0].perturbed_answers == ["Other Star", "Third Star"]
-    assert real[0].paraphrased_answer == "Real Star"
-    assert real[2].question == "Which city is shown?" and real[2].perturbed_answers == ["Rome"]
-
-
-def test_clear_retain_eval_without_retain_perturbed(tmp_path):
-    root = build_clear(tmp_path)
-    for p in (root / "retain_perturbed").iterdir():
-        p.unlink()
-    (root / "retain_perturbed").rmdir()
-    retain = load_clear(root, forget_split="forget_10")["retain"]
-    evals = [r for r in retain if r.phase == "eval"]
-    assert len(evals) == 2 and all(r.perturbed_answers == [] for r in evals)
-
-
-def test_clear_missing_folder(tmp_path):
-    with pytest.raises(DataError, match="therem/CLEAR"):
-        load_clear(tmp_path / "absent")
-
-
-def test_clear_missing_perturbed_file(tmp_path):
-    root = build_clear(tmp_path)
-    (root / "forget10_perturbed-00000-of-00001.parquet").unlink()
-    with pytest.raises(DataError, match="forget10_perturbed"):
-        load_clear(root)
-
-
-def test_clear_missing_field_names_file_and_field(tmp_path):
-    root = build_clear(tmp_path)
-    rows = [perturbed("Ann Lee", ["Bo Tran"])]
-    del rows[0]["perturbed_names"]
-    path = write(root / "forget10_perturbed-00000-of-00001.parquet", rows)
-    with pytest.raises(DataError) as err:
-        load_clear(root)
-    assert str(path) in str(err.value) and "'perturbed_names'" in str(err.value)
-
-
-def test_clear_corrupt_image_names_file_and_row(tmp_path):
-    root = build_clear(tmp_path)
-    rows = [photo("Bo Tran", "Bo Tran on a boat."), photo("Cal Ruiz", "Cal Ruiz at home.")]
-    rows[1]["image"] = {"bytes": b"\xff\xd8\xff garbage jpeg", "path": None}
-    path = write(root / "retain90.parquet", rows)
-    with pytest.raises(DataError) as err:
-        load_clear(root)
-    assert str(path) in str(err.value) and "row 1" in str(err.value)
-
-
-def test_clear_bad_forget_split(tmp_path):
-    with pytest.raises(DataError, match="forget01, forget05, forget10"):
-        load_clear(build_clear(tmp_path), forget_split="forget20")

@@ -318,13 +318,16 @@ def test_batches_reach_the_model_in_its_dtype():
     assert moved["pixel_attention_mask"].dtype == torch.bool
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_bf16_model_scores_and_generates_on_cpu(saved, family):
+def test_bf16_model_scores_and_generates(saved, family, device):
     folder = saved[family][0]
     records = _records()
     answers = [r.answer for r in records]
-    bf16 = load_model(folder, dtype="bf16", device="cpu")
+    bf16 = load_model(folder, dtype="bf16", device=device)
     assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
+    assert {p.device.type for p in bf16.model.parameters()} == {device}
     lp16 = engine.answer_logprobs(bf16, records, answers, progress=False)
     replies = engine.generate(bf16, records, max_new_tokens=3, progress=False)
     assert len(replies) == 2 and all(isinstance(r, str) for r in replies)

@@ -100,10 +100,46 @@ def world(
                f"({time.perf_counter() - t:.1f}s)")
 
 
-def _load(data: Path, forget_split: str):
+def _launch():
+    """This launch's processes (torchrun / `accelerate launch` set the environment): accelerate's
+    PartialState, CPU processes over gloo when there is no GPU."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def _prepare_out(out: Path, overwrite: bool = False, resume: bool = False) -> Path:
+    """Every process checks --out (the same answer everywhere, so a refusal stops them all with one
+    error line each and nothing written); then only the main process creates or clears it."""
+    from .data.store import check_out_dir, prepare_out_dir
+
+    state = _launch()
+    check_out_dir(out, overwrite=overwrite, resume=resume)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        prepare_out_dir(out, overwrite=overwrite, resume=resume)
+    state.wait_for_everyone()
+    return Path(out)
+
+
+def _echo(message: str) -> None:
+    """Print once per launch (the main process), not once per process."""
+    if _launch().is_main_process:
+        typer.echo(message)
+
+
+def _main_writes_json(path: Path, obj) -> None:
+    from .data.store import atomic_write_json
+
+    if _launch().is_main_process:
+        atomic_write_json(path, obj)
+
+
+def _load(data: Path, forget_split: str, tofu: Optional[Path] = None):
     from .data.store import load_data
 
-    return load_data(data, forget_split)
+    return load_data(data, forget_split, tofu=tofu)
 
 
 @app.command()
@@ -124,27 +160,43 @@ def finetune(
 ) -> None:
     """Vanilla fine-tune: stage 1 learns the 'real' people, stage 2 every fictitious profile."""
     _quiet_libraries()
-    from .data.store import atomic_write_json, prepare_out_dir
     from .train.finetune import FinetuneConfig, finetune as run_finetune
 
     bundle = _load(data, "forget_10")  # finetune uses every person; the split only selects ids
-    out = prepare_out_dir(out, overwrite=overwrite, resume=resume)
     cfg = FinetuneConfig(model=model, stage1_steps=stage1_steps, stage2_steps=stage2_steps, batch_size=batch_size,
                          lr=lr, seed=seed, checkpoint_every=checkpoint_every)
+    out = _prepare_out(out, overwrite=overwrite, resume=resume)
     from dataclasses import asdict
 
-    atomic_write_json(out / "config.json", {"command": "finetune", "data": str(data), **asdict(cfg)})
+    _main_writes_json(out / "config.json", {"command": "finetune", "data": str(data), **asdict(cfg)})
     result = run_finetune(bundle, cfg, out, resume=resume)
     log = result["train_log"]
-    typer.echo(f"fine-tuned {log['parameters']:,} parameters in {log['wall_time_s']:.0f}s → {out}")
+    _echo(f"fine-tuned {log['parameters']:,} parameters in {log['wall_time_s']:.0f}s on {log['processes']} "
+          f"process(es) → {out}")
     if eval_after:
-        _run_eval(result["loaded"], bundle, out / "eval")
+        _eval_on_main(result["loaded"], out, bundle, out / "eval")
+
+
+def _eval_on_main(loaded, model_dir: Path, bundle, out: Path, **kwargs) -> dict | None:
+    """Evaluate after training: in place on one process; on several, the main process evaluates the
+    saved folder (a sharded model in memory would need every process) while the others stop."""
+    state = _launch()
+    if state.num_processes == 1:
+        return _run_eval(loaded, bundle, out, **kwargs)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+    from .models.loader import load_model
+
+    return _run_eval(load_model(model_dir), bundle, out, **kwargs)
 
 
 def _run_eval(loaded, bundle, out: Path, **kwargs) -> dict:
     from .eval.evaluator import EvalConfig, evaluate, format_table, write_results
 
     summary, details = evaluate(loaded, bundle, EvalConfig(**kwargs))
+    if bundle.notes:
+        summary["notes"] = dict(bundle.notes)
     write_results(out, summary, details)
     typer.echo(format_table(summary))
     typer.echo(f"evaluation ({summary['timing']['total_s']:.0f}s) → {out / 'summary.json'}")
@@ -162,15 +214,22 @@ def eval_cmd(
     splits: str = typer.Option(",".join(("forget", "test", "retain", "real", "understanding"))),
     batch_size: int = typer.Option(64),
     max_records: int = typer.Option(0, help="Subsample each split to this many records (0: all)."),
+    dtype: str = typer.Option("auto", help="auto (the folder's dtype) | bf16 | fp16 | fp32."),
     overwrite: bool = typer.Option(False),
+    tofu: Optional[Path] = typer.Option(None, "--tofu", help="CLEAR only: a local TOFU folder (forgetNN_perturbed, "
+                                        "retain_perturbed, real_authors_perturbed, world_facts_perturbed) for the "
+                                        "text truth ratio and the real-authors / world-facts sets."),
 ) -> None:
-    """Evaluate a model: MLLMU-Bench / CLEAR metrics per split × modality → OUT/summary.json."""
+    """Evaluate a model: MLLMU-Bench / CLEAR metrics per split × modality → OUT/summary.json.
+
+    Runs on the GPU when there is one, in the folder's dtype unless --dtype says otherwise."""
     _quiet_libraries()
     from .data.store import prepare_out_dir
-    from .models.loader import load_model
+    from .models.loader import load_model, parse_dtype
 
-    bundle = _load(data, forget_split)
-    loaded = load_model(model)
+    torch_dtype = parse_dtype(dtype)
+    bundle = _load(data, forget_split, tofu)
+    loaded = load_model(model, dtype=torch_dtype, device="auto")
     if reference_summary is not None and not reference_summary.is_file():
         _fail(f"--reference-summary {reference_summary} does not exist")
     out = prepare_out_dir(out, overwrite=overwrite)
@@ -208,35 +267,50 @@ def unlearn(
     lora_r: int = typer.Option(8),
     lora_alpha: int = typer.Option(16),
     checkpoint_every: int = typer.Option(0, help="Save a resumable checkpoint every N steps (0: never)."),
+    dtype: str = typer.Option("auto", help="Weights as loaded: auto (the folder's) | bf16 | fp16 | fp32."),
+    mixed_precision: str = typer.Option("no", "--mixed-precision", help="Autocast: no | bf16 | fp16."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimiser step."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing",
+                                                help="Recompute activations in the backward pass (less memory)."),
     eval_after: bool = typer.Option(True, "--eval/--no-eval"),
     resume: bool = typer.Option(False),
     overwrite: bool = typer.Option(False),
 ) -> None:
-    """Unlearn the forget people with one method → model at OUT, unlearn_log.json, OUT/eval/summary.json."""
+    """Unlearn the forget people with one method → model at OUT, unlearn_log.json, OUT/eval/summary.json.
+
+    On several processes launch it with `torchrun --nproc_per_node N -m mmunlearn unlearn ...` or
+    `accelerate launch --config_file configs/accelerate/<ddp|fsdp2|...>.yaml -m mmunlearn unlearn ...`;
+    --batch-size is per process."""
     _quiet_libraries()
     from dataclasses import asdict
 
-    from .data.store import atomic_write_json, prepare_out_dir
     from .methods.base import get_method
-    from .models.loader import load_model
-    from .train.unlearn import UnlearnConfig, unlearn as run_unlearn
+    from .models.loader import load_model, parse_dtype
+    from .train.loop import make_accelerator
+    from .train.unlearn import UnlearnConfig, check_launch, unlearn as run_unlearn
 
-    get_method(method)
+    method_cls = get_method(method)
+    torch_dtype = parse_dtype(dtype)
+    accelerator = make_accelerator(mixed_precision, grad_accum)  # an unusable launch config stops here
     bundle = _load(data, forget_split)
-    loaded = load_model(model)
-    out = prepare_out_dir(out, overwrite=overwrite, resume=resume)
     cfg = UnlearnConfig(method=method, model=str(model), steps=steps, lr=lr, batch_size=batch_size, scope=scope,
                         seed=seed, checkpoint_every=checkpoint_every, reference=str(reference) if reference else None,
-                        lora_r=lora_r, lora_alpha=lora_alpha, method_args=_parse_method_args(set_))
-    atomic_write_json(out / "config.json", {"command": "unlearn", "data": str(data), "forget_split": forget_split,
-                                            **asdict(cfg)})
+                        lora_r=lora_r, lora_alpha=lora_alpha, mixed_precision=mixed_precision, grad_accum=grad_accum,
+                        gradient_checkpointing=gradient_checkpointing, method_args=_parse_method_args(set_))
+    method_cls.make_config(cfg.method_args)
+    check_launch(bundle, method_cls, cfg, accelerator.num_processes)
+    loaded = load_model(model, dtype=torch_dtype)
+    out = _prepare_out(out, overwrite=overwrite, resume=resume)
+    _main_writes_json(out / "config.json", {"command": "unlearn", "data": str(data), "forget_split": forget_split,
+                                            "dtype": dtype, **asdict(cfg)})
     result = run_unlearn(bundle, cfg, out, loaded=loaded, resume=resume)
     log = result.log
-    typer.echo(f"{method}: {log['config']['steps']} steps in {log['wall_time_s']:.1f}s, "
-               f"{log['trainable_params']:,} trainable parameters ({100 * log['trainable_share']:.1f}%) → {out}")
+    _echo(f"{method}: {log['config']['steps']} steps in {log['wall_time_s']:.1f}s on {log['processes']} process(es) "
+          f"(global batch {log['global_batch']}), {log['trainable_params']:,} trainable parameters "
+          f"({100 * log['trainable_share']:.1f}%) → {out}")
     if eval_after:
-        _run_eval(result.loaded, bundle, out / "eval",
-                  reference_summary=str(reference_summary) if reference_summary else None)
+        _eval_on_main(result.loaded, out, bundle, out / "eval",
+                      reference_summary=str(reference_summary) if reference_summary else None)
 
 
 @app.command()
@@ -267,19 +341,18 @@ def retain_model(
     _quiet_libraries()
     from dataclasses import asdict
 
-    from .data.store import atomic_write_json, prepare_out_dir
     from .train.finetune import FinetuneConfig, finetune as run_finetune
 
     bundle = _load(data, forget_split)
-    out = prepare_out_dir(out, overwrite=overwrite)
+    out = _prepare_out(out, overwrite=overwrite)
     cfg = FinetuneConfig(model=model, stage1_steps=stage1_steps, stage2_steps=stage2_steps, batch_size=batch_size,
                          lr=lr, seed=seed, exclude_ids=sorted(bundle.forget_ids))
-    atomic_write_json(out / "config.json", {"command": "retain-model", "data": str(data), "forget_split": forget_split,
-                                            **asdict(cfg)})
+    _main_writes_json(out / "config.json", {"command": "retain-model", "data": str(data),
+                                            "forget_split": forget_split, **asdict(cfg)})
     result = run_finetune(bundle, cfg, out)
-    typer.echo(f"retain-only model ({len(bundle.forget_ids)} people never seen) → {out}")
+    _echo(f"retain-only model ({len(bundle.forget_ids)} people never seen) → {out}")
     if eval_after:
-        _run_eval(result["loaded"], bundle, out / "eval")
+        _eval_on_main(result["loaded"], out, bundle, out / "eval")
 
 
 DEMO_METHODS = ("ga", "graddiff", "npo", "idk", "vkd", "smfa", "viker")

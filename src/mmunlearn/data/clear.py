@@ -36,7 +36,9 @@ How people are matched across files (CLEAR has no person id column):
   captions are only compared with forgetNN's as a multiset, and a difference is a warning.
 * TOFU's perturbed files (``--tofu DIR``) are matched to the ``+tofu`` QA rows by their
   (question, answer) text, whitespace and case normalised, else by the question alone when that
-  is unique. A TOFU row that matches nothing is an error (the wrong TOFU release or split).
+  is unique. TOFU rows that match nothing are skipped with a warning (TOFU's releases differ by a
+  few lines); none matching at all (the wrong folder), or a forget author's question in
+  ``retain_perturbed``, is an error.
 
 The text side's truth ratio needs paraphrased and perturbed answers, which CLEAR does not ship:
 the authors take them from TOFU. With ``tofu`` (a local TOFU folder in its released layout:
@@ -75,7 +77,10 @@ from typing import Any, Iterator
 from PIL import Image
 
 from .errors import DataError
-from .mllmu import Row, _safe, check_folder, decode_image, find_split_files, has_split, iter_rows, text_value, validated
+from .mllmu import (
+    Row, _is_lfs_pointer, _safe, check_folder, decode_image, find_split_files, has_split, iter_rows, text_value,
+    validated,
+)
 from .record import Record
 
 BENCH = "CLEAR"
@@ -362,7 +367,8 @@ def tofu_files(root: Path, name: str) -> list[Path]:
         files = sorted(p for p in sub.rglob("*") if p.is_file() and p.suffix in _TOFU_SUFFIXES)
         if files:
             return files
-    files = sorted(p for p in root.iterdir() if p.is_file() and p.name.startswith(f"{name}-") and p.suffix == ".parquet")
+    files = sorted(p for p in root.iterdir()
+                   if p.is_file() and p.name.startswith(f"{name}-") and p.suffix == ".parquet")
     if files:
         return files
     raise DataError(
@@ -399,7 +405,8 @@ def _tofu_rows(files: list[Path], required: tuple[str, ...]) -> Iterator[Row]:
                 raise DataError(f"{TOFU}: {path} row {i} is not an object")
             for key in required:
                 if key not in item:
-                    raise DataError(f"{TOFU}: {path} row {i} is missing field {key!r} (it has: {', '.join(item) or 'nothing'})")
+                    raise DataError(f"{TOFU}: {path} row {i} is missing field {key!r} "
+                                    f"(it has: {', '.join(item) or 'nothing'})")
             yield Row(path, i, item)
 
 
@@ -414,15 +421,23 @@ def _tofu_answers(row: Row, where: str, paraphrase_required: bool) -> tuple[str,
     return answer, para, perts
 
 
-def _enrich(qa_eval: list[Record], files: list[Path], name: str, config: str, other_keys: set[str]) -> int:
-    """Give the QA eval records TOFU's paraphrased / perturbed answers; returns how many got them."""
+def _enrich(qa_eval: list[Record], files: list[Path], name: str, config: str, other_keys: set[str],
+            warnings: list[str]) -> int:
+    """Give the QA eval records TOFU's paraphrased / perturbed answers; returns how many got them.
+
+    A TOFU row about a person of the other side (a forget question in retain_perturbed) is an error;
+    rows that match no question are skipped with a warning (TOFU's releases differ by a few lines),
+    unless none matches at all (the wrong folder)."""
     by_pair: dict[tuple[str, str], list[Record]] = {}
     by_question: dict[str, list[Record]] = {}
     for r in qa_eval:
         by_pair.setdefault((_norm(r.question), _norm(r.answer)), []).append(r)
         by_question.setdefault(_norm(r.question), []).append(r)
+    unmatched: list[tuple[str, str]] = []
+    rows = 0
     for row in _tofu_rows(files, TOFU_PERTURBED_FIELDS):
         where = f"{TOFU}: {row.where}"
+        rows += 1
 
         def apply(row=row, where=where) -> None:
             question = text_value(row.data.get("question"), where, "question")
@@ -432,15 +447,22 @@ def _enrich(qa_eval: list[Record], files: list[Path], name: str, config: str, ot
                 same_q = by_question.get(_norm(question), [])
                 targets = same_q if len({_norm(r.answer) for r in same_q}) == 1 else None
             if not targets:
-                hint = (" (it is a question of the forget set)" if _norm(question) in other_keys
-                        else "; --tofu must be the TOFU release this CLEAR folder was built from")
-                raise DataError(f"{where}: question {question[:80]!r} is not among {config}'s TOFU rows{hint}")
+                if _norm(question) in other_keys:
+                    raise DataError(f"{where}: question {question[:80]!r} is a question of the forget set, "
+                                    f"not of {config}")
+                unmatched.append((where, question))
+                return
             for rec in targets:
-                rec.paraphrased_answer, rec.perturbed_answers = para, list(perts)
-                if not perts:
-                    rec.paraphrased_answer = ""
+                rec.paraphrased_answer, rec.perturbed_answers = (para, list(perts)) if perts else ("", [])
 
         _safe(apply, where)
+    if unmatched and len(unmatched) == rows:
+        where, question = unmatched[0]
+        raise DataError(f"{where}: question {question[:80]!r} is not among {config}'s TOFU rows, nor is any other "
+                        f"row of {name}: --tofu must be the TOFU release this CLEAR folder was built from")
+    if unmatched:
+        warnings.append(f"{TOFU}: {len(unmatched)} of {name}'s {rows} rows match no question of {config} and are "
+                        f"skipped (first: {unmatched[0][0]})")
     return sum(1 for r in qa_eval if r.paraphrased_answer and r.perturbed_answers)
 
 
@@ -487,6 +509,9 @@ def _partition_warning(root: Path, forget: set[str], retain: set[str], forget_co
             for batch in pf.iter_batches(columns=["name"], batch_size=4096):
                 everyone.update(n.strip() for n in batch.column(0).to_pylist() if isinstance(n, str))
         except Exception as exc:  # pyarrow raises several types for damaged files
+            if _is_lfs_pointer(path):
+                raise DataError(f"{BENCH}: {path} is a Git LFS pointer, not the parquet file: run `git lfs pull` "
+                                "in the cloned dataset") from None
             raise DataError(f"{BENCH}: {path} is not a readable parquet file ({type(exc).__name__}: {exc})") from None
     left_out = everyone - forget - retain
     unknown = (forget | retain) - everyone
@@ -579,7 +604,8 @@ def load_clear(folder: str | Path, forget_split: str = "forget10", tofu: str | P
                                                    set(forget_people), retain_cfg)
     else:
         retain_captions, retain_faces = _plain_eval_captions(retain_photos, "retain"), []
-        notes["retain/image+text"] = f"truth_ratio absent: no retain_perturbed folder in {root} (captioning of the {retain_cfg} photos instead)"
+        notes["retain/image+text"] = (f"truth_ratio absent: no retain_perturbed folder in {root} "
+                                      f"(captioning of the {retain_cfg} photos instead)")
         notes["retain_faces/image+text"] = f"absent: no retain_perturbed folder in {root}"
         warnings.append(f"{BENCH}: no retain_perturbed folder in {root}: retain captioning has no truth_ratio "
                         "and retain_faces is absent")
@@ -598,7 +624,8 @@ def load_clear(folder: str | Path, forget_split: str = "forget10", tofu: str | P
         parts = [f"{', '.join(have_text)} have no truth_ratio (CLEAR does not ship TOFU's paraphrased/perturbed "
                  "answers)"] if have_text else []
         parts.append("real/text and real_world/text (TOFU's real authors and world facts) are absent")
-        warnings.append(f"{BENCH}: no --tofu folder: {' and '.join(parts)}; pass --tofu DIR, a local copy of locuslab/TOFU")
+        warnings.append(f"{BENCH}: no --tofu folder: {' and '.join(parts)}; "
+                        "pass --tofu DIR, a local copy of locuslab/TOFU")
     else:
         forget_keys = {_norm(r.question) for r in (text["forget"].eval if text["forget"] else [])}
         for split, tofu_name, cfg in (("forget", forget_pert, f"{forget_cfg}+tofu"),
@@ -607,7 +634,7 @@ def load_clear(folder: str | Path, forget_split: str = "forget10", tofu: str | P
             if side is None:
                 continue  # the note already says the cell is absent
             got = _enrich(side.eval, tofu_sets[tofu_name], tofu_name, cfg,
-                          forget_keys if split == "retain" else set())
+                          forget_keys if split == "retain" else set(), warnings)
             if got < len(side.eval):
                 notes[f"{split}/text"] = (f"truth_ratio over {got} of {len(side.eval)} questions: the others are not "
                                           f"in TOFU's {tofu_name}")

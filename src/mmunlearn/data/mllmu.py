@@ -121,6 +121,15 @@ class Row:
         return f"{self.path} row {self.index}"
 
 
+def _is_lfs_pointer(path: Path) -> bool:
+    """A clone made without Git LFS leaves small text pointers where the parquet files should be."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(40).startswith(b"version https://git-lfs")
+    except OSError:
+        return False
+
+
 def iter_rows(files: list[Path], bench: str, required: tuple[str, ...]) -> Iterator[Row]:
     """Rows of the files as dicts; a missing column names the file and the field."""
     import pyarrow.parquet as pq
@@ -130,6 +139,9 @@ def iter_rows(files: list[Path], bench: str, required: tuple[str, ...]) -> Itera
             pf = pq.ParquetFile(path)
             names = list(pf.schema_arrow.names)
         except Exception as exc:  # pyarrow raises several types for damaged files
+            if _is_lfs_pointer(path):
+                raise DataError(f"{bench}: {path} is a Git LFS pointer, not the parquet file: run `git lfs pull` "
+                                "in the cloned dataset") from None
             raise DataError(f"{bench}: {path} is not a readable parquet file ({type(exc).__name__}: {exc})") from None
         for field_name in required:
             if field_name not in names:

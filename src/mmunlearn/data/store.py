@@ -24,16 +24,21 @@ from .record import Record, RecordError, records_to_dataset
 WORLD_MANIFEST = "world.json"
 
 
-def prepare_out_dir(out: str | Path, overwrite: bool = False, resume: bool = False) -> Path:
-    """A run folder is created fresh: a non-empty one is refused unless --overwrite/--resume."""
+def check_out_dir(out: str | Path, overwrite: bool = False, resume: bool = False) -> Path:
+    """Refuse an --out that is a file, or a non-empty folder without --overwrite/--resume (changes nothing)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()):
-        if overwrite:
-            shutil.rmtree(out)
-        elif not resume:
-            raise DataError(f"--out {out} is not empty; pass --overwrite to replace it (or --resume to continue a run)")
+    if out.exists() and any(out.iterdir()) and not overwrite and not resume:
+        raise DataError(f"--out {out} is not empty; pass --overwrite to replace it (or --resume to continue a run)")
+    return out
+
+
+def prepare_out_dir(out: str | Path, overwrite: bool = False, resume: bool = False) -> Path:
+    """A run folder is created fresh: a non-empty one is refused unless --overwrite/--resume."""
+    out = check_out_dir(out, overwrite=overwrite, resume=resume)
+    if out.exists() and any(out.iterdir()) and overwrite:
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
 

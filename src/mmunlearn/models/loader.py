@@ -93,7 +93,8 @@ def parse_dtype(value: str | torch.dtype | None) -> torch.dtype | str:
 
 
 def parse_device(value: str | torch.device | None) -> torch.device | None:
-    """None → None (load on the CPU, as before); "auto" → cuda if available, else cpu; else a torch device.
+    """None → None (load on the CPU, as before); "auto" → cuda if available (transformers then loads onto
+    cuda:$LOCAL_RANK), else cpu; else a torch device (cpu, cuda, cuda:N).
 
     ValueError for a spelling torch does not know or a CUDA device on a machine without CUDA.
     """
@@ -159,7 +160,8 @@ def load_model(path: str | Path, dtype: str | torch.dtype | None = "auto", devic
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     extra: dict[str, Any] = {}
     if target is not None and target.type != "cpu":
-        extra["device_map"] = {"": target}  # straight onto the device, no full copy in host memory
+        # straight onto the device, no full copy in host memory; a bare "cuda" is cuda:$LOCAL_RANK there
+        extra["device_map"] = str(target)
     try:
         model, info = AutoModelForImageTextToText.from_pretrained(
             str(path), local_files_only=True, trust_remote_code=False, dtype=torch_dtype,

@@ -87,6 +87,23 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     base.config.use_cache = False
 
 
+def forget_records(bundle: DataBundle, method: type[Method] | Method) -> list:
+    """The forget records a method trains on (its modalities; visible-feature questions if it forgets them)."""
+    return [r for r in bundle.train("forget") if r.modality in method.forget_modalities
+            and (method.forget_visible or not r.is_visible_fact)]
+
+
+def check_launch(bundle: DataBundle, method: type[Method] | Method, cfg: UnlearnConfig, processes: int) -> None:
+    """Refuse, before anything is written, a run whose global batch the forget set cannot fill."""
+    if cfg.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1 (got {cfg.batch_size})")
+    n = len(forget_records(bundle, method))
+    if n and cfg.batch_size * processes > n:
+        raise ValueError(f"{processes} processes × batch {cfg.batch_size} = {cfg.batch_size * processes} forget "
+                         f"records per step, but the forget split has {n} for {method.name}: use fewer processes "
+                         "or a smaller --batch-size")
+
+
 def unlearn(bundle: DataBundle, cfg: UnlearnConfig, out: Path, loaded: LoadedModel | None = None,
             resume: bool = False) -> UnlearnResult:
     method_cls = get_method(cfg.method)
@@ -95,17 +112,14 @@ def unlearn(bundle: DataBundle, cfg: UnlearnConfig, out: Path, loaded: LoadedMod
     accelerator = make_accelerator(cfg.mixed_precision, cfg.grad_accum)
     rank, world = accelerator.process_index, accelerator.num_processes
     loaded = loaded or load_model(cfg.model)
-    forget = [r for r in bundle.train("forget") if r.modality in method.forget_modalities
-              and (method.forget_visible or not r.is_visible_fact)]
+    forget = forget_records(bundle, method)
     retain = bundle.train("retain")
     if not forget:
         raise ValueError(f"no forget training records for {cfg.method} (modalities {method.forget_modalities}) "
                          f"in split {bundle.forget_split!r}")
     if method.needs_retain and not retain:
         raise ValueError(f"{cfg.method} needs retain records but the retain split is empty")
-    if cfg.batch_size * world > len(forget):
-        raise ValueError(f"{world} processes × batch {cfg.batch_size} = {cfg.batch_size * world} forget records "
-                         f"per step, but the forget split has {len(forget)}: use fewer processes or a smaller batch")
+    check_launch(bundle, method, cfg, world)
 
     model = loaded.model
     scope = cfg.scope or method.default_scope

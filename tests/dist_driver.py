@@ -1,0 +1,135 @@
+"""Run inside `torchrun --nproc_per_node 2` by tests/test_distributed.py (not a test module itself).
+
+Each mode runs several short scenarios in one launch (a launch costs two imports of torch and
+transformers on two cores) and every process writes what it saw to OUT/report-MODE-RANK.json, so the
+tests can check the process count, each rank's samples and weights, and which path was taken.
+
+    python -m torch.distributed.run --nproc_per_node 2 tests/dist_driver.py MODE WORLD MODEL OUT
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+
+def digest(model: torch.nn.Module) -> dict[str, str]:
+    """A hash of every parameter's bytes (full tensors, gathered if sharded)."""
+    out = {}
+    for name, p in model.named_parameters():
+        t = p.full_tensor() if hasattr(p, "full_tensor") else p
+        out[name] = hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+    return out
+
+
+def one_step(bundle, model_dir: Path, out: Path, method: str, **extra):
+    from mmunlearn.models.loader import load_model
+    from mmunlearn.train.unlearn import UnlearnConfig, unlearn
+
+    args = {"vkd_images": 8} if method == "vkd" else {}
+    cfg = UnlearnConfig(method=method, steps=1, batch_size=2, lr=1e-3, method_args=args, **extra)
+    return unlearn(bundle, cfg, out, loaded=load_model(model_dir))
+
+
+def main() -> None:
+    mode, world_dir, model_dir, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from accelerate import PartialState
+
+    from mmunlearn.data.store import load_data
+
+    state = PartialState(cpu=True)
+    rank, world = state.process_index, state.num_processes
+    report: dict = {"rank": rank, "world": world, "backend": state.backend}
+    bundle = load_data(world_dir, "forget_15")
+
+    if mode in ("ddp", "fsdp"):
+        for method in ("graddiff", "npo", "vkd"):
+            result = one_step(bundle, model_dir, out / f"{mode}-{method}", method)
+            report[method] = {"distributed_type": result.log["distributed_type"], "processes": result.log["processes"],
+                              "global_batch": result.log["global_batch"], "reference": result.log["reference"]}
+
+    if mode == "ddp":
+        from mmunlearn.train.sampling import RecordSampler
+
+        # the samples each rank draws over three passes of 10 items, 2 per rank per step
+        sampler = RecordSampler(list(range(10)), 2, seed=3, rank=rank, world=world)
+        report["sampler"] = [sampler.next_local() for _ in range(15)]
+
+        # replicas after several steps, and SalUn's mask on each rank
+        from mmunlearn.methods.salun import SalUn
+        from mmunlearn.models.loader import load_model
+        from mmunlearn.train.unlearn import UnlearnConfig, unlearn
+
+        original_prepare = SalUn.prepare
+
+        def keep_mask(self, ctx):
+            original_prepare(self, ctx)
+            torch.save(ctx.grad_masks, out / f"salun-mask-{rank}.pt")
+
+        SalUn.prepare = keep_mask
+        result = unlearn(bundle, UnlearnConfig(method="salun", steps=3, batch_size=2, lr=1e-3), out / "salun",
+                         loaded=load_model(model_dir))
+        SalUn.prepare = original_prepare
+        report["salun_digest"] = digest(result.loaded.model)
+
+        # 4 steps straight, and the same run stopped after step 3 with a checkpoint at step 2
+        cfg = UnlearnConfig(method="graddiff", steps=4, batch_size=2, lr=1e-3, checkpoint_every=2)
+        unlearn(bundle, cfg, out / "straight", loaded=load_model(model_dir))
+        from mmunlearn.methods.graddiff import GradDiff
+
+        original_loss = GradDiff.loss
+
+        def crash(self, ctx, step):
+            if step == 3:
+                raise KeyboardInterrupt("simulated crash")
+            return original_loss(self, ctx, step)
+
+        GradDiff.loss = crash
+        try:
+            unlearn(bundle, cfg, out / "resumed", loaded=load_model(model_dir))
+            report["crashed"] = False
+        except KeyboardInterrupt:
+            report["crashed"] = True
+        GradDiff.loss = original_loss
+
+    if mode == "resume":
+        from mmunlearn.models.loader import load_model
+        from mmunlearn.train.unlearn import UnlearnConfig, unlearn
+
+        cfg = UnlearnConfig(method="graddiff", steps=4, batch_size=2, lr=1e-3, checkpoint_every=2)
+        result = unlearn(bundle, cfg, out / "resumed", loaded=load_model(model_dir), resume=True)
+        report["steps_run"] = result.log["steps_run"]
+        report["processes"] = result.log["processes"]
+
+    if mode == "nan":
+        from mmunlearn.cli import app
+        from mmunlearn.methods.graddiff import GradDiff
+
+        original_loss = GradDiff.loss
+
+        def poisoned(self, ctx, step):
+            terms = original_loss(self, ctx, step)
+            if step == 1 and ctx.rank == 1:
+                terms["loss"] = terms["loss"] * float("nan")
+            return terms
+
+        GradDiff.loss = poisoned
+        try:
+            app(["unlearn", "--method", "graddiff", "--model", str(model_dir), "--data", str(world_dir),
+                 "--forget-split", "forget_15", "--out", str(out / "nan-run"), "--steps", "3", "--batch-size", "2",
+                 "--no-eval"])
+            report["exit"] = 0
+        except SystemExit as exc:
+            report["exit"] = exc.code
+
+    (out / f"report-{mode}-{rank}.json").write_text(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Data parallelism for real: two processes started by torchrun (accelerate's `--cpu --num_processes 2`
+starts one on this accelerate version), checked against one process holding the union of their batches.
+
+Each launch runs several scenarios (tests/dist_driver.py) and every process reports what it saw; the
+one-process comparisons run in this pytest process. The expected values come from the single-process
+run with the global batch, never from the distributed code under test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mmunlearn.models.loader import load_model
+from mmunlearn.train.unlearn import UnlearnConfig, read_log, unlearn
+
+DRIVER = Path(__file__).with_name("dist_driver.py")
+METHODS = ("graddiff", "npo", "vkd")
+
+
+def free_port() -> int:
+    """A port nobody listens on (torchrun's --master_port 0 hangs the rendezvous here)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(mode: str, world_dir: Path, model_dir: Path, out: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(DRIVER), mode, str(world_dir), str(model_dir), str(out)]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=600)
+
+
+def reports(out: Path, mode: str) -> list[dict]:
+    return [json.loads((out / f"report-{mode}-{rank}.json").read_text()) for rank in (0, 1)]
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def ddp_run(small_world, untrained_llava, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    proc = launch("ddp", small_world, untrained_llava, out)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out, reports(out, "ddp")
+
+
+@pytest.fixture(scope="module")
+def union_runs(small_world, untrained_llava, tmp_path_factory):
+    """One process, the union of both processes' batches (batch 4 = 2 processes × 2)."""
+    from mmunlearn.data.store import load_data
+
+    bundle = load_data(small_world, "forget_15")
+    out = tmp_path_factory.mktemp("union")
+    for method in METHODS:
+        args = {"vkd_images": 8} if method == "vkd" else {}
+        unlearn(bundle, UnlearnConfig(method=method, steps=1, batch_size=4, lr=1e-3, method_args=args),
+                out / method, loaded=load_model(untrained_llava))
+    return out
+
+
+def test_two_processes_really_run(ddp_run):
+    _, (r0, r1) = ddp_run
+    assert (r0["world"], r1["world"]) == (2, 2) and {r0["rank"], r1["rank"]} == {0, 1}
+    assert r0["backend"] == "gloo"
+    for method in METHODS:
+        assert r0[method]["processes"] == 2 and r0[method]["distributed_type"] == "MULTI_CPU"
+        assert r0[method]["global_batch"] == 4
+
+
+def test_ranks_draw_disjoint_samples_that_cover_every_item(ddp_run):
+    _, (r0, r1) = ddp_run
+    for step_a, step_b in zip(r0["sampler"], r1["sampler"]):
+        assert len(step_a) == len(step_b) == 2 and not set(step_a) & set(step_b)
+    # 15 steps × 4 = 60 draws = 6 passes over 10 items: every item exactly 6 times
+    drawn = [i for step in r0["sampler"] + r1["sampler"] for i in step]
+    assert sorted(drawn) == sorted(list(range(10)) * 6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_one_ddp_step_equals_one_step_on_the_union_batch(ddp_run, union_runs, untrained_llava, method):
+    out, _ = ddp_run
+    before, two, one = weights(untrained_llava), weights(out / f"ddp-{method}"), weights(union_runs / method)
+    moved = [k for k in before if not torch.equal(before[k], one[k])]
+    assert moved, "the single-process step changed nothing"
+    for name in before:
+        assert torch.allclose(two[name], one[name], atol=2e-6), (method, name, (two[name] - one[name]).abs().max())
+
+
+def test_replicas_stay_identical_and_masks_agree_across_ranks(ddp_run, untrained_llava):
+    out, (r0, r1) = ddp_run
+    assert r0["salun_digest"] == r1["salun_digest"]
+    m0, m1 = torch.load(out / "salun-mask-0.pt"), torch.load(out / "salun-mask-1.pt")
+    assert m0.keys() == m1.keys() and all(torch.equal(m0[k], m1[k]) for k in m0)
+    before, after = weights(untrained_llava), weights(out / "salun")
+    kept = changed = 0
+    for name, mask in m0.items():
+        frozen = mask == 0
+        assert torch.equal(before[name][frozen], after[name][frozen]), name  # masked entries never move
+        kept += int(mask.sum())
+        changed += int((before[name] != after[name]).sum())
+    assert 0 < changed <= kept
+
+
+def test_resume_on_two_processes_skips_the_done_steps_and_ends_where_a_straight_run_ends(
+        ddp_run, small_world, untrained_llava):
+    out, (r0, r1) = ddp_run
+    assert r0["crashed"] and r1["crashed"]
+    assert (out / "resumed" / "checkpoint" / "rng_1.pt").is_file()  # every process's RNG was saved
+    assert not (out / "resumed" / "model.safetensors").exists()
+    proc = launch("resume", small_world, untrained_llava, out)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for report in reports(out, "resume"):
+        assert report["processes"] == 2
+        assert report["steps_run"] == 2  # steps 2 and 3 only: 0 and 1 came from the checkpoint
+    straight, resumed = weights(out / "straight"), weights(out / "resumed")
+    for name in straight:
+        assert torch.allclose(straight[name], resumed[name], atol=1e-6), name
+    assert [round(r["loss"], 5) for r in read_log(out / "straight")["losses"]] == \
+        [round(r["loss"], 5) for r in read_log(out / "resumed")["losses"]]
+
+
+def test_nan_on_one_rank_stops_both_with_the_error_and_writes_no_model(small_world, untrained_llava, tmp_path):
+    proc = launch("nan", small_world, untrained_llava, tmp_path)
+    for report in reports(tmp_path, "nan"):
+        assert report["exit"] == 2
+    assert proc.stderr.count("error: unlearn:graddiff: loss became non-finite at step 1 on process 1") == 2
+    assert not (tmp_path / "nan-run" / "model.safetensors").exists()
+    assert not (tmp_path / "nan-run" / "unlearn_log.json").exists()
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(small_world, untrained_llava, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsdp")
+    env = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
+           "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT"}
+    proc = launch("fsdp", small_world, untrained_llava, out, env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out, reports(out, "fsdp")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_fsdp2_step_equals_the_union_step_and_saves_one_loadable_folder(fsdp_run, union_runs, untrained_llava,
+                                                                        method):
+    out, (r0, _) = fsdp_run
+    assert r0[method]["distributed_type"] == "FSDP" and r0[method]["processes"] == 2
+    if method == "vkd":
+        assert r0[method]["reference"] == "vision-copy-sharded"
+    reloaded = load_model(out / f"fsdp-{method}")  # a gathered, plain HF folder
+    one = weights(union_runs / method)
+    for name, tensor in weights(out / f"fsdp-{method}").items():
+        assert torch.allclose(tensor, one[name], atol=2e-6), (method, name)
+    assert reloaded.model is not None
