@@ -50,6 +50,27 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model.safetensors"))
 
 
+def named_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """Parameters by their in-memory names (masks use these; LLaVA's file keeps older names)."""
+    return {n: p.detach().clone() for n, p in load_model(folder).model.named_parameters()}
+
+
+LR = 1e-3
+
+
+def assert_same_step(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], label: str) -> None:
+    """AdamW's first step moves a weight by lr·g/(|g| + 1e-8): ±lr wherever the gradient is not tiny.
+    A gradient weighted differently (a per-process token mean, a process's batch counted twice) flips
+    or shrinks some of those moves, by up to 2·lr. Float summation order only matters where |g| is
+    near 1e-8, where the move itself is a fraction of lr: so allow lr/20 on a handful of weights."""
+    off = 0
+    for name, tensor in expected.items():
+        diff = (got[name] - tensor).abs()
+        assert diff.max() <= LR / 20, (label, name, float(diff.max()))
+        off += int((diff > 1e-6).sum())
+    assert off <= 1e-4 * sum(t.numel() for t in expected.values()), (label, off)
+
+
 @pytest.fixture(scope="module")
 def ddp_run(small_world, untrained_llava, tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
@@ -67,7 +88,7 @@ def union_runs(small_world, untrained_llava, tmp_path_factory):
     out = tmp_path_factory.mktemp("union")
     for method in METHODS:
         args = {"vkd_images": 8} if method == "vkd" else {}
-        unlearn(bundle, UnlearnConfig(method=method, steps=1, batch_size=4, lr=1e-3, method_args=args),
+        unlearn(bundle, UnlearnConfig(method=method, steps=1, batch_size=4, lr=LR, method_args=args),
                 out / method, loaded=load_model(untrained_llava))
     return out
 
@@ -96,8 +117,7 @@ def test_one_ddp_step_equals_one_step_on_the_union_batch(ddp_run, union_runs, un
     before, two, one = weights(untrained_llava), weights(out / f"ddp-{method}"), weights(union_runs / method)
     moved = [k for k in before if not torch.equal(before[k], one[k])]
     assert moved, "the single-process step changed nothing"
-    for name in before:
-        assert torch.allclose(two[name], one[name], atol=2e-6), (method, name, (two[name] - one[name]).abs().max())
+    assert_same_step(two, one, method)
 
 
 def test_replicas_stay_identical_and_masks_agree_across_ranks(ddp_run, untrained_llava):
@@ -105,7 +125,7 @@ def test_replicas_stay_identical_and_masks_agree_across_ranks(ddp_run, untrained
     assert r0["salun_digest"] == r1["salun_digest"]
     m0, m1 = torch.load(out / "salun-mask-0.pt"), torch.load(out / "salun-mask-1.pt")
     assert m0.keys() == m1.keys() and all(torch.equal(m0[k], m1[k]) for k in m0)
-    before, after = weights(untrained_llava), weights(out / "salun")
+    before, after = named_weights(untrained_llava), named_weights(out / "salun")  # the masks' names
     kept = changed = 0
     for name, mask in m0.items():
         frozen = mask == 0
@@ -159,8 +179,6 @@ def test_fsdp2_step_equals_the_union_step_and_saves_one_loadable_folder(fsdp_run
     assert r0[method]["distributed_type"] == "FSDP" and r0[method]["processes"] == 2
     if method == "vkd":
         assert r0[method]["reference"] == "vision-copy-sharded"
-    reloaded = load_model(out / f"fsdp-{method}")  # a gathered, plain HF folder
-    one = weights(union_runs / method)
-    for name, tensor in weights(out / f"fsdp-{method}").items():
-        assert torch.allclose(tensor, one[name], atol=2e-6), (method, name)
+    reloaded = load_model(out / f"fsdp-{method}")  # a gathered, plain HF folder, strictly loaded
     assert reloaded.model is not None
+    assert_same_step(weights(out / f"fsdp-{method}"), weights(union_runs / method), method)

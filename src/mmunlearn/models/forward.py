@@ -109,17 +109,32 @@ class StepModule(torch.nn.Module):
     decoder and vision layers through this wrapper.
     """
 
-    def __init__(self, model: torch.nn.Module, adapter: Any):
+    def __init__(self, model: torch.nn.Module, adapter: Any, processor: Any = None):
         super().__init__()
         self.model = model
         self.adapter = adapter
-        self._no_split_modules = getattr(base_model(model), "_no_split_modules", None) or []
+        self.processor = processor
+        # Under FSDP every process must gather the same layers in the same order; a text-only batch
+        # skips the vision tower, so on one process and not another it would desynchronise them. With
+        # `uniform_parts` such a batch also encodes a blank image, added to its logits times zero:
+        # the vision layers run (and get a zero gradient) everywhere. Set by the loop under FSDP.
+        self.uniform_parts = False
+        self._blank: dict | None = None
+        # only the layer classes this model really has (LLaVA lists CLIP's text embeddings, which an
+        # image-text model does not contain, and accelerate refuses a class it cannot find)
+        present = {type(m).__name__ for m in model.modules()}
+        self._no_split_modules = [c for c in getattr(base_model(model), "_no_split_modules", None) or []
+                                  if c in present]
 
     def forward(self, requests: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name, request in requests.items():
             if isinstance(request, AnswerLogits):
-                out[name] = answer_logits(self.model, request.batch)
+                blank = None
+                if self.uniform_parts and "pixel_values" not in request.batch:  # vision first, as with images
+                    blank = 0.0 * image_features(self.model, self._blank_pixels()).sum()
+                logits, labels = answer_logits(self.model, request.batch)
+                out[name] = (logits if blank is None else logits + blank, labels)
             elif isinstance(request, VisualFeatures):
                 with capture(feature_points(self.model, self.adapter, request.points)) as store:
                     projected = image_features(self.model, request.pixel_inputs)
@@ -127,6 +142,18 @@ class StepModule(torch.nn.Module):
             else:
                 raise TypeError(f"unknown request {type(request).__name__} for {name!r}")
         return out
+
+    def _blank_pixels(self) -> dict:
+        if self._blank is None:
+            if self.processor is None:
+                raise RuntimeError("uniform_parts needs the processor (to encode a blank image)")
+            from PIL import Image
+
+            size = getattr(getattr(self.processor, "image_processor", None), "crop_size", None) or {}
+            side = int(size.get("height", 32)) if isinstance(size, dict) else 32
+            enc = self.processor.image_processor(images=[Image.new("RGB", (side, side))], return_tensors="pt")
+            self._blank = {k: v for k, v in enc.items() if torch.is_tensor(v)}
+        return self._blank
 
     @contextmanager
     def as_reference(self) -> Iterator[None]:

@@ -56,9 +56,9 @@ class AdapterReference(Reference):
 class FrozenReference(Reference):
     """A separate frozen model (a copy of θ0, its vision half, or a --reference folder)."""
 
-    def __init__(self, model: torch.nn.Module, adapter: Any, kind: str):
+    def __init__(self, model: torch.nn.Module, adapter: Any, kind: str, processor: Any = None):
         model.eval().requires_grad_(False)
-        self.module = StepModule(model, adapter)
+        self.module = StepModule(model, adapter, processor)
         self.kind = kind
 
     def answer_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,19 +105,20 @@ def build_reference(kind: str, model: torch.nn.Module, adapter: Any, module: Ste
         return None
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     if loaded_reference is not None:
-        ref = FrozenReference(loaded_reference.to(device), adapter, "reference-model")
+        ref = FrozenReference(loaded_reference.to(device), adapter, "reference-model", module.processor)
     elif hasattr(model, "disable_adapter") and hasattr(model, "peft_config"):
         return AdapterReference(module)
     elif kind == "vision":
-        ref = FrozenReference(vision_copy(model, adapter).to(device), adapter, "vision-copy")
+        ref = FrozenReference(vision_copy(model, adapter).to(device), adapter, "vision-copy", module.processor)
     else:
-        ref = FrozenReference(copy.deepcopy(base_model(model)).to(device), adapter, "copy")
+        ref = FrozenReference(copy.deepcopy(base_model(model)).to(device), adapter, "copy", module.processor)
     if accelerator is not None and str(accelerator.mixed_precision) == "bf16":
         ref.module.to(torch.bfloat16)  # outputs are computed under bf16 autocast anyway
         ref.kind += "-bf16"
     if accelerator is not None and getattr(accelerator, "is_fsdp2", False):
         from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 
+        ref.module.uniform_parts = True
         ref.module = fsdp2_prepare_model(accelerator, ref.module)
         ref.kind += "-sharded"
     return ref

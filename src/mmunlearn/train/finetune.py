@@ -111,7 +111,7 @@ def finetune(bundle: DataBundle, cfg: FinetuneConfig, out: Path, resume: bool = 
     model = loaded.model
     model.train()
     device = accelerator.device
-    module = StepModule(model, loaded.adapter)
+    module = StepModule(model, loaded.adapter, loaded.processor)
 
     def step_loss(step: int, prepared: torch.nn.Module) -> dict[str, torch.Tensor]:
         draw = replay_rng.random()

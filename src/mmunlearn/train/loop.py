@@ -78,7 +78,7 @@ def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1):
     switched to FSDP with the plugin read from the same environment, so the CPU tests exercise the
     very `prepare` path a GPU run takes.
     """
-    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import DistributedType
 
@@ -90,6 +90,9 @@ def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1):
     AcceleratorState._reset_state()
     GradientState._reset_state()
     cpu = not torch.cuda.is_available()
+    partial = PartialState(cpu=cpu)
+    if cpu and partial.distributed_type == DistributedType.FSDP:  # switched by an earlier run (below)
+        partial.distributed_type = DistributedType.MULTI_CPU
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
                               step_scheduler_with_optimizer=False,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
@@ -101,6 +104,9 @@ def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1):
         if plugin.fsdp_version != 2:
             raise ValueError("FSDP on CPU needs FSDP2 (set fsdp_version: 2 in the accelerate config, "
                              "or FSDP_VERSION=2)")
+        # both shared states: accelerate copies PartialState's type into AcceleratorState whenever one
+        # is constructed again (its own helpers do), which would quietly turn FSDP back into DDP
+        partial.distributed_type = DistributedType.FSDP
         accelerator.state.distributed_type = DistributedType.FSDP
         accelerator.state.fsdp_plugin = plugin
     return accelerator
@@ -174,6 +180,8 @@ def run_loop(
     if not any(p.requires_grad for p in module.parameters()):
         raise ValueError("nothing to train: no parameter requires grad")
     module.to(accelerator.device)
+    if accelerator.is_fsdp2:
+        module.uniform_parts = True  # every process gathers the same layers (models/forward.py)
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))

@@ -62,13 +62,24 @@ class RecordSampler:
         self.pos = 0
 
     def _take(self, n: int) -> list[int]:
-        out = []
+        out: list[int] = []
         while len(out) < n:
             if self.pos >= len(self.order):
                 self._refill()
+                if self.world > 1 and out:
+                    self._defer(set(out), n - len(out))
             out.append(self.order[self.pos])
             self.pos += 1
         return out
+
+    def _defer(self, taken: set[int], room: int) -> None:
+        """A global batch that runs into a new pass must not hold a record twice (two processes would
+        train on it in the same step): the new pass's records already in the batch move behind the
+        first `room` positions. Every record is still seen once per pass. (One process keeps the
+        plain stream, so earlier single-process results reproduce.)"""
+        head = [i for i in self.order[: room + len(taken)] if i not in taken][:room]
+        rest = [i for i in self.order if i not in set(head)]
+        self.order = head + rest
 
     def next_indices(self) -> list[int]:
         """Indices of the next global batch (the same on every process)."""

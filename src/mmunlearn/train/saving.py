@@ -23,13 +23,29 @@ def save_run_model(accelerator, model: torch.nn.Module, loaded: LoadedModel, out
         if accelerator.is_main_process:
             model.save_pretrained(out / "adapter", safe_serialization=True)
         model = model.merge_and_unload()
-    full = None
+    plain = base_model(model)
     if accelerator.is_fsdp2:
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        plain = unsharded_copy(plain, full) if accelerator.is_main_process else None
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        plain = base_model(model)
-        plain.save_pretrained(out, state_dict=full, safe_serialization=True)
+        plain.save_pretrained(out, safe_serialization=True)
         loaded.processor.save_pretrained(out)
     accelerator.wait_for_everyone()
     return model
+
+
+def unsharded_copy(sharded: torch.nn.Module, full_state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A plain model of the sharded one's class and config holding the gathered weights: built on the
+    meta device (no memory, no random init) and filled in place, so even a 7B model costs one copy."""
+    cls = next(c for c in type(sharded).__mro__ if not c.__name__.startswith("FSDP"))
+    with torch.device("meta"):
+        plain = cls(sharded.config)
+    missing, unexpected = plain.load_state_dict(full_state, strict=False, assign=True)
+    tied = set(getattr(plain, "all_tied_weights_keys", None) or {})
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise RuntimeError(f"gathered weights do not fit the model: {len(missing)} missing, {len(unexpected)} unexpected")
+    plain.tie_weights()
+    plain.generation_config = sharded.generation_config
+    return plain

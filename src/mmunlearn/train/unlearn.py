@@ -134,7 +134,7 @@ def unlearn(bundle: DataBundle, cfg: UnlearnConfig, out: Path, loaded: LoadedMod
     loaded.model = model
     n_train, n_total = trainable_count(model)
     model.to(accelerator.device)
-    module = StepModule(model, loaded.adapter)
+    module = StepModule(model, loaded.adapter, loaded.processor)
     reference = build_reference(method.reference_kind(), model, loaded.adapter, module, accelerator,
                                 loaded_reference)
 
@@ -166,7 +166,7 @@ def unlearn(bundle: DataBundle, cfg: UnlearnConfig, out: Path, loaded: LoadedMod
         if stage_cfg.steps <= 0:
             return None
         if ctx.module.model is not ctx.model:
-            ctx.module = StepModule(ctx.model, loaded.adapter)
+            ctx.module = StepModule(ctx.model, loaded.adapter, loaded.processor)
 
         def bound(step, prepared):
             ctx.step_module = prepared

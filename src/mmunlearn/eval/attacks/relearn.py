@@ -230,7 +230,7 @@ def relearn_once(source: ModelSource, records: Sequence[Record], cfg: RelearnCon
         batch = {k: v.to(device) for k, v in collate(sampler.next(), shard=shard).items()}
         return {"loss": answer_nll(*prepared({"qa": AnswerLogits(batch)})["qa"])}
 
-    result = run_loop(StepModule(model, loaded.adapter), step_loss,
+    result = run_loop(StepModule(model, loaded.adapter, loaded.processor), step_loss,
                       LoopConfig(steps=cfg.steps, lr=cfg.lr, seed=cfg.seed, desc="relearn",
                                  log_every=max(1, cfg.steps // 5)), accelerator=accelerator)
     if hasattr(model, "merge_and_unload"):
