@@ -128,6 +128,15 @@ def main() -> None:
         except SystemExit as exc:
             report["exit"] = exc.code
 
+    if mode == "eval":
+        from mmunlearn.cli import app
+
+        try:
+            app(["eval", "--model", str(model_dir), "--data", str(world_dir), "--forget-split", "forget_15",
+                 "--out", str(out / "eval-2"), "--splits", "forget,test,retain", "--max-records", "25"])
+        except SystemExit as exc:
+            report["exit"] = exc.code
+
     (out / f"report-{mode}-{rank}.json").write_text(json.dumps(report))
 
 

@@ -182,3 +182,48 @@ def test_fsdp2_step_equals_the_union_step_and_saves_one_loadable_folder(fsdp_run
     reloaded = load_model(out / f"fsdp-{method}")  # a gathered, plain HF folder, strictly loaded
     assert reloaded.model is not None
     assert_same_step(weights(out / f"fsdp-{method}"), weights(union_runs / method), method)
+
+
+def test_accelerate_config_file_launches_two_fsdp2_processes_through_the_cli(small_world, untrained_llava, tmp_path):
+    """The repo's CPU FSDP2 launch file, the real CLI: two processes, sharded, one folder written by one."""
+    config = Path(__file__).parents[1] / "configs" / "accelerate" / "cpu-fsdp2.yaml"
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--main_process_port",
+           str(free_port()), "-m", "mmunlearn", "unlearn", "--method", "npo", "--model", str(untrained_llava),
+           "--data", str(small_world), "--forget-split", "forget_15", "--out", str(out), "--steps", "2",
+           "--batch-size", "2", "--no-eval"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    log = read_log(out)
+    assert log["processes"] == 2 and log["distributed_type"] == "FSDP" and log["global_batch"] == 4
+    assert log["steps_run"] == 2 and log["reference"] == "copy-sharded"
+    assert proc.stdout.count("npo: 2 steps") == 1  # the main process alone reports
+    assert load_model(out).model is not None
+
+
+def test_sharded_evaluation_equals_one_process(small_world, untrained_llava, tmp_path):
+    """`mmunlearn eval` on two processes (each scores every other record) writes the summary and the
+    per-record details that one process writes."""
+    from typer.testing import CliRunner
+
+    from mmunlearn.cli import app
+
+    args = ["eval", "--model", str(untrained_llava), "--data", str(small_world), "--forget-split", "forget_15",
+            "--splits", "forget,test,retain", "--max-records", "25"]
+    single = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "eval-1")])
+    assert single.exit_code == 0, single.output
+    proc = launch("eval", small_world, untrained_llava, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    one = json.loads((tmp_path / "eval-1" / "summary.json").read_text())
+    two = json.loads((tmp_path / "eval-2" / "summary.json").read_text())
+    assert two["processes"] == 2 and one["processes"] == 1
+    rows1 = [json.loads(x) for x in (tmp_path / "eval-1" / "details.jsonl").read_text().splitlines()]
+    rows2 = [json.loads(x) for x in (tmp_path / "eval-2" / "details.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows1] == [r["id"] for r in rows2] and len(rows1) == 75
+    assert [r["generated"] for r in rows1] == [r["generated"] for r in rows2]
+    for split, cells in one["metrics"].items():
+        for modality, values in cells.items():
+            for metric, value in values.items():
+                assert two["metrics"][split][modality][metric] == pytest.approx(value, abs=1e-4), \
+                    (split, modality, metric)

@@ -1,9 +1,5 @@
 """The unlearning engine's guarantees: scopes, exact resume, NaN guard, merged output, multi-process."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -50,6 +46,9 @@ def test_lora_scope_saves_a_merged_plain_model(tuned_small, tmp_path):
     from safetensors.torch import load_file
 
     assert not any("lora" in k for k in load_file(str(tmp_path / "u" / "model.safetensors")))
+    # the unmerged adapter is kept beside the merged model, with the trained (non-zero) B matrices
+    adapter = load_file(str(tmp_path / "u" / "adapter" / "adapter_model.safetensors"))
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())
     log = read_log(tmp_path / "u")
     assert 0 < log["trainable_share"] < 0.2
     reloaded = load_model(tmp_path / "u")
@@ -75,6 +74,9 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tuned_small, tmp_path, monk
     assert not (tmp_path / "resumed" / "model.safetensors").exists()
     monkeypatch.setattr(GradDiff, "loss", original)
     unlearn(bundle, cfg, tmp_path / "resumed", loaded=load_model(vanilla), resume=True)
+    # the resumed run took steps 4–9 only: steps 0–3 came from the checkpoint written at step 4
+    assert read_log(tmp_path / "straight")["steps_run"] == 10
+    assert read_log(tmp_path / "resumed")["steps_run"] == 6
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-6), name
@@ -98,20 +100,3 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tuned_small, tmp_path
                 loaded=load_model(vanilla))
     assert (tmp_path / "u" / "checkpoint" / "trainable.pt").is_file()
     assert not (tmp_path / "u" / "model.safetensors").exists()
-
-
-def test_accelerate_launch_two_cpu_processes(tuned_small, small_world, tmp_path):
-    _, vanilla, _ = tuned_small
-    out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mmunlearn", "unlearn", "--method", "graddiff",
-           "--model", str(vanilla), "--data", str(small_world), "--forget-split", "forget_15", "--out", str(out),
-           "--steps", "3", "--no-eval"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (out / "model.safetensors").is_file()
-    log = read_log(out)
-    assert log["config"]["steps"] == 3
-    before, after = _weights(vanilla), _weights(out)
-    assert any(not torch.equal(before[k], after[k]) for k in before)

@@ -90,13 +90,13 @@ def test_vkd_keeps_the_earlier_population_photos_only_when_asked(tuned_small, tm
 
 
 def test_vkd_retain_batch_sets_the_retain_nll_size(tuned_small, tmp_path, monkeypatch):
-    import mmunlearn.methods.vkd as vkd
+    import mmunlearn.models.forward as step_module  # every training call of a step goes through it
 
     bundle, vanilla, _ = tuned_small
     sizes = []
-    real_forward = vkd.forward
-    monkeypatch.setattr(vkd, "forward", lambda model, batch: sizes.append(batch["input_ids"].shape[0])
-                        or real_forward(model, batch))
+    real_answer_logits = step_module.answer_logits
+    monkeypatch.setattr(step_module, "answer_logits", lambda model, batch: sizes.append(batch["input_ids"].shape[0])
+                        or real_answer_logits(model, batch))
     unlearn(bundle, UnlearnConfig(method="vkd", steps=1, batch_size=4, method_args={"retain_batch": 3}),
             tmp_path / "u", loaded=load_model(vanilla))
     assert sizes[-2:] == [4, 3]  # the step's forget batch, then its retain NLL batch

@@ -53,20 +53,30 @@ def _vanilla_row(bundle: DataBundle, cfg: BenchConfig, out: Path) -> dict:
 
 def _attack_numbers(model_dir: str | Path, bundle: DataBundle, cfg: BenchConfig, run: Path) -> dict:
     from .eval.attacks.probe import ProbeConfig, run_probe
+    from .eval.attacks.rank import RankConfig, run_rank
     from .eval.attacks.relearn import RelearnConfig, relearn_attack
 
     path = run / "attacks.json"
+    # Identity ranking on the forget people's unseen photos, strangers' baseline included (no retain photos).
+    rank_cfg = RankConfig(retain_people=0)
     if not path.is_file():
-        probe, _ = run_probe(load_model(model_dir), bundle, ProbeConfig())
+        loaded = load_model(model_dir)
+        probe, _ = run_probe(loaded, bundle, ProbeConfig())
+        rank, _ = run_rank(loaded, bundle, rank_cfg)
         relearn, _ = relearn_attack(str(model_dir), bundle,
                                     RelearnConfig(ratios=cfg.relearn_ratios, steps=cfg.relearn_steps, generate=False))
-        atomic_write_json(path, {"probe": probe, "relearn": relearn})
+        atomic_write_json(path, {"probe": probe, "relearn": relearn, "rank": rank})
     data = json.loads(path.read_text())
+    if "rank" not in data and any(Path(model_dir).glob("*.safetensors")):  # written before the rank attack
+        data["rank"], _ = run_rank(load_model(model_dir), bundle, rank_cfg)
+        atomic_write_json(path, data)
     probes = data["probe"].get("probes", {})
     mia = (data["probe"].get("mia") or {}).get("forget_vs_holdout", {})
+    rank = ((data.get("rank") or {}).get("groups") or {}).get("forget") or {}
     return {"AG": data["relearn"].get("AG"),
             "leak_text": (probes.get("text_only") or {}).get("leak"),
-            "mia_auc": mia.get("loss_auc")}
+            "mia_auc": mia.get("loss_auc"),
+            "rank_top5": rank.get("top5"), "rank_median": rank.get("median_rank")}
 
 
 def run_bench(bundle: DataBundle, cfg: BenchConfig, out: Path, progress=print) -> dict:

@@ -174,32 +174,34 @@ def finetune(
     _echo(f"fine-tuned {log['parameters']:,} parameters in {log['wall_time_s']:.0f}s on {log['processes']} "
           f"process(es) → {out}")
     if eval_after:
-        _eval_on_main(result["loaded"], out, bundle, out / "eval")
+        _eval_after_training(result["loaded"], out, bundle, out / "eval")
 
 
-def _eval_on_main(loaded, model_dir: Path, bundle, out: Path, **kwargs) -> dict | None:
-    """Evaluate after training: in place on one process; on several, the main process evaluates the
-    saved folder (a sharded model in memory would need every process) while the others stop."""
+def _eval_after_training(loaded, model_dir: Path, bundle, out: Path, **kwargs) -> dict | None:
+    """Evaluate after training: in place on one process; on several, every process loads the saved
+    folder (a sharded model in memory is no replica) and scores its share of the records."""
     state = _launch()
     if state.num_processes == 1:
         return _run_eval(loaded, bundle, out, **kwargs)
     state.wait_for_everyone()
-    if not state.is_main_process:
-        return None
     from .models.loader import load_model
 
-    return _run_eval(load_model(model_dir), bundle, out, **kwargs)
+    return _run_eval(load_model(model_dir, device="auto"), bundle, out, **kwargs)
 
 
 def _run_eval(loaded, bundle, out: Path, **kwargs) -> dict:
+    """Evaluate (sharded over the launch's processes) and write OUT/summary.json from the main one."""
     from .eval.evaluator import EvalConfig, evaluate, format_table, write_results
 
     summary, details = evaluate(loaded, bundle, EvalConfig(**kwargs))
     if bundle.notes:
         summary["notes"] = dict(bundle.notes)
-    write_results(out, summary, details)
-    typer.echo(format_table(summary))
-    typer.echo(f"evaluation ({summary['timing']['total_s']:.0f}s) → {out / 'summary.json'}")
+    summary["processes"] = _launch().num_processes
+    if _launch().is_main_process:
+        write_results(out, summary, details)
+        typer.echo(format_table(summary))
+        typer.echo(f"evaluation ({summary['timing']['total_s']:.0f}s) → {out / 'summary.json'}")
+    _launch().wait_for_everyone()
     return summary
 
 
@@ -222,17 +224,17 @@ def eval_cmd(
 ) -> None:
     """Evaluate a model: MLLMU-Bench / CLEAR metrics per split × modality → OUT/summary.json.
 
-    Runs on the GPU when there is one, in the folder's dtype unless --dtype says otherwise."""
+    Runs on the GPU when there is one, in the folder's dtype unless --dtype says otherwise. Launched on
+    several processes (torchrun, accelerate launch) each scores its share of the records."""
     _quiet_libraries()
-    from .data.store import prepare_out_dir
     from .models.loader import load_model, parse_dtype
 
     torch_dtype = parse_dtype(dtype)
     bundle = _load(data, forget_split, tofu)
-    loaded = load_model(model, dtype=torch_dtype, device="auto")
+    loaded = load_model(model, dtype=torch_dtype, device="auto")  # one replica per process
     if reference_summary is not None and not reference_summary.is_file():
         _fail(f"--reference-summary {reference_summary} does not exist")
-    out = prepare_out_dir(out, overwrite=overwrite)
+    out = _prepare_out(out, overwrite=overwrite)
     _run_eval(loaded, bundle, out, splits=tuple(s.strip() for s in splits.split(",") if s.strip()),
               batch_size=batch_size, max_records_per_split=max_records,
               reference_summary=str(reference_summary) if reference_summary else None)
@@ -309,7 +311,7 @@ def unlearn(
           f"(global batch {log['global_batch']}), {log['trainable_params']:,} trainable parameters "
           f"({100 * log['trainable_share']:.1f}%) → {out}")
     if eval_after:
-        _eval_on_main(result.loaded, out, bundle, out / "eval",
+        _eval_after_training(result.loaded, out, bundle, out / "eval",
                       reference_summary=str(reference_summary) if reference_summary else None)
 
 
@@ -352,7 +354,7 @@ def retain_model(
     result = run_finetune(bundle, cfg, out)
     _echo(f"retain-only model ({len(bundle.forget_ids)} people never seen) → {out}")
     if eval_after:
-        _eval_on_main(result["loaded"], out, bundle, out / "eval")
+        _eval_after_training(result["loaded"], out, bundle, out / "eval")
 
 
 DEMO_METHODS = ("ga", "graddiff", "npo", "idk", "vkd", "smfa", "viker")
@@ -497,6 +499,52 @@ def attack_probe(
         fh = mia["forget_vs_holdout"]
         typer.echo(f"{'MIA forget/holdout':20s} loss AUC {fh['loss_auc']:.3f}, min-k AUC {fh['min_k_auc']:.3f}")
     typer.echo(f"probe → {out / 'summary.json'}")
+
+
+@attack_app.command("rank")
+@guarded
+def attack_rank(
+    model: Path = typer.Option(..., "--model", help="The (unlearned) HF model folder to attack."),
+    data: Path = typer.Option(..., "--data", "--world"),
+    out: Path = typer.Option(..., "--out"),
+    forget_split: str = typer.Option("forget_10"),
+    photos: str = typer.Option("test", help="Split whose photos of the forget / retain people are ranked."),
+    question: Optional[str] = typer.Option(None, help="Name question (default: the world's evaluation phrasing)."),
+    answer_template: Optional[str] = typer.Option(None, help="Candidate answer with {name} (default: the world's "
+                                                  "'The name is {name}.'; '{name}' on benchmarks)."),
+    retain_people: int = typer.Option(10, help="Retain people ranked too (seeded sample; 0: none, -1: all)."),
+    holdout: bool = typer.Option(True, "--holdout/--no-holdout", help="Rank the never-trained people's photos."),
+    batch_size: int = typer.Option(1024, help="(photo, candidate) pairs per forward."),
+    overwrite: bool = typer.Option(False),
+) -> None:
+    """Identity ranking: every known name ranked by likelihood after a name question on unseen photos."""
+    _quiet_libraries()
+    from dataclasses import asdict
+
+    from .data.store import atomic_write_json, prepare_out_dir
+    from .eval.attacks.rank import RankConfig, photo_sets, question_and_template, run_rank
+    from .models.loader import load_model
+
+    cfg = RankConfig(photos=photos, question=question, answer_template=answer_template, retain_people=retain_people,
+                     holdout=holdout, batch_size=batch_size).validate()
+    bundle = _load(data, forget_split)
+    question_and_template(bundle, cfg)  # unusable data (a training phrasing, no photos) fails before loading
+    photo_sets(bundle, cfg)
+    loaded = load_model(model)
+    out = prepare_out_dir(out, overwrite=overwrite)
+    atomic_write_json(out / "config.json", {"command": "attack rank", "model": str(model), "data": str(data),
+                                            "forget_split": forget_split, **asdict(cfg)})
+    summary, details = run_rank(loaded, bundle, cfg)
+    _attack_results(out, summary, details)
+    for group, res in summary["groups"].items():
+        if res:
+            typer.echo(f"{group:8s} top-1 {res['top1']:.2f}, top-5 {res['top5']:.2f}, MRR {res['mrr']:.3f}, "
+                       f"median rank {res['median_rank']:g} of {summary['n_candidates']} ({res['n']} photos)")
+    base = summary["forget_names_on_strangers"]
+    if base:
+        typer.echo(f"forget names on strangers' photos: median rank {base['median_rank']:g} "
+                   f"(10–90 %: {base['rank_p10']:.0f}–{base['rank_p90']:.0f})")
+    typer.echo(f"rank ({summary['timing']['total_s']:.1f}s) → {out / 'summary.json'}")
 
 
 @app.command()

@@ -145,8 +145,27 @@ def aggregate(details: Sequence[dict]) -> dict[str, dict[str, float]]:
     return out
 
 
+def score_sharded(loaded: LoadedModel, records: Sequence[Record], cfg: EvalConfig, desc: str) -> list[dict]:
+    """`score_records` with the records split over the launch's processes (each holds a replica of the
+    model): process k scores records k, k + N, ...; every process gets all rows back in record order.
+    One process: exactly `score_records`."""
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.num_processes == 1:
+        return score_records(loaded, records, cfg, desc)
+    rank, world = state.process_index, state.num_processes
+    mine = list(range(rank, len(records), world))
+    rows = score_records(loaded, [records[i] for i in mine], cfg, desc) if mine else []
+    gathered = gather_object([(i, row) for i, row in zip(mine, rows)])
+    return [row for _, row in sorted(gathered, key=lambda pair: pair[0])]
+
+
 def evaluate(loaded: LoadedModel, bundle: DataBundle, cfg: EvalConfig) -> tuple[dict, list[dict]]:
-    """Evaluate every split in `cfg.splits`; returns (summary, details)."""
+    """Evaluate every split in `cfg.splits`; returns (summary, details). Launched on several processes,
+    each scores its share of every split (`score_sharded`) and all end with the same summary."""
     t0 = time.perf_counter()
     metrics: dict[str, dict] = {}
     details: list[dict] = []
@@ -156,7 +175,7 @@ def evaluate(loaded: LoadedModel, bundle: DataBundle, cfg: EvalConfig) -> tuple[
         if not recs:
             continue
         t = time.perf_counter()
-        rows = score_records(loaded, recs, cfg, split)
+        rows = score_sharded(loaded, recs, cfg, split)
         for d in rows:
             d["split"] = split
         timing[split] = round(time.perf_counter() - t, 2)

@@ -28,6 +28,8 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("AG", "relearn AG", "{:+.2f}"),
     ("leak_text", "text-probe leak", "{:.2f}"),
     ("mia_auc", "MIA AUC", "{:.2f}"),
+    ("rank_top5", "name rank top-5", "{:.2f}"),
+    ("rank_median", "name rank median", "{:.0f}"),
     ("wall_time_s", "time (s)", "{:.1f}"),
     ("trainable_params", "trainable params", "{:,.0f}"),
 ]

@@ -86,6 +86,9 @@ def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1):
         raise ValueError(f"unknown mixed precision {mixed_precision!r}; choose one of {', '.join(MIXED_PRECISION)}")
     if grad_accum < 1:
         raise ValueError(f"gradient accumulation must be at least 1 step (got {grad_accum})")
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise ValueError("DeepSpeed launches are not supported yet (gradient masks must run between its "
+                         "backward and step); use an FSDP2 or DDP config from configs/accelerate/")
     # One run per Accelerator: a second run in the same process (tests, bench) may ask for other settings.
     AcceleratorState._reset_state()
     GradientState._reset_state()
