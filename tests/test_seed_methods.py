@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import accuracies
+from helpers import accuracies, cls_acc
 from mmunlearn.cli import app
 from mmunlearn.data.collate import TrainCollator, target_text
 from mmunlearn.eval.engine import generate
@@ -138,13 +138,18 @@ def test_vkd_forgets_photo_knowledge_and_keeps_text_knowledge(tuned_small, tmp_p
     bundle, vanilla, _ = tuned_small
     # VKD's defaults are tuned on the default world (three seeds: forget photos 0.99 → 0.19, retain 0.96,
     # real 0.92 there). Its forget_cap is in nats per answer token, and where an answer stops being
-    # ranked first depends on the world: on this 6-person world the default 0.5 leaves 6 of the forget
-    # person's 7 photo questions, 1.0 leaves 4 of 7 (with one or two threads, at lr 5e-3 or 1e-2).
-    # The test runs the defaults with cap 1.0 and asks for a drop of at least 0.4 with text and retain kept.
-    result = unlearn(bundle, UnlearnConfig(method="vkd", method_args={"forget_cap": 1.0}), tmp_path / "u",
+    # ranked first depends on the world and the library versions: on this 6-person world (torch 2.13,
+    # transformers 5.24) cap 1.0 leaves 6 of the forget person's 7 photo questions (4 of 7 with an earlier
+    # stack), cap 1.5 leaves 2 of 7 on trained photos and 7 of 21 on unseen ones (vanilla 21 of 21), cap 2.0
+    # 2 of 7 and 5 of 21. The test runs the defaults with cap 1.5 and asks for a drop of at least 0.4 on the
+    # trained photos and on photos never trained on, with text and retain kept.
+    result = unlearn(bundle, UnlearnConfig(method="vkd", method_args={"forget_cap": 1.5}), tmp_path / "u",
                      loaded=load_model(vanilla))
     acc = accuracies(result.loaded, bundle)
     assert acc["forget/image+text"] <= vanilla_acc["forget/image+text"] - 0.4, (acc, vanilla_acc)
+    unseen = [r for r in bundle.eval("test") if r.modality == "image+text" and r.profile_id in bundle.forget_ids]
+    before, after = cls_acc(load_model(vanilla), unseen), cls_acc(result.loaded, unseen)
+    assert after <= before - 0.4, (after, before)
     assert acc["forget/text"] >= 0.9 * vanilla_acc["forget/text"], acc
     assert acc["retain/image+text"] >= 0.9 * vanilla_acc["retain/image+text"], acc
     assert acc["retain/text"] >= 0.9 * vanilla_acc["retain/text"], acc
