@@ -24,6 +24,11 @@ about 100 % of vanilla (VKDConfig, README).
 training photos, for the world's "real" people, who share the vision tower but are in no retain record
 (measured: no gain over three seeds, see VKDConfig).
 
+The teacher is frozen and the distilled photos are a fixed list, so its features of each photo are
+computed once and kept on the device, in their own dtype, up to `teacher_cache_mb` (`TeacherCache`; 0:
+recompute every step): after the first pass over the kept photos a step runs no teacher at all. Not
+under FSDP, where the teacher is sharded and every process must call it together.
+
 Ablations: `vkd_weight=0` (no distillation), `mask=none`, and the engine's `--scope full`.
 *(reconstructed: distance = mean squared error per element by default, `vkd_distance=sq_l2` for the
 literal per-image squared norm; hook points configurable; the per-sample cap on the ascent is ours.)*
@@ -93,6 +98,10 @@ class VKDConfig(MethodConfig):
     # retain / real photos): retain 0.21 / 0.92 / 0.72, retain+pretrain 0.16 / 0.92 / 0.84; but over the
     # bench's three seeds retain+pretrain gave 0.24 / 0.88 / 0.78 against 0.15 / 0.91 / 0.80: no gain.
     keep_from: str = "retain"
+    # The frozen teacher's features of each distilled photo, kept after their first computation: at most
+    # this many MiB on the device (photos past the cap are recomputed when drawn); 0 = no cache. Costs
+    # (vision-layer + projector tokens) × width × dtype size per photo: ~5.9 MB for LLaVA-1.5-7B in bf16.
+    teacher_cache_mb: float = 2048.0
     mask: str = "fisher"  # fisher | salun | none
     mask_keep: float = 0.3  # fraction of V+P weights the mask keeps (top Fisher ratio / top |grad|)
     mask_threshold: float = 0.0  # fisher only: > 0 keeps S_f/S_r ≥ threshold instead of a top fraction
@@ -135,6 +144,60 @@ def vkd_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor],
     return total
 
 
+def split_per_image(features: dict[str, torch.Tensor], pixel_inputs: dict, n_images: int
+                    ) -> dict[str, list[torch.Tensor]] | None:
+    """Each hook point's output cut into one piece per image, in order (`torch.cat(pieces)` is the
+    output again). Batch-first outputs (LLaVA, Idefics3: one row per image) are cut by rows; Qwen2-VL's
+    vision blocks and merger run on all patches flattened, cut by the patches (or merged tokens) of
+    each image (`image_grid_thw`). None when a layout is not recognised ("projected" is left out: the
+    loss never reads it)."""
+    grid = pixel_inputs.get("image_grid_thw")
+    patches = grid.prod(dim=-1).tolist() if grid is not None and len(grid) == n_images else None
+    out: dict[str, list[torch.Tensor]] = {}
+    for name, t in features.items():
+        if name == "projected":
+            continue
+        if t.shape[0] == n_images:
+            sizes = [1] * n_images
+        elif patches and t.shape[0] and sum(patches) % t.shape[0] == 0 \
+                and all(c % (sum(patches) // t.shape[0]) == 0 for c in patches):
+            per = sum(patches) // t.shape[0]  # 1: patches; merge²: merged tokens
+            sizes = [c // per for c in patches]
+        else:
+            return None
+        out[name] = list(torch.split(t, sizes, dim=0))
+    return out
+
+
+class TeacherCache:
+    """The frozen teacher's hook-point features per kept photo (index into the kept list), on the device
+    in the features' dtype, up to `cap_bytes`; photos past the cap are not kept (recomputed when drawn)."""
+
+    def __init__(self, cap_bytes: float):
+        self.cap_bytes = cap_bytes
+        self.bytes = 0
+        self._store: dict[int, dict[str, torch.Tensor]] = {}
+
+    def __contains__(self, index: int) -> bool:
+        return index in self._store
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def get(self, index: int) -> dict[str, torch.Tensor]:
+        return self._store[index]
+
+    def put(self, index: int, pieces: dict[str, torch.Tensor]) -> bool:
+        """Keep one photo's features (copies: a slice would keep its whole batch alive); False when
+        they do not fit under the cap."""
+        size = sum(t.numel() * t.element_size() for t in pieces.values())
+        if self.bytes + size > self.cap_bytes:
+            return False
+        self._store[index] = {k: t.detach().clone() for k, t in pieces.items()}
+        self.bytes += size
+        return True
+
+
 @register
 class VKD(Method):
     name = "vkd"
@@ -167,6 +230,16 @@ class VKD(Method):
         if cfg.vkd_weight and not self._kept_images:
             raise ValueError("VKD distillation needs retain image+text records")
         feature_points(ctx.model, ctx.adapter, cfg.vkd_points)  # fail early on a bad hook point
+        if cfg.teacher_cache_mb < 0:
+            raise ValueError(f"vkd teacher_cache_mb must be ≥ 0 (0: no cache), got {cfg.teacher_cache_mb}")
+        self._cache, self._cache_log = None, {"cap_mb": cfg.teacher_cache_mb, "images": 0, "mb": 0.0,
+                                              "teacher_calls": 0}
+        sharded = "sharded" in str(getattr(ctx.reference, "kind", ""))
+        if cfg.vkd_weight and cfg.teacher_cache_mb > 0 and not sharded:
+            self._cache = TeacherCache(cfg.teacher_cache_mb * 2**20)
+        elif sharded:
+            self._cache_log["off"] = "the teacher is sharded (FSDP): every process calls it every step"
+        ctx.extra_log["vkd_teacher_cache"] = self._cache_log
         ctx.extra_log["vkd_per_step"] = []
         ctx.extra_log["vkd_distinct_kept_images"] = len(self._kept_images)
         if cfg.mask == "none":
@@ -217,7 +290,10 @@ class VKD(Method):
         requests = {"forget": AnswerLogits(ctx.batch(forget_recs))}
         if cfg.vkd_weight:
             n = min(cfg.vkd_images, len(self._kept_images))
-            images = ctx.local(ctx.rng.sample(self._kept_images, n))  # this process distils its share
+            # positions in the kept list (the same draws as sampling the list itself); this process
+            # distils its share
+            picked = ctx.local(ctx.rng.sample(range(len(self._kept_images)), n))
+            images = [self._kept_images[i] for i in picked]
             pixels = ctx.pixel_inputs(images)
             requests["kept"] = VisualFeatures(pixels, cfg.vkd_points)
         if cfg.alpha:  # retain image+text QA, as many as the forget batch unless retain_batch says
@@ -226,7 +302,7 @@ class VKD(Method):
         out = ctx.run(**requests)
         loss, terms = self._forget_term(ctx, requests["forget"].batch, *out["forget"])
         if cfg.vkd_weight:
-            teacher = ctx.reference_features(pixels, cfg.vkd_points)
+            teacher = self._teacher_features(ctx, picked, images, pixels)
             l_vkd = vkd_loss(out["kept"], teacher, len(images), cfg.vkd_distance)
             loss = loss + cfg.vkd_weight * l_vkd
             terms["vkd"] = l_vkd.detach()
@@ -236,3 +312,42 @@ class VKD(Method):
             loss = loss + cfg.alpha * nll_r
             terms["nll_retain"] = nll_r.detach()
         return {"loss": loss, **terms}
+
+    def _teacher_features(self, ctx: Context, picked: list[int], images: list, pixels: dict) -> dict[str, torch.Tensor]:
+        """The teacher's features of the photos at kept-list positions `picked` (`pixels`: their encoding),
+        from the cache where it holds them: the teacher runs only on the photos it does not hold, and not
+        at all once it holds every one drawn."""
+        points, cache, log = self.cfg.vkd_points, self._cache, self._cache_log
+        missing = [k for k, i in enumerate(picked) if cache is None or i not in cache]
+        if cache is None or len(missing) == len(picked):  # one batch, exactly as without a cache
+            fresh = ctx.reference_features(pixels, points)
+            log["teacher_calls"] += 1
+            if cache is not None:
+                self._keep(picked, fresh, pixels)
+            return fresh
+        pieces: dict[int, dict[str, torch.Tensor]] = {}
+        if missing:
+            sub = ctx.pixel_inputs([images[k] for k in missing])
+            fresh = ctx.reference_features(sub, points)
+            log["teacher_calls"] += 1
+            cut = self._keep([picked[k] for k in missing], fresh, sub)
+            if cut is None:  # cannot be cut per photo (the cache is now off): this step in one batch
+                log["teacher_calls"] += 1
+                return ctx.reference_features(pixels, points)
+            pieces = dict(zip(missing, cut))
+        per_photo = [pieces[k] if k in pieces else cache.get(i) for k, i in enumerate(picked)]
+        return {p: torch.cat([one[p] for one in per_photo], dim=0) for p in per_photo[0]}
+
+    def _keep(self, picked: list[int], features: dict[str, torch.Tensor], pixels: dict
+              ) -> list[dict[str, torch.Tensor]] | None:
+        """Cut a teacher batch per photo and keep what fits under the cap; the pieces in order, or None
+        (and the cache switched off) when the outputs cannot be cut per photo."""
+        cut = split_per_image(features, pixels, len(picked))
+        if cut is None:
+            self._cache, self._cache_log["off"] = None, "hook-point outputs could not be cut per image"
+            return None
+        pieces = [{p: cut[p][j] for p in cut} for j in range(len(picked))]
+        for index, one in zip(picked, pieces):
+            self._cache.put(index, one)
+        self._cache_log["images"], self._cache_log["mb"] = len(self._cache), round(self._cache.bytes / 2**20, 3)
+        return pieces
