@@ -136,18 +136,80 @@ def _main_writes_json(path: Path, obj) -> None:
         atomic_write_json(path, obj)
 
 
-def _load(data: Path, forget_split: str, tofu: Optional[Path] = None):
-    from .data.store import load_data
+# Options about the folder, not the run: a rerun goes to a fresh --out.
+_NOT_RECORDED = ("overwrite", "resume")
 
-    return load_data(data, forget_split, tofu=tofu)
+
+def _run_options(params: dict) -> dict:
+    """A command's parameters as run.json records them: paths absolute (a rerun may start elsewhere)."""
+    from .models.loader import is_tiny
+
+    options = {}
+    for key, value in params.items():
+        if key in _NOT_RECORDED:
+            continue
+        if isinstance(value, Path) or (key == "model" and value is not None and not is_tiny(value)):
+            value = str(Path(value).resolve())
+        elif key.endswith("_ids") and isinstance(value, str) and Path(value).is_file():
+            value = str(Path(value).resolve())  # --forget-ids FILE (a list of ids stays as it is)
+        options[key] = value
+    return options
+
+
+def _start_run(out: Path, command: str, params: dict, resolved: dict) -> dict:
+    """OUT/run.json at run start (main process, atomic): what `mmunlearn rerun` needs to repeat the run."""
+    from .runfolder import RUN_FILE, run_record
+
+    options = _run_options(params)
+    # the configs' copies of the input paths, as absolute as the options (a rerun gets them absolute)
+    resolved = {k: options[k] if isinstance(v, str) and isinstance(options.get(k), str) and v != options[k]
+                and str(Path(v).resolve()) == options[k] else v for k, v in resolved.items()}
+    record = run_record(command, options, resolved)
+    _main_writes_json(out / RUN_FILE, record)
+    return record
+
+
+def _write_card(out: Path, run: dict, log: dict | None = None, summary: dict | None = None) -> None:
+    """OUT/README.md, the model card (main process, atomic); rewritten with the numbers after evaluation."""
+    from .runfolder import write_model_card
+
+    if _launch().is_main_process:
+        write_model_card(out, run, log, summary)
+
+
+# Who to forget, by id, from any source (world, MLLMU-Bench, CLEAR, your own people.jsonl/.csv):
+# shared by every command that takes --data, so they all choose people the same way.
+FORGET_IDS = typer.Option(None, "--forget-ids", help="People to forget: ID[,ID…] or a file of ids (one per line); "
+                          "overrides --forget-split. Required for your own data (.jsonl/.csv).")
+RETAIN_IDS = typer.Option(None, "--retain-ids", help="Retain people: ID[,ID…] or a file (default: everyone not "
+                          "in --forget-ids).")
+DATA_HELP = "World, MLLMU-Bench or CLEAR folder, or your own people (.jsonl / .csv / folder with metadata.jsonl)."
+
+
+def _load(data: Path, forget_split: str, tofu: Optional[Path] = None, forget_ids: Optional[str] = None,
+          retain_ids: Optional[str] = None, need_forget: bool = True):
+    """`--data` with `--forget-split` or `--forget-ids/--retain-ids` → a DataBundle. need_forget: the
+    command has nothing to do without forget people (all but finetune)."""
+    from .data.errors import DataError
+    from .data.store import load_data, parse_ids
+
+    # Called from Python (demo, rerun) an option left out arrives as typer's OptionInfo: no ids.
+    forget = parse_ids(forget_ids if isinstance(forget_ids, str) else None, "forget")
+    retain = parse_ids(retain_ids if isinstance(retain_ids, str) else None, "retain")
+    bundle = load_data(data, forget_split, tofu=tofu, forget_ids=forget, retain_ids=retain)
+    if need_forget and not bundle.forget_ids:
+        raise DataError(f"{data}: no one to forget: pass --forget-ids ID[,ID…] (or a file of ids)")
+    return bundle
 
 
 @app.command()
 @guarded
 def finetune(
-    data: Path = typer.Option(..., "--data", "--world", help="World or benchmark folder."),
+    data: Path = typer.Option(..., "--data", "--world", help=DATA_HELP),
     model: str = typer.Option("tiny-llava", help="HF folder or tiny builder (tiny-llava, tiny-qwen2-vl, tiny-idefics3)."),
     out: Path = typer.Option(..., "--out", help="Run folder; the fine-tuned model is saved at its root."),
+    forget_ids: Optional[str] = FORGET_IDS,
+    retain_ids: Optional[str] = RETAIN_IDS,
     stage1_steps: int = typer.Option(STAGE1_STEPS, help="Steps on the 'real' population."),
     stage2_steps: int = typer.Option(STAGE2_STEPS, help="Steps on the fictitious profiles (with replay)."),
     batch_size: int = typer.Option(BATCH_SIZE),
@@ -159,22 +221,25 @@ def finetune(
     overwrite: bool = typer.Option(False),
 ) -> None:
     """Vanilla fine-tune: stage 1 learns the 'real' people, stage 2 every fictitious profile."""
+    params = dict(locals())
     _quiet_libraries()
     from .train.finetune import FinetuneConfig, finetune as run_finetune
 
-    bundle = _load(data, "forget_10")  # finetune uses every person; the split only selects ids
+    # finetune uses every person (forget and retain alike); the split or ids only label them
+    bundle = _load(data, "forget_10", forget_ids=forget_ids, retain_ids=retain_ids, need_forget=False)
     cfg = FinetuneConfig(model=model, stage1_steps=stage1_steps, stage2_steps=stage2_steps, batch_size=batch_size,
                          lr=lr, seed=seed, checkpoint_every=checkpoint_every)
     out = _prepare_out(out, overwrite=overwrite, resume=resume)
     from dataclasses import asdict
 
-    _main_writes_json(out / "config.json", {"command": "finetune", "data": str(data), **asdict(cfg)})
+    run = _start_run(out, "finetune", params, asdict(cfg))
     result = run_finetune(bundle, cfg, out, resume=resume)
     log = result["train_log"]
+    _write_card(out, run, log)
     _echo(f"fine-tuned {log['parameters']:,} parameters in {log['wall_time_s']:.0f}s on {log['processes']} "
           f"process(es) → {out}")
     if eval_after:
-        _eval_after_training(result["loaded"], out, bundle, out / "eval")
+        _write_card(out, run, log, _eval_after_training(result["loaded"], out, bundle, out / "eval"))
 
 
 def _eval_after_training(loaded, model_dir: Path, bundle, out: Path, **kwargs) -> dict | None:
@@ -208,10 +273,13 @@ def _run_eval(loaded, bundle, out: Path, **kwargs) -> dict:
 @app.command("eval")
 @guarded
 def eval_cmd(
-    model: Path = typer.Option(..., "--model", help="HF model folder (e.g. a finetune/unlearn run folder)."),
-    data: Path = typer.Option(..., "--data", "--world"),
+    model: Path = typer.Option(..., "--model", help="HF model folder (e.g. a finetune/unlearn run folder), or a "
+                               "tiny builder (tiny-llava…: an untrained baseline whose tokenizer is fit on --data)."),
+    data: Path = typer.Option(..., "--data", "--world", help=DATA_HELP),
     out: Path = typer.Option(..., "--out"),
     forget_split: str = typer.Option("forget_10", help="forget_5 | forget_10 | forget_15 (CLEAR: forget01/05/10)."),
+    forget_ids: Optional[str] = FORGET_IDS,
+    retain_ids: Optional[str] = RETAIN_IDS,
     reference_summary: Optional[Path] = typer.Option(None, help="summary.json of a retain-only model → forget_quality."),
     splits: str = typer.Option(",".join(("forget", "test", "retain", "real", "understanding"))),
     batch_size: int = typer.Option(64),
@@ -227,11 +295,16 @@ def eval_cmd(
     Runs on the GPU when there is one, in the folder's dtype unless --dtype says otherwise. Launched on
     several processes (torchrun, accelerate launch) each scores its share of the records."""
     _quiet_libraries()
-    from .models.loader import load_model, parse_dtype
+    from .models.loader import is_tiny, load_model, parse_dtype
 
     torch_dtype = parse_dtype(dtype)
-    bundle = _load(data, forget_split, tofu)
-    loaded = load_model(model, dtype=torch_dtype, device="auto")  # one replica per process
+    bundle = _load(data, forget_split, tofu, forget_ids, retain_ids)
+    if is_tiny(model):
+        from .api import load_model as load_any
+
+        loaded = load_any(str(model), bundle)  # an untrained tiny model: a floor to read numbers against
+    else:
+        loaded = load_model(model, dtype=torch_dtype, device="auto")  # one replica per process
     if reference_summary is not None and not reference_summary.is_file():
         _fail(f"--reference-summary {reference_summary} does not exist")
     out = _prepare_out(out, overwrite=overwrite)
@@ -254,10 +327,13 @@ def _parse_method_args(items: list[str]) -> dict[str, str]:
 @guarded
 def unlearn(
     method: str = typer.Option(..., "--method", help="Method name (see `mmunlearn methods`)."),
-    model: Path = typer.Option(..., "--model", help="The fine-tuned HF folder to unlearn from."),
-    data: Path = typer.Option(..., "--data", "--world"),
+    model: Path = typer.Option(..., "--model", help="The fine-tuned HF folder to unlearn from (or a LoRA "
+                               "run's OUT/adapter folder)."),
+    data: Path = typer.Option(..., "--data", "--world", help=DATA_HELP),
     out: Path = typer.Option(..., "--out"),
     forget_split: str = typer.Option("forget_10"),
+    forget_ids: Optional[str] = FORGET_IDS,
+    retain_ids: Optional[str] = RETAIN_IDS,
     steps: Optional[int] = typer.Option(None, help="Optimiser steps (default: the method's)."),
     lr: Optional[float] = typer.Option(None, help="Learning rate (default: the method's)."),
     batch_size: int = typer.Option(8),
@@ -283,6 +359,7 @@ def unlearn(
     On several processes launch it with `torchrun --nproc_per_node N -m mmunlearn unlearn ...` or
     `accelerate launch --config_file configs/accelerate/<ddp|fsdp2|...>.yaml -m mmunlearn unlearn ...`;
     --batch-size is per process."""
+    params = dict(locals())
     _quiet_libraries()
     from dataclasses import asdict
 
@@ -294,25 +371,29 @@ def unlearn(
     method_cls = get_method(method)
     torch_dtype = parse_dtype(dtype)
     accelerator = make_accelerator(mixed_precision, grad_accum)  # an unusable launch config stops here
-    bundle = _load(data, forget_split)
+    bundle = _load(data, forget_split, forget_ids=forget_ids, retain_ids=retain_ids)
     cfg = UnlearnConfig(method=method, model=str(model), steps=steps, lr=lr, batch_size=batch_size, scope=scope,
                         seed=seed, checkpoint_every=checkpoint_every, reference=str(reference) if reference else None,
                         lora_r=lora_r, lora_alpha=lora_alpha, mixed_precision=mixed_precision, grad_accum=grad_accum,
                         gradient_checkpointing=gradient_checkpointing, method_args=_parse_method_args(set_))
-    method_cls.make_config(cfg.method_args)
+    method_cfg = method_cls.make_config(cfg.method_args)
     check_launch(bundle, method_cls, cfg, accelerator.num_processes)
     loaded = load_model(model, dtype=torch_dtype)
     out = _prepare_out(out, overwrite=overwrite, resume=resume)
-    _main_writes_json(out / "config.json", {"command": "unlearn", "data": str(data), "forget_split": forget_split,
-                                            "dtype": dtype, **asdict(cfg)})
+    run = _start_run(out, "unlearn", params, {
+        **asdict(cfg), "steps": method_cls.default_steps if steps is None else steps,
+        "lr": method_cls.default_lr if lr is None else lr, "scope": scope or method_cls.default_scope,
+        "method_config": asdict(method_cfg)})
     result = run_unlearn(bundle, cfg, out, loaded=loaded, resume=resume)
     log = result.log
+    _write_card(out, run, log)
     _echo(f"{method}: {log['config']['steps']} steps in {log['wall_time_s']:.1f}s on {log['processes']} process(es) "
           f"(global batch {log['global_batch']}), {log['trainable_params']:,} trainable parameters "
           f"({100 * log['trainable_share']:.1f}%) → {out}")
     if eval_after:
-        _eval_after_training(result.loaded, out, bundle, out / "eval",
-                      reference_summary=str(reference_summary) if reference_summary else None)
+        summary = _eval_after_training(result.loaded, out, bundle, out / "eval",
+                                       reference_summary=str(reference_summary) if reference_summary else None)
+        _write_card(out, run, log, summary)
 
 
 @app.command()
@@ -327,10 +408,12 @@ def methods() -> None:
 @app.command("retain-model")
 @guarded
 def retain_model(
-    data: Path = typer.Option(..., "--data", "--world"),
+    data: Path = typer.Option(..., "--data", "--world", help=DATA_HELP),
     model: str = typer.Option("tiny-llava"),
     out: Path = typer.Option(..., "--out"),
     forget_split: str = typer.Option("forget_10"),
+    forget_ids: Optional[str] = FORGET_IDS,
+    retain_ids: Optional[str] = RETAIN_IDS,
     stage1_steps: int = typer.Option(STAGE1_STEPS),
     stage2_steps: int = typer.Option(STAGE2_STEPS),
     batch_size: int = typer.Option(BATCH_SIZE),
@@ -340,21 +423,84 @@ def retain_model(
     overwrite: bool = typer.Option(False),
 ) -> None:
     """The retain-only reference: the same fine-tune without the forget people (forget_quality, NPO ref)."""
+    params = dict(locals())
     _quiet_libraries()
     from dataclasses import asdict
 
     from .train.finetune import FinetuneConfig, finetune as run_finetune
 
-    bundle = _load(data, forget_split)
+    bundle = _load(data, forget_split, forget_ids=forget_ids, retain_ids=retain_ids)
     out = _prepare_out(out, overwrite=overwrite)
     cfg = FinetuneConfig(model=model, stage1_steps=stage1_steps, stage2_steps=stage2_steps, batch_size=batch_size,
                          lr=lr, seed=seed, exclude_ids=sorted(bundle.forget_ids))
-    _main_writes_json(out / "config.json", {"command": "retain-model", "data": str(data),
-                                            "forget_split": forget_split, **asdict(cfg)})
+    run = _start_run(out, "retain-model", params, asdict(cfg))
     result = run_finetune(bundle, cfg, out)
+    _write_card(out, run, result["train_log"])
     _echo(f"retain-only model ({len(bundle.forget_ids)} people never seen) → {out}")
     if eval_after:
-        _eval_after_training(result["loaded"], out, bundle, out / "eval")
+        _write_card(out, run, result["train_log"],
+                    _eval_after_training(result["loaded"], out, bundle, out / "eval"))
+
+
+def _rerun_kwargs(command, options: dict, source: Path) -> dict:
+    """The recorded options as the command's keyword arguments: paths back to Path, options recorded
+    by an older mmunlearn that this one lacks refused, newer ones at their defaults."""
+    import inspect
+    import typing
+
+    from .models.loader import is_tiny
+
+    hints = typing.get_type_hints(command)
+    params = inspect.signature(command).parameters
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        _fail(f"{source}: run.json records option(s) {', '.join(unknown)} that this mmunlearn does not have")
+    kwargs = {}
+    for name, param in params.items():
+        if name in options:
+            value = options[name]
+            if value is not None and Path in (hints.get(name), *typing.get_args(hints.get(name))):
+                value = Path(value)
+        else:
+            value = getattr(param.default, "default", param.default)
+            if value is ... and name != "out":
+                _fail(f"{source}: run.json lacks the required option {name!r}")
+        kwargs[name] = value
+    # The recorded inputs must still be there (one line now, rather than a failure half-way).
+    for name, value in kwargs.items():
+        if name == "out" or value is None:
+            continue
+        if (isinstance(value, Path) or (name == "model" and not is_tiny(value))
+                or (name.endswith("_ids") and isinstance(value, str) and os.path.isabs(value))):
+            if not Path(value).exists():
+                _fail(f"{source}: the run's input --{name.replace('_', '-')} {value} no longer exists")
+    return kwargs
+
+
+@app.command()
+@guarded
+def rerun(
+    run: Path = typer.Argument(..., help="A finished (or started) unlearn, finetune or retain-model run folder."),
+    out: Path = typer.Option(..., "--out", help="Folder for the new run (must be empty or absent)."),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),
+) -> None:
+    """Repeat a run from its OUT/run.json: the same command, inputs and options, into a new --out."""
+    from . import __version__
+    from .runfolder import RUN_FILE, read_run
+
+    record = read_run(run)
+    if Path(out).resolve() == Path(run).resolve():
+        _fail("--out must be a new folder, not the run being repeated")
+    command = {"unlearn": unlearn, "finetune": finetune, "retain-model": retain_model}[record["command"]]
+    kwargs = _rerun_kwargs(command, record["options"], run / RUN_FILE)
+    kwargs.update(out=out, overwrite=overwrite)
+    if "resume" in kwargs:
+        kwargs["resume"] = False
+    if record.get("mmunlearn_version") != __version__:
+        typer.echo(f"note: {run} was made by mmunlearn {record.get('mmunlearn_version')}, this is {__version__}; "
+                   "results may differ", err=True)
+    _echo(f"rerun of {run}: mmunlearn {record['command']} → {out}")
+    command(**kwargs)
 
 
 DEMO_METHODS = ("ga", "graddiff", "npo", "idk", "vkd", "smfa", "viker")
@@ -380,10 +526,12 @@ def demo(
               overwrite=True)
     if not (vanilla / "eval" / "summary.json").is_file():
         finetune(data=world_dir, model="tiny-llava", out=vanilla, stage1_steps=STAGE1_STEPS,
-                 stage2_steps=STAGE2_STEPS, batch_size=BATCH_SIZE, lr=LR, seed=0, checkpoint_every=500, eval_after=True, resume=False, overwrite=True)
+                 stage2_steps=STAGE2_STEPS, batch_size=BATCH_SIZE, lr=LR, seed=0, checkpoint_every=500, eval_after=True, resume=False, overwrite=True,
+                 forget_ids=None, retain_ids=None)
     chosen = ",".join(m for m in methods_.split(",") if m in registry())
     bench(model=vanilla, data=world_dir, out=out / "bench", methods_=chosen, forget_split="forget_10", seeds="0",
-          steps=None, max_records=max_records, reference_summary=None, attacks=False, readme=None)
+          steps=None, max_records=max_records, reference_summary=None, attacks=False, readme=None,
+          forget_ids=None, retain_ids=None)
 
 
 attack_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -412,9 +560,11 @@ def _attack_results(out: Path, summary: dict, details: list) -> None:
 @guarded
 def attack_relearn(
     model: Path = typer.Option(..., "--model", help="The (unlearned) HF model folder to attack."),
-    data: Path = typer.Option(..., "--data", "--world", help="World or benchmark folder."),
+    data: Path = typer.Option(..., "--data", "--world", help=DATA_HELP),
     out: Path = typer.Option(..., "--out", help="Results folder: summary.json, details.jsonl, config.json."),
     forget_split: str = typer.Option("forget_10"),
+    forget_ids: Optional[str] = FORGET_IDS,
+    retain_ids: Optional[str] = RETAIN_IDS,
     ratios: str = typer.Option("5,10,25,50", help="Percentages of the attack pool to relearn from."),
     steps: int = typer.Option(30, help="Fixed fine-tuning budget per ratio (optimiser steps)."),
     lr: float = typer.Option(5e-4),
@@ -438,7 +588,7 @@ def attack_relearn(
 
     cfg = RelearnConfig(ratios=_parse_ratios(ratios), steps=steps, lr=lr, batch_size=batch_size, scope=scope,
                         split=split, seed=seed).validate()
-    bundle = _load(data, forget_split)
+    bundle = _load(data, forget_split, forget_ids=forget_ids, retain_ids=retain_ids)
     attack_split(bundle, cfg.split, cfg.seed)  # unusable data fails here, before any model is loaded
     if floor_model is not None:
         adapter_for_folder(floor_model)  # fail before the run, not after the target's fine-tunes
@@ -466,9 +616,11 @@ def attack_relearn(
 @guarded
 def attack_probe(
     model: Path = typer.Option(..., "--model", help="The (unlearned) HF model folder to probe."),
-    data: Path = typer.Option(..., "--data", "--world"),
+    data: Path = typer.Option(..., "--data", "--world", help=DATA_HELP),
     out: Path = typer.Option(..., "--out"),
     forget_split: str = typer.Option("forget_10"),
+    forget_ids: Optional[str] = FORGET_IDS,
+    retain_ids: Optional[str] = RETAIN_IDS,
     batch_size: int = typer.Option(64),
     mia_k: float = typer.Option(0.2, help="Min-K% Prob fraction for membership inference."),
     overwrite: bool = typer.Option(False),
@@ -484,7 +636,7 @@ def attack_probe(
     if not 0.0 < mia_k <= 1.0:
         _fail(f"--mia-k must be in (0, 1] (got {mia_k})")
     cfg = ProbeConfig(batch_size=batch_size, mia_k=mia_k)
-    bundle = _load(data, forget_split)
+    bundle = _load(data, forget_split, forget_ids=forget_ids, retain_ids=retain_ids)
     loaded = load_model(model)
     out = prepare_out_dir(out, overwrite=overwrite)
     atomic_write_json(out / "config.json", {"command": "attack probe", "model": str(model), "data": str(data),
@@ -505,9 +657,11 @@ def attack_probe(
 @guarded
 def attack_rank(
     model: Path = typer.Option(..., "--model", help="The (unlearned) HF model folder to attack."),
-    data: Path = typer.Option(..., "--data", "--world"),
+    data: Path = typer.Option(..., "--data", "--world", help=DATA_HELP),
     out: Path = typer.Option(..., "--out"),
     forget_split: str = typer.Option("forget_10"),
+    forget_ids: Optional[str] = FORGET_IDS,
+    retain_ids: Optional[str] = RETAIN_IDS,
     photos: str = typer.Option("test", help="Split whose photos of the forget / retain people are ranked."),
     question: Optional[str] = typer.Option(None, help="Name question (default: the world's evaluation phrasing)."),
     answer_template: Optional[str] = typer.Option(None, help="Candidate answer with {name} (default: the world's "
@@ -527,7 +681,7 @@ def attack_rank(
 
     cfg = RankConfig(photos=photos, question=question, answer_template=answer_template, retain_people=retain_people,
                      holdout=holdout, batch_size=batch_size).validate()
-    bundle = _load(data, forget_split)
+    bundle = _load(data, forget_split, forget_ids=forget_ids, retain_ids=retain_ids)
     question_and_template(bundle, cfg)  # unusable data (a training phrasing, no photos) fails before loading
     photo_sets(bundle, cfg)
     loaded = load_model(model)
@@ -551,10 +705,12 @@ def attack_rank(
 @guarded
 def bench(
     model: Path = typer.Option(..., "--model", help="The fine-tuned (vanilla) HF folder every method starts from."),
-    data: Path = typer.Option(..., "--data", "--world"),
+    data: Path = typer.Option(..., "--data", "--world", help=DATA_HELP),
     out: Path = typer.Option(..., "--out", help="Bench folder (reused: finished runs are not redone)."),
     methods_: str = typer.Option("all", "--methods", help="Comma-separated method names, or 'all'."),
     forget_split: str = typer.Option("forget_10"),
+    forget_ids: Optional[str] = FORGET_IDS,
+    retain_ids: Optional[str] = RETAIN_IDS,
     seeds: str = typer.Option("0", help="Comma-separated seeds, e.g. 0,1,2."),
     steps: Optional[int] = typer.Option(None, help="Override every method's step count."),
     max_records: int = typer.Option(0, help="Subsample each evaluation split (0: all)."),
@@ -576,7 +732,7 @@ def bench(
         seed_list = [int(x) for x in seeds.split(",") if x.strip()]
     except ValueError:
         _fail(f"--seeds expects comma-separated integers (got {seeds!r})")
-    bundle = _load(data, forget_split)
+    bundle = _load(data, forget_split, forget_ids=forget_ids, retain_ids=retain_ids)
     from .models.loader import adapter_for_folder
 
     adapter_for_folder(model)

@@ -51,7 +51,7 @@ import ast
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -460,11 +460,14 @@ def _side(root: Path, file_name: str, split: str) -> tuple[list[str], list[Recor
     return ids, records
 
 
-def load_mllmu(folder: str | Path, forget_split: str = "forget_10") -> dict[str, list[Record]]:
+def load_mllmu(folder: str | Path, forget_split: str = "forget_10",
+               test_ids: Iterable[str] | None = None) -> dict[str, list[Record]]:
     """Local MLLMU-Bench folder → {"forget", "retain", "test", "real"} lists of validated `Record`s.
 
     forget/retain mix phase "unlearn" (the ft_Data QA of those people) and phase "eval" records;
-    test and real are eval only. Raises `DataError` (one line, naming folder/file/row/field).
+    test and real are eval only. `test_ids`: whose Test_Set rows to read (default: the forget
+    split's people; `--forget-ids` chooses others). Raises `DataError` (one line, naming
+    folder/file/row/field).
     """
     root = check_folder(folder, BENCH, _MLLMU_HINT)
     pct = _forget_percent(forget_split)
@@ -480,7 +483,7 @@ def load_mllmu(folder: str | Path, forget_split: str = "forget_10") -> dict[str,
         raise DataError(f"{BENCH}: {forget_name} and {retain_name} share ID(s) {', '.join(sorted(overlap)[:5])}")
 
     test: list[Record] = []
-    wanted = set(forget_ids)
+    wanted = set(forget_ids) if test_ids is None else {str(i) for i in test_ids}
     for row in iter_rows(find_split_files(root, "Test_Set", BENCH), BENCH, ("ID", "images") + EVAL_FIELDS):
         where = f"{BENCH}: {row.where}"
         pid = _safe(_profile_id, where, row)

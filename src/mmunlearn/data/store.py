@@ -13,8 +13,9 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Iterable
 
 from PIL import Image, UnidentifiedImageError
 
@@ -181,24 +182,42 @@ def check_disjoint(bundle: DataBundle) -> None:
 
 
 def load_data(root: str | Path, forget_split: str = "forget_10", splits: tuple[str, ...] | None = None,
-              tofu: str | Path | None = None) -> DataBundle:
-    """Open a world folder, an MLLMU-Bench folder or a CLEAR folder (detected from its files).
+              tofu: str | Path | None = None, forget_ids: Iterable[str] | None = None,
+              retain_ids: Iterable[str] | None = None) -> DataBundle:
+    """Open a world folder, an MLLMU-Bench folder, a CLEAR folder (detected from its files) or your
+    own people (a .jsonl / .json / .csv file, or a folder with a metadata file: data/own.py).
 
+    `forget_ids` chooses the people to forget by id, whatever the source (it replaces `forget_split`'s
+    choice); the retain side is everyone else unless `retain_ids` names it. An unknown id is a
+    `DataError`, never an empty split. Own data has no forget side without `forget_ids` (everyone is
+    retain: enough to fine-tune or evaluate).
     `tofu`: a local TOFU folder (CLEAR only) for the text side's truth ratio and the real-authors /
     world-facts sets. Warnings (e.g. CLEAR without TOFU) are printed to stderr, one line each, and
     kept in `bundle.warnings`; per-cell reasons in `bundle.notes`."""
+    from .own import own_data_file
+
     root = Path(root)
-    if not root.is_dir():
+    forget_ids = _id_list(forget_ids, "forget")
+    retain_ids = _id_list(retain_ids, "retain")
+    if retain_ids is not None and forget_ids is None:
+        raise DataError("--retain-ids needs --forget-ids (which people to forget)")
+    if own_data_file(root) is not None:
+        if tofu is not None:
+            raise DataError(f"--tofu applies to a CLEAR folder only; {root} is your own data")
+        bundle = load_own_bundle(root, forget_ids, retain_ids)
+    elif not root.is_dir():
         raise DataError(
-            f"data folder {root} does not exist: create a world with `mmunlearn world --out {root}` "
-            "or point --data at a local MLLMU-Bench / CLEAR folder"
+            f"data folder {root} does not exist: create a world with `mmunlearn world --out {root}`, "
+            "point --data at a local MLLMU-Bench / CLEAR folder, or at your own people.jsonl / .csv"
         )
-    if (root / WORLD_MANIFEST).is_file():
+    elif (root / WORLD_MANIFEST).is_file():
         if tofu is not None:
             raise DataError(f"--tofu applies to a CLEAR folder only; {root} is a world")
         bundle = load_world(root, forget_split, splits)
     else:
-        bundle = _load_benchmark(root, forget_split, tofu)
+        bundle = _load_benchmark(root, forget_split, tofu, test_ids=forget_ids)
+    if forget_ids is not None and bundle.source != SOURCE_OWN:
+        bundle = select_people(bundle, forget_ids, retain_ids)
     check_disjoint(bundle)
     if bundle.warnings:
         from .clear import print_warnings
@@ -207,14 +226,15 @@ def load_data(root: str | Path, forget_split: str = "forget_10", splits: tuple[s
     return bundle
 
 
-def _load_benchmark(root: Path, forget_split: str, tofu: str | Path | None = None) -> DataBundle:
+def _load_benchmark(root: Path, forget_split: str, tofu: str | Path | None = None,
+                    test_ids: Iterable[str] | None = None) -> DataBundle:
     names = {p.name.split(".")[0].split("-")[0] for p in root.iterdir()}
     if any(n.startswith("ft_Data") or n in ("Test_Set", "Retain_Set", "Full_Set") for n in names):
         from .mllmu import load_mllmu
 
         if tofu is not None:
             raise DataError(f"--tofu applies to a CLEAR folder only; {root} is an MLLMU-Bench folder")
-        splits = load_mllmu(root, forget_split=forget_split)
+        splits = load_mllmu(root, forget_split=forget_split, test_ids=test_ids)
         source, notes, warnings = "mllmu", {}, []
     elif any(n.startswith(("forget01", "forget05", "forget10", "real_faces")) for n in names):
         from .clear import load_clear
@@ -232,3 +252,114 @@ def _load_benchmark(root: Path, forget_split: str, tofu: str | Path | None = Non
     if not forget_ids:
         raise DataError(f"{root}: the forget split {forget_split!r} has no records")
     return DataBundle(source, root, forget_split, splits, forget_ids, retain_ids, notes=notes, warnings=warnings)
+
+
+# --------------------------------------------------------------------------------------------
+# Choosing the forget people by id (--forget-ids / --retain-ids), and your own data
+# --------------------------------------------------------------------------------------------
+
+SOURCE_OWN = "own"
+# Splits that hold the same kind of records for the two sides; a person moves between them whole.
+PAIRED_SPLITS = (("forget", "retain"), ("forget_faces", "retain_faces"))
+
+
+def _id_list(ids: Iterable[str] | str | None, side: str) -> list[str] | None:
+    """Ids as given (order kept, duplicates dropped); a comma-separated string is split. Empty → error."""
+    if ids is None:
+        return None
+    if isinstance(ids, str):
+        ids = ids.split(",")
+    out = list(dict.fromkeys(str(i).strip() for i in ids if str(i).strip()))
+    if not out:
+        raise DataError(f"--{side}-ids names no one")
+    return out
+
+
+def parse_ids(value: str | None, side: str = "forget") -> list[str] | None:
+    """`--forget-ids` / `--retain-ids`: "ID[,ID…]" or a file of ids (one per line or comma-separated,
+    `#` starts a comment). Why a file: a deletion request of hundreds of people is not typed."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"--{side}-ids {path}: cannot read the id file ({exc})") from None
+        lines = (line.split("#", 1)[0] for line in text.splitlines())
+        ids = [part.strip() for line in lines for part in line.split(",") if part.strip()]
+        if not ids:
+            raise DataError(f"--{side}-ids {path}: the id file names no one")
+        return _id_list(ids, side)
+    return _id_list(value, side)
+
+
+def _label(ids: list[str]) -> str:
+    """What `forget_split` says for a choice by id (summaries, logs): the ids, or how many."""
+    return "ids:" + (",".join(ids) if len(ids) <= 5 else f"{len(ids)} people")
+
+
+def _check_known(ids: list[str], known: list[str], side: str, where: str) -> None:
+    unknown = [i for i in ids if i not in set(known)]
+    if unknown:
+        shown = ", ".join(known[:8]) + (", …" if len(known) > 8 else "")
+        raise DataError(f"{where}: unknown {side} id(s) {', '.join(unknown[:5])} "
+                        f"({len(known)} people to choose from: {shown})")
+
+
+def _split_sides(ids: list[str], retain_ids: list[str] | None, known: list[str], where: str) -> tuple[set, set]:
+    _check_known(ids, known, "forget", where)
+    if retain_ids is None:
+        return set(ids), set(known) - set(ids)
+    _check_known(retain_ids, known, "retain", where)
+    both = sorted(set(ids) & set(retain_ids))
+    if both:
+        raise DataError(f"--forget-ids and --retain-ids both name {', '.join(both[:5])}")
+    return set(ids), set(retain_ids)
+
+
+def select_people(bundle: DataBundle, forget_ids: Iterable[str], retain_ids: Iterable[str] | None = None) -> DataBundle:
+    """The same data with the forget side chosen by id: the people of forget + retain (and CLEAR's
+    *_faces pair) are pooled and re-split. People named on neither side (with `retain_ids`) leave
+    both. Other splits stay: the evaluator keeps only forget people of `test`, and `understanding`
+    is divided by these ids."""
+    ids = _id_list(forget_ids, "forget") or []
+    keep = _id_list(retain_ids, "retain")
+    pools = {pair: bundle.splits.get(pair[0], []) + bundle.splits.get(pair[1], []) for pair in PAIRED_SPLITS
+             if pair[0] in bundle.splits or pair[1] in bundle.splits}
+    known = list(dict.fromkeys(r.profile_id for r in pools.get(("forget", "retain"), [])))
+    forget, retain = _split_sides(ids, keep, known, str(bundle.root))
+    splits = dict(bundle.splits)
+    for (f_name, r_name), pool in pools.items():
+        splits[f_name] = [r for r in pool if r.profile_id in forget]
+        splits[r_name] = [r for r in pool if r.profile_id in retain]
+        for name in (f_name, r_name):
+            for r in splits[name]:
+                r.split = name
+    return replace(bundle, forget_split=_label(ids), splits=splits, forget_ids=forget, retain_ids=retain)
+
+
+def load_own_bundle(path: str | Path, forget_ids: Iterable[str] | None = None,
+                    retain_ids: Iterable[str] | None = None) -> DataBundle:
+    """Your own people (data/own.py) as a bundle: forget = the `forget_ids` people, retain = the rest
+    (or `retain_ids`). Own data has only these two splits; the evaluator skips test, real and
+    understanding, which it has no records for."""
+    from .own import load_own
+
+    path = Path(path)
+    records = load_own(path)
+    known = list(dict.fromkeys(r.profile_id for r in records))
+    ids = _id_list(forget_ids, "forget")
+    if ids is None:
+        forget, retain, label = set(), set(known), "none"
+    else:
+        forget, retain = _split_sides(ids, _id_list(retain_ids, "retain"), known, str(path))
+        label = _label(ids)
+    splits: dict[str, list[Record]] = {"forget": [], "retain": []}
+    for r in records:
+        side = "forget" if r.profile_id in forget else "retain" if r.profile_id in retain else None
+        if side:
+            r.split = side
+            splits[side].append(r)
+    return DataBundle(SOURCE_OWN, path, label, splits, forget, retain,
+                      manifest={"people": len(known), "records": len(records)})

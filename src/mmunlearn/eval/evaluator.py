@@ -170,9 +170,13 @@ def evaluate(loaded: LoadedModel, bundle: DataBundle, cfg: EvalConfig) -> tuple[
     metrics: dict[str, dict] = {}
     details: list[dict] = []
     timing: dict[str, float] = {}
+    skipped: dict[str, str] = {}
     for split in cfg.splits:
         recs = split_records(bundle, split, cfg)
         if not recs:
+            # A split the data does not have (own data: test, real, understanding; MLLMU: understanding)
+            # is absent from "metrics" and said why in "skipped": never a row of zeros, never a crash.
+            skipped[split] = "no evaluation records in this data"
             continue
         t = time.perf_counter()
         rows = score_sharded(loaded, recs, cfg, split)
@@ -195,6 +199,8 @@ def evaluate(loaded: LoadedModel, bundle: DataBundle, cfg: EvalConfig) -> tuple[
     summary = {"metrics": metrics, "config": {**asdict(cfg), "data": str(bundle.root), "source": bundle.source,
                                               "forget_split": bundle.forget_split},
                "timing": timing}
+    if skipped:
+        summary["skipped"] = skipped
     return summary, details
 
 

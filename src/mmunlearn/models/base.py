@@ -169,8 +169,64 @@ def adapter_for_model_type(model_type: str) -> FamilyAdapter:
     raise ModelLoadError(f"unknown model family {model_type!r}; supported model_type values: {', '.join(known)}")
 
 
-def adapter_for_folder(path: str | Path) -> FamilyAdapter:
+ADAPTER_CONFIG = "adapter_config.json"
+_TINY_PREFIX = "tiny-"
+
+
+def is_adapter_folder(path: str | Path) -> bool:
+    """A peft adapter folder (adapter_config.json, no config.json of its own), e.g. a LoRA run's OUT/adapter/."""
     path = Path(path)
+    return path.is_dir() and (path / ADAPTER_CONFIG).is_file() and not (path / "config.json").is_file()
+
+
+def adapter_base_folder(path: str | Path) -> Path:
+    """The local folder an adapter was trained on: adapter_config.json's base_model_name_or_path, taken as
+    given (absolute, or relative to the working directory) or relative to the adapter folder.
+
+    ModelLoadError when it records none, names a tiny builder (its weights were never saved: only the
+    merged model at the run folder's root holds them) or a folder that no longer exists.
+    """
+    path = Path(path)
+    cfg_file = path / ADAPTER_CONFIG
+    try:
+        base = json.loads(cfg_file.read_text())["base_model_name_or_path"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, OSError) as exc:
+        raise ModelLoadError(f"{cfg_file}: unreadable or without base_model_name_or_path ({exc})") from exc
+    if not base or not isinstance(base, str):
+        raise ModelLoadError(f"{cfg_file} records no base model (base_model_name_or_path is empty); "
+                             "load the merged model at the run folder's root instead")
+    candidates = [Path(base)] if Path(base).is_absolute() else [Path(base), path / base]
+    for candidate in candidates:
+        if (candidate / "config.json").is_file() or (candidate / ADAPTER_CONFIG).is_file():
+            return candidate
+    if base.startswith(_TINY_PREFIX):
+        raise ModelLoadError(f"{path}: the adapter's base {base!r} is a tiny model built in memory whose weights "
+                             f"were never saved; load the merged model at the run folder's root ({path.parent}) "
+                             "instead")
+    raise ModelLoadError(f"{path}: the adapter's base model {base} is not a local model folder (moved or deleted?); "
+                         f"fix base_model_name_or_path in {cfg_file} or load the merged model at the run folder's root")
+
+
+# Adapters on adapters (an unlearn run started from another run's adapter) are followed this deep at most.
+_MAX_ADAPTERS = 8
+
+
+def adapter_chain(path: str | Path) -> tuple[Path, list[Path]]:
+    """(the full model folder underneath, the adapter folders to apply to it in order): a plain model
+    folder is (itself, [])."""
+    path = Path(path)
+    adapters: list[Path] = []
+    while is_adapter_folder(path):
+        if len(adapters) >= _MAX_ADAPTERS or path.resolve() in {a.resolve() for a in adapters}:
+            raise ModelLoadError(f"{adapters[0]}: its adapters' base models form a loop or a chain deeper than "
+                                 f"{_MAX_ADAPTERS}")
+        adapters.append(path)
+        path = adapter_base_folder(path)
+    return path, adapters[::-1]
+
+
+def adapter_for_folder(path: str | Path) -> FamilyAdapter:
+    path, _ = adapter_chain(path)
     config = path / "config.json"
     if not path.is_dir():
         raise ModelLoadError(f"model folder {path} does not exist (give an HF folder or a tiny builder name such as tiny-llava)")

@@ -9,7 +9,7 @@ from typing import Any, Iterable
 
 import torch
 
-from .base import FamilyAdapter, ModelLoadError, TinySize, adapter_for_folder, families
+from .base import FamilyAdapter, ModelLoadError, TinySize, adapter_chain, adapter_for_folder, families
 
 TINY_PREFIX = "tiny-"
 
@@ -149,11 +149,20 @@ def load_model(path: str | Path, dtype: str | torch.dtype | None = "auto", devic
     torch device spelling (weights go straight there). processor_kwargs override the family's processor
     caps and saved settings (e.g. {"do_image_splitting": True} for Idefics3, {"max_pixels": N} for
     Qwen2-VL; see each adapter's `processor_caps`).
-    Raises ModelLoadError for an unloadable folder or a checkpoint with missing / unexpected weights,
-    ValueError for an unknown dtype or device.
+    `path` may also be a peft adapter folder (adapter_config.json + adapter weights, e.g. a LoRA run's
+    OUT/adapter/): its base model (adapter_config.json's base_model_name_or_path) is loaded as above and
+    the adapter merged into it, so callers always get a plain model.
+    Raises ModelLoadError for an unloadable folder or a checkpoint with missing / unexpected weights
+    (an adapter: a missing base, weights that do not fit it), ValueError for an unknown dtype or device.
     """
     from transformers import AutoModelForImageTextToText
 
+    full, adapters = adapter_chain(path)
+    if adapters:
+        loaded = load_model(full, dtype=dtype, device=device, processor_kwargs=processor_kwargs)
+        for folder in adapters:
+            loaded.model = _merge_adapter(loaded.model, folder, full)
+        return loaded
     torch_dtype = parse_dtype(dtype)
     target = parse_device(device)
     adapter = adapter_for_folder(path)
@@ -176,3 +185,36 @@ def load_model(path: str | Path, dtype: str | torch.dtype | None = "auto", devic
     if not hasattr(processor, "tokenizer"):
         raise ModelLoadError(f"{path}: the processor has no tokenizer (expected a multimodal processor)")
     return LoadedModel(model, processor, adapter)
+
+
+def _merge_adapter(model: torch.nn.Module, folder: Path, base: Path) -> torch.nn.Module:
+    """The model with the peft adapter in `folder` applied and merged in; every adapter weight must fit
+    (ModelLoadError for missing, unexpected or mis-shaped ones: a silently skipped LoRA weight is a no-op)."""
+    from peft import PeftConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    try:
+        config = PeftConfig.from_pretrained(str(folder))
+        config.inference_mode = True
+        weights = load_peft_weights(str(folder), device="cpu")
+        wrapped = get_peft_model(model, config)
+        expected = set(get_peft_model_state_dict(wrapped))
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelLoadError(f"cannot apply the adapter in {folder} to its base model {base}: {first}") from exc
+    problems = []
+    for kind, keys in (("missing", expected - set(weights)), ("unexpected", set(weights) - expected)):
+        if keys:
+            shown = ", ".join(sorted(keys)[:_KEYS_SHOWN]) + (", ..." if len(keys) > _KEYS_SHOWN else "")
+            problems.append(f"{len(keys)} {kind} adapter weight{'s' if len(keys) != 1 else ''} ({shown})")
+    if not problems:
+        try:
+            set_peft_model_state_dict(wrapped, weights)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            detail = next((line for line in lines if "size mismatch" in line),
+                          lines[0] if lines else type(exc).__name__)
+            problems.append(f"weights of the wrong shape ({detail})")
+    if problems:
+        raise ModelLoadError(f"{folder}: the adapter does not fit its base model {base}: {'; '.join(problems)}")
+    return wrapped.merge_and_unload()

@@ -9,11 +9,14 @@ import torch
 from ..models.loader import LoadedModel
 
 
-def save_run_model(accelerator, model: torch.nn.Module, loaded: LoadedModel, out: Path) -> torch.nn.Module:
+def save_run_model(accelerator, model: torch.nn.Module, loaded: LoadedModel, out: Path,
+                   base: str | Path | None = None) -> torch.nn.Module:
     """Write the run's model as one loadable HF folder (safetensors) and return the plain model.
 
     Sharded (FSDP2) weights are gathered first (a collective: every process calls this). A LoRA run
-    also keeps its unmerged adapter (`adapter/adapter_model.safetensors`) beside the merged model.
+    also keeps its unmerged adapter (`adapter/adapter_model.safetensors`) beside the merged model — in a
+    subfolder: an adapter_config.json at the root would make transformers apply it again on load. Its
+    adapter_config.json names `base` (the run's input model folder), absolute, so `--model OUT/adapter` loads.
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -21,6 +24,7 @@ def save_run_model(accelerator, model: torch.nn.Module, loaded: LoadedModel, out
 
     if hasattr(model, "peft_config"):
         if accelerator.is_main_process:
+            record_adapter_base(model, base)
             model.save_pretrained(out / "adapter", safe_serialization=True)
         model = model.merge_and_unload()
     plain = base_model(model)
@@ -33,6 +37,21 @@ def save_run_model(accelerator, model: torch.nn.Module, loaded: LoadedModel, out
         loaded.processor.save_pretrained(out)
     accelerator.wait_for_everyone()
     return model
+
+
+def record_adapter_base(model: torch.nn.Module, base: str | Path | None) -> None:
+    """Point the peft configs' base_model_name_or_path at a local folder that still holds the base: the
+    run's input (`base`), else the folder the model was loaded from; absolute, so it resolves from anywhere.
+    Left as peft set it when neither is a folder (a tiny model built in memory: the loader then explains)."""
+    from ..models.base import ADAPTER_CONFIG
+    from ..models.forward import base_model
+
+    candidates = [base, getattr(getattr(base_model(model), "config", None), "_name_or_path", None)]
+    for candidate in candidates:
+        if candidate and ((Path(candidate) / "config.json").is_file() or (Path(candidate) / ADAPTER_CONFIG).is_file()):
+            for cfg in model.peft_config.values():
+                cfg.base_model_name_or_path = str(Path(candidate).resolve())
+            return
 
 
 def unsharded_copy(sharded: torch.nn.Module, full_state: dict[str, torch.Tensor]) -> torch.nn.Module:

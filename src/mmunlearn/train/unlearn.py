@@ -204,7 +204,7 @@ def unlearn(bundle: DataBundle, cfg: UnlearnConfig, out: Path, loaded: LoadedMod
         "losses": result.log if result else [],
         **{k: v for k, v in ctx.extra_log.items()},
     }
-    loaded.model = save_run_model(accelerator, model, loaded, out)
+    loaded.model = save_run_model(accelerator, model, loaded, out, base=cfg.model or None)
     if accelerator.is_main_process:
         atomic_write_json(out / "unlearn_log.json", log)
         shutil.rmtree(out / "checkpoint", ignore_errors=True)
