@@ -1,7 +1,7 @@
 """Seed-method claims and ablations on a fine-tuned world (issue #5), as Markdown tables.
 
     python benchmarks/seed_ablations.py --model runs/vanilla --data runs/world --out runs/ablations \
-        [--only vkd,smfa,viker] [--max-records 300] [--readme README.md]
+        [--only vkd,smfa,viker] [--max-records 300] [--readme docs/methods/seed-ablations.md]
 
 Runs, on the same forget split and seed, each variant below → unlearn → evaluate, and prints:
 
@@ -13,7 +13,8 @@ Runs, on the same forget split and seed, each variant below → unlearn → eval
 
 Every run keeps its folder (OUT/NAME with unlearn_log.json and eval/summary.json) and is reused when
 its summary exists, so an interrupted run continues. Tables come from those files only; with
-`--readme` they replace the text between `<!-- ablations:start -->` and `<!-- ablations:end -->`.
+`--readme FILE` they replace the text between `<!-- ablations:start -->` and `<!-- ablations:end -->` in
+FILE (the published tables live in docs/methods/seed-ablations.md).
 """
 
 from __future__ import annotations
@@ -176,7 +177,8 @@ def argument_parser(doc: str, only: str, max_records: int) -> argparse.ArgumentP
     ap.add_argument("--forget-split", default="forget_10")
     ap.add_argument("--only", default=only)
     ap.add_argument("--max-records", type=int, default=max_records, help="evaluation subsample per split (0: all)")
-    ap.add_argument("--readme", type=Path, default=None)
+    ap.add_argument("--readme", type=Path, default=None,
+                    help="write the tables between this file's markers (published: docs/methods/seed-ablations.md)")
     return ap
 
 

@@ -1,7 +1,7 @@
 """Seed-method settings over several training seeds, on a larger evaluation (issue #5's unmet claims).
 
     python benchmarks/seed_sweep.py --model runs/vanilla --data runs/world --out runs/sweep \
-        [--only vkd,smfa] [--seeds 0,1,2] [--max-records 600] [--readme README.md]
+        [--only vkd,smfa] [--seeds 0,1,2] [--max-records 600] [--readme docs/methods/seed-ablations.md]
 
 Why: one seed and a 300-record evaluation (~50 photo questions per split) cannot tell a setting that keeps
 90 % of the "real" photos from one that keeps 85 % — seed-to-seed spread is ±0.05–0.10. Each variant below
@@ -9,8 +9,8 @@ runs on every seed (forget_10) and is evaluated on up to `--max-records` records
 the mean ± std over seeds and, for retain and real photos, the share of the vanilla model's accuracy.
 
 Runs are kept (OUT/VARIANT/seedN with unlearn_log.json and eval/summary.json) and reused when their
-summary exists. With `--readme` the table replaces the text between `<!-- sweep:start -->` and
-`<!-- sweep:end -->`.
+summary exists. With `--readme FILE` the table replaces the text between `<!-- sweep:start -->` and
+`<!-- sweep:end -->` in FILE (the published table lives in docs/methods/seed-ablations.md).
 """
 
 from __future__ import annotations
