@@ -250,10 +250,50 @@ def test_truth_ratio_known_values():
     # arithmetic: mean(0.1, 0.4) / 0.5 = 0.5; geometric: sqrt(0.1 * 0.4) / 0.5 = 0.4
     lp_para = math.log(0.5)
     lp_pert = [math.log(0.1), math.log(0.4)]
-    assert truth_ratio(lp_para, lp_pert) == pytest.approx(0.5)
+    assert truth_ratio(lp_para, lp_pert, mean="arithmetic") == pytest.approx(0.5)
     assert truth_ratio(lp_para, lp_pert, mean="geometric") == pytest.approx(0.4)
+    assert truth_ratio(lp_para, lp_pert) == pytest.approx(0.4)  # geometric by default, as the reference code
     # Direction: p_perturbed / p_paraphrased, so preferring the truth gives R < 1.
     assert truth_ratio(math.log(0.8), [math.log(0.2)]) == pytest.approx(0.25)
+
+
+def test_truth_ratio_per_token_on_three_token_answers():
+    """Three-token answers, per-token log-probs written out: the evaluator's normalisation by hand."""
+    from mmunlearn.eval.evaluator import EvalConfig, _likelihood_scores
+    import mmunlearn.eval.evaluator as ev
+
+    para = [-0.1, -0.2, -0.3]  # mean −0.2 per token
+    perts = [[-1.0, -1.0, -1.0], [-0.5, -0.4, -0.6]]  # means −1.0 and −0.5
+    answer = [-0.05, -0.05, -0.2]
+    # geometric: exp(mean(−1.0, −0.5) − (−0.2)) = exp(−0.55) = 0.576950
+    # arithmetic: ((e^−1 + e^−0.5) / 2) / e^−0.2 = ((0.367879 + 0.606531) / 2) / 0.818731 = 0.595074
+    expected = {"geometric": 0.576950, "arithmetic": 0.595074}
+    from mmunlearn.data.record import Record
+
+    rec = Record(id="r", profile_id="p", split="forget", phase="eval", modality="text", task="generation",
+                 question="q?", answer="a", paraphrased_answer="b", perturbed_answers=["c", "d"])
+    table = {"a": answer, "b": para, "c": perts[0], "d": perts[1]}
+    real = ev.answer_logprobs
+    try:
+        ev.answer_logprobs = lambda loaded, recs, answers, **kw: [table[a] for a in answers]
+        for mean, value in expected.items():
+            details = [{"scores": {}}]
+            _likelihood_scores(None, [rec], details, EvalConfig(truth_ratio_mean=mean), "t")
+            assert details[0]["scores"]["truth_ratio"] == pytest.approx(value, abs=1e-6)
+            assert details[0]["scores"]["prob"] == pytest.approx(0.9048374, abs=1e-6)  # exp(−0.3 / 3)
+    finally:
+        ev.answer_logprobs = real
+
+
+def test_truth_ratio_aggregates_beside_the_median():
+    """open-unlearning's aggregates on R = 0.5, 2.0, 0.2 (and a NaN, dropped)."""
+    from mmunlearn.eval.evaluator import aggregate
+
+    rows = [{"modality": "text", "scores": {"truth_ratio": r}} for r in (0.5, 2.0, 0.2, math.nan)]
+    out = aggregate(rows)["text"]
+    assert out["truth_ratio"] == 0.5  # median of 0.2, 0.5, 2.0
+    assert out["truth_ratio_forget_score"] == pytest.approx((0.5 + 0.5 + 0.2) / 3)  # min(R, 1/R)
+    assert out["truth_ratio_retain_score"] == pytest.approx((0.5 + 0.0 + 0.8) / 3)  # max(0, 1 − R)
 
 
 def test_truth_ratio_is_stable_in_log_space():
@@ -382,3 +422,21 @@ def test_chosen_option_reads_the_answer_after_the_models_reasoning():
     assert chosen_option("Garan Hennet was born in Paris (A)", opts) is None  # no option named
     assert chosen_option("Lumora or Tamsk, I am not sure.", opts) == "B"  # a leading value still wins
     assert chosen_option("Maybe Lumora, maybe Tamsk.", opts) is None  # two options named: no choice
+
+
+def test_forget_quality_refuses_a_reference_with_the_other_mean(tmp_path):
+    """KS on two different quantities would be meaningless: one clear error instead."""
+    import json
+
+    from mmunlearn.eval.evaluator import forget_quality_against
+
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    rows = [{"split": "forget", "modality": "text", "scores": {"truth_ratio": r}} for r in (0.2, 0.4, 0.9)]
+    (ref / "details.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (ref / "summary.json").write_text(json.dumps({"metrics": {}, "config": {"truth_ratio_mean": "arithmetic"}}))
+    mine = [{"split": "forget", "modality": "text", "scores": {"truth_ratio": r}} for r in (0.2, 0.4, 0.9)]
+    with pytest.raises(ValueError, match="arithmetic truth ratios, this evaluation geometric"):
+        forget_quality_against(mine, ref / "summary.json", "geometric")
+    # same mean: identical samples → KS p-value 1
+    assert forget_quality_against(mine, ref / "summary.json", "arithmetic")["text"] == pytest.approx(1.0)

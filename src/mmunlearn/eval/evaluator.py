@@ -31,6 +31,9 @@ class EvalConfig:
     max_new_tokens_generation: int = 32
     reference_summary: str | None = None  # summary.json of a retain-only model: enables forget_quality
     max_records_per_split: int = 0  # 0: all; otherwise a seeded subsample (retain is large)
+    # how the perturbed answers' probabilities are averaged in the truth ratio: "geometric" as the
+    # TOFU / CLEAR / open-unlearning code (comparable with their numbers), "arithmetic" as the TOFU paper
+    truth_ratio_mean: str = "geometric"
     seed: int = 0
     progress: bool = True
 
@@ -114,7 +117,7 @@ def _likelihood_scores(loaded: LoadedModel, records: Sequence[Record], details: 
         if "para" in parts:
             para = sum(parts["para"]) / max(1, len(parts["para"]))
             perts = [sum(v) / max(1, len(v)) for key, v in sorted(parts.items()) if key.startswith("pert")]
-            s["truth_ratio"] = M.truth_ratio(para, perts)
+            s["truth_ratio"] = M.truth_ratio(para, perts, mean=cfg.truth_ratio_mean)
 
 
 METRIC_KEYS = {
@@ -141,8 +144,17 @@ def aggregate(details: Sequence[dict]) -> dict[str, dict[str, float]]:
         if vals.get("truth_ratio"):
             finite = [v for v in vals["truth_ratio"] if math.isfinite(v)]
             res["truth_ratio"] = sorted(finite)[len(finite) // 2] if finite else math.inf
+            # open-unlearning's aggregates beside the median, over every record: on forget the
+            # closer R is to 1 the better (mean min(R, 1/R)), elsewhere the truer (mean max(0, 1 − R))
+            res["truth_ratio_forget_score"] = _mean(M.truth_ratio_score(v, "forget") for v in vals["truth_ratio"])
+            res["truth_ratio_retain_score"] = _mean(M.truth_ratio_score(v, "retain") for v in vals["truth_ratio"])
         out[mod] = dict(sorted(res.items()))
     return out
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
 
 
 def score_sharded(loaded: LoadedModel, records: Sequence[Record], cfg: EvalConfig, desc: str) -> list[dict]:
@@ -166,6 +178,8 @@ def score_sharded(loaded: LoadedModel, records: Sequence[Record], cfg: EvalConfi
 def evaluate(loaded: LoadedModel, bundle: DataBundle, cfg: EvalConfig) -> tuple[dict, list[dict]]:
     """Evaluate every split in `cfg.splits`; returns (summary, details). Launched on several processes,
     each scores its share of every split (`score_sharded`) and all end with the same summary."""
+    if cfg.truth_ratio_mean not in ("geometric", "arithmetic"):
+        raise ValueError(f"truth ratio mean must be geometric or arithmetic, got {cfg.truth_ratio_mean!r}")
     t0 = time.perf_counter()
     metrics: dict[str, dict] = {}
     details: list[dict] = []
@@ -192,7 +206,7 @@ def evaluate(loaded: LoadedModel, bundle: DataBundle, cfg: EvalConfig) -> tuple[
                 if sub:
                     metrics[pop] = aggregate(sub)
     if cfg.reference_summary:
-        fq = forget_quality_against(details, Path(cfg.reference_summary))
+        fq = forget_quality_against(details, Path(cfg.reference_summary), cfg.truth_ratio_mean)
         for mod, value in fq.items():
             metrics.setdefault("forget", {}).setdefault(mod, {})["forget_quality"] = value
     timing["total_s"] = round(time.perf_counter() - t0, 2)
@@ -204,11 +218,17 @@ def evaluate(loaded: LoadedModel, bundle: DataBundle, cfg: EvalConfig) -> tuple[
     return summary, details
 
 
-def forget_quality_against(details: Sequence[dict], reference_summary: Path) -> dict[str, float]:
+def forget_quality_against(details: Sequence[dict], reference_summary: Path, mean: str = "geometric"
+                           ) -> dict[str, float]:
     """KS-test p-value of this model's forget truth ratios vs the retain-only model's (per modality)."""
     ref_details = reference_summary.parent / "details.jsonl"
     if not ref_details.is_file():
         raise FileNotFoundError(f"--reference-summary: {ref_details} is missing (it is written beside summary.json)")
+    # summaries written before the option existed used the arithmetic mean
+    ref_mean = json.loads(reference_summary.read_text()).get("config", {}).get("truth_ratio_mean", "arithmetic")
+    if ref_mean != mean:
+        raise ValueError(f"--reference-summary {reference_summary} has {ref_mean} truth ratios, this evaluation "
+                         f"{mean}: forget quality compares like with like (evaluate both with one --truth-ratio)")
     ref: dict[str, list[float]] = defaultdict(list)
     for line in ref_details.read_text().splitlines():
         d = json.loads(line)

@@ -291,16 +291,16 @@ def _logmeanexp(values: Sequence[float]) -> float:
 def truth_ratio(
     logp_paraphrased: float,
     logp_perturbed: Sequence[float],
-    mean: Literal["arithmetic", "geometric"] = "arithmetic",
+    mean: Literal["arithmetic", "geometric"] = "geometric",
 ) -> float:
     """R = mean_j P(perturbed_j) / P(paraphrased), from per-token-averaged log-probs.
 
     Direction as in SPEC and open-unlearning: R = p_perturbed / p_paraphrased, so R < 1 means the
     model prefers the (paraphrased) truth, R ~ 1 means it cannot tell truth from plausible lies.
-    Inputs are log P(answer)/|answer| (length-normalised). `mean="arithmetic"` is the TOFU paper
-    formula (mean of normalised probabilities); `mean="geometric"` averages the log-probs first,
-    which is what the TOFU and open-unlearning code do - use it to compare with their numbers.
-    Computed in log space, so tiny probabilities do not underflow to 0/0.
+    Inputs are log P(answer)/|answer| (length-normalised). `mean="geometric"` (the default) averages
+    the perturbed log-probs, as the TOFU, CLEAR and open-unlearning code compute it, so the numbers
+    compare with theirs; `mean="arithmetic"` is the TOFU paper's formula (mean of the normalised
+    probabilities). Computed in log space, so tiny probabilities do not underflow to 0/0.
     """
     if len(logp_perturbed) == 0:
         raise ValueError("truth_ratio: no perturbed answers")
