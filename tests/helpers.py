@@ -41,3 +41,19 @@ def generated_cls_acc(loaded, records) -> float:
 def both_accuracies(loaded, bundle, split: str) -> dict[str, float]:
     recs = bundle.eval(split)
     return {"loglik": cls_acc(loaded, recs), "generated": generated_cls_acc(loaded, recs)}
+
+
+def fixture_cache_key(settings: dict, package_root, versions: tuple[str, ...] = ()) -> str:
+    """What a cached test fixture is keyed by: its settings, every source file of the package that made
+    it (path and bytes) and the library versions. Any change gives a new key, so a stale fixture is
+    never reused (MMUNLEARN_TEST_CACHE; CI sets none and always builds afresh)."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    root = Path(package_root)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update("|".join(versions).encode())
+    return digest.hexdigest()[:16]

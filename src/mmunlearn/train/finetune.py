@@ -8,6 +8,7 @@ while replaying a share of stage-1 batches so the earlier knowledge is kept.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from .loop import LoopConfig, make_accelerator, run_loop, seed_everything
 from .defaults import BATCH_SIZE, LR, STAGE1_STEPS, STAGE2_STEPS, VISION_WARMUP_STEPS
 from .sampling import RecordSampler
 from .saving import save_run_model
+from .tracking import check_tracker, start_tracking, stop_tracking, tracker_kwargs
 from .vision_warmup import caption_records
 
 
@@ -46,6 +48,7 @@ class FinetuneConfig:
     # Share of stage-1/2 batches that keep describing random portraits (tiny models with a stage 0):
     # the QA alone let seeing fade (understanding of hair colour 0.79, accessories 0.73 after stage 2).
     caption_replay: float = 0.1
+    log_with: str | None = None  # tensorboard | trackio: the loss and lr under OUT/logs/ (train/tracking.py)
 
 
 def world_corpus(bundle: DataBundle):
@@ -78,6 +81,7 @@ def prepare_model(spec: str, bundle: DataBundle, seed: int, tiny: TinySize) -> L
 
 
 def finetune(bundle: DataBundle, cfg: FinetuneConfig, out: Path, resume: bool = False) -> dict:
+    cpu_start = time.process_time()  # with the wall time: how much of the machine the run had
     seed_everything(cfg.seed)
     loaded = prepare_model(cfg.model, bundle, cfg.seed, cfg.tiny)
     warmup_log = None
@@ -96,7 +100,8 @@ def finetune(bundle: DataBundle, cfg: FinetuneConfig, out: Path, resume: bool = 
     if not stage2:
         raise ValueError("no training records: the data has neither a finetune split nor forget/retain training QA")
     stage1_steps = cfg.stage1_steps if stage1 else 0
-    accelerator = make_accelerator()
+    accelerator = make_accelerator(**tracker_kwargs(check_tracker(cfg.log_with), out))
+    tracking = start_tracking(accelerator, "finetune", asdict(cfg))
     rank, world = accelerator.process_index, accelerator.num_processes
     grouping = dict(length=approx_length, group=cfg.length_group)
     s1 = RecordSampler(stage1, cfg.batch_size, cfg.seed, rank, world, **grouping) if stage1 else None
@@ -143,8 +148,11 @@ def finetune(bundle: DataBundle, cfg: FinetuneConfig, out: Path, resume: bool = 
     loop_cfg = LoopConfig(steps=stage1_steps + cfg.stage2_steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
                           warmup_steps=cfg.warmup_steps, schedule="cosine", seed=cfg.seed,
                           checkpoint_every=cfg.checkpoint_every, desc="finetune", log_every=25)
-    result = run_loop(module, step_loss, loop_cfg, accelerator=accelerator, checkpoint_root=out, resume=resume,
-                      rng_state=rng_state, set_rng_state=set_rng_state)
+    try:
+        result = run_loop(module, step_loss, loop_cfg, accelerator=accelerator, checkpoint_root=out, resume=resume,
+                          rng_state=rng_state, set_rng_state=set_rng_state)
+    finally:
+        stop_tracking(accelerator)
     model.eval()
     train_log = {
         "config": asdict(cfg),
@@ -154,11 +162,16 @@ def finetune(bundle: DataBundle, cfg: FinetuneConfig, out: Path, resume: bool = 
         "vision_warmup": warmup_log,
         "wall_time_s": round(result.wall_time_s + (warmup_log["wall_time_s"] if warmup_log else 0.0), 2),
         "peak_memory_mb": round(result.peak_memory_mb, 1),
+        # CPU time of this process (all its threads) from model build to the end of training; over
+        # wall time × threads it says whether the run had its cores to itself
+        "cpu_time_s": round(time.process_time() - cpu_start, 2),
+        "threads": torch.get_num_threads(),
         "parameters": sum(p.numel() for p in model.parameters()),
         "processes": world,
         "global_batch": cfg.batch_size * world,
         "steps_run": result.steps_run,
         "log": result.log,
+        **({"tracking": tracking} if tracking else {}),
     }
     loaded.model = save_run_model(accelerator, model, loaded, out)
     if accelerator.is_main_process:
