@@ -440,3 +440,25 @@ def test_forget_quality_refuses_a_reference_with_the_other_mean(tmp_path):
         forget_quality_against(mine, ref / "summary.json", "geometric")
     # same mean: identical samples → KS p-value 1
     assert forget_quality_against(mine, ref / "summary.json", "arithmetic")["text"] == pytest.approx(1.0)
+
+
+def test_mllmu_strict_parser_reads_only_a_leading_letter():
+    from mmunlearn.eval.metrics import mllmu_strict_option
+
+    opts = ["Norrow", "Tollhaven", "Brisk", "Vellmarch"]
+    assert mllmu_strict_option("B", opts) == "B"
+    assert mllmu_strict_option("  c. Brisk", opts) == "C"  # first character, upper-cased
+    assert mllmu_strict_option("ASSISTANT: D", opts) == "D"
+    assert mllmu_strict_option("blah Answer: A because", opts) == "A"
+    assert mllmu_strict_option("Answer: B ASSISTANT: C", opts) == "C"  # ASSISTANT: is looked for first
+    assert mllmu_strict_option("ASSISTANT: A ASSISTANT: B", opts) == "A"  # up to the next marker
+    assert mllmu_strict_option("Tollhaven (B)", opts) is None  # a value-first answer chooses nothing here
+    assert mllmu_strict_option("The answer is B", opts) is None  # "T" is no option letter
+    assert mllmu_strict_option("E", opts + ["Fifth"], "ABCDE") == "E"  # five options: A–E
+    assert mllmu_strict_option("E", opts) is None
+    assert mllmu_strict_option("", opts) is None
+    assert mllmu_strict_option("I'm sorry, I cannot say.", opts) is None
+    # ours reads the value-first answer that the strict parser does not
+    from mmunlearn.eval.metrics import chosen_option
+
+    assert chosen_option("Tollhaven (B)", opts) == "B"

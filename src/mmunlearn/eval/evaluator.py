@@ -75,6 +75,7 @@ def score_records(loaded: LoadedModel, records: Sequence[Record], cfg: EvalConfi
             if task == "classification":
                 letter = M.chosen_option(reply, r.options, OPTION_LETTERS)
                 s["cls_acc"] = float(letter == r.answer_letter)
+                s["cls_acc_strict"] = float(M.mllmu_strict_option(reply, r.options, OPTION_LETTERS) == r.answer_letter)
             else:
                 s["degenerate"] = float(M.is_degenerate(reply))
                 s["refusal"] = float(M.is_refusal(reply))
@@ -122,6 +123,7 @@ def _likelihood_scores(loaded: LoadedModel, records: Sequence[Record], details: 
 
 METRIC_KEYS = {
     "cls_acc": "cls_acc", "cls_acc_loglik": "cls_acc_loglik", "rougeL_f1": "rougeL_f1",
+    "cls_acc_strict": "cls_acc_strict",
     "rougeL_recall": "rougeL_recall", "cloze_acc": "cloze_acc", "truth_ratio": "truth_ratio", "prob": "prob",
     "degenerate": "degenerate_rate", "refusal": "refusal_rate",
 }
@@ -205,13 +207,22 @@ def evaluate(loaded: LoadedModel, bundle: DataBundle, cfg: EvalConfig) -> tuple[
                 sub = [d for d in rows if d["profile_id"] in ids]
                 if sub:
                     metrics[pop] = aggregate(sub)
+    if bundle.source == "mllmu":
+        # On MLLMU-Bench data cls_acc is the benchmark's own strict reading of a reply (comparable with
+        # its published numbers); ours, which also reads value-first answers, is kept beside it.
+        for mods in metrics.values():
+            for vals in mods.values():
+                if "cls_acc_strict" in vals:
+                    vals["cls_acc_ours"] = vals["cls_acc"]
+                    vals["cls_acc"] = vals["cls_acc_strict"]
     if cfg.reference_summary:
         fq = forget_quality_against(details, Path(cfg.reference_summary), cfg.truth_ratio_mean)
         for mod, value in fq.items():
             metrics.setdefault("forget", {}).setdefault(mod, {})["forget_quality"] = value
     timing["total_s"] = round(time.perf_counter() - t0, 2)
     summary = {"metrics": metrics, "config": {**asdict(cfg), "data": str(bundle.root), "source": bundle.source,
-                                              "forget_split": bundle.forget_split},
+                                              "forget_split": bundle.forget_split,
+                                              "cls_acc_parser": "mllmu-strict" if bundle.source == "mllmu" else "ours"},
                "timing": timing}
     if skipped:
         summary["skipped"] = skipped

@@ -21,6 +21,7 @@ __all__ = [
     "is_degenerate",
     "is_refusal",
     "truth_ratio",
+    "mllmu_strict_option",
     "truth_ratio_score",
     "forget_quality",
     "loglik_choice",
@@ -118,6 +119,23 @@ def first_option_letter(text: str, letters: str = "ABCD") -> str | None:
         if found is not None:
             return found
     return None
+
+
+def mllmu_strict_option(text: str, options: Sequence[str], letters: str = "ABCD") -> str | None:
+    """The option letter as MLLMU-Bench's released evaluation reads a reply, nothing more lenient.
+
+    Its script keeps what follows the first "ASSISTANT:" (else the first "Answer:") up to the next one,
+    strips it, and takes the first character, upper-cased, when it is one of the option letters; any
+    other reply (a value, "The answer is B", a refusal) chose nothing. Used on MLLMU-Bench data so the
+    numbers compare with the benchmark's; `chosen_option` is our reading beside it.
+    """
+    letters = letters[: len(options)].upper()
+    for marker in ("ASSISTANT:", "Answer:"):
+        if marker in text:
+            text = text.split(marker)[1]
+            break
+    text = text.strip()
+    return text[0].upper() if text and text[0].upper() in letters else None
 
 
 def chosen_option(text: str, options: Sequence[str], letters: str = "ABCD") -> str | None:
