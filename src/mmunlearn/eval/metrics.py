@@ -11,7 +11,7 @@ import math
 import re
 from typing import Iterable, Literal, Sequence
 
-from scipy.stats import ks_2samp
+from scipy.stats import ks_2samp, mannwhitneyu
 
 __all__ = [
     "rouge_l",
@@ -393,28 +393,13 @@ def loglik_choice(option_logps: Sequence[float]) -> int:
     return best
 
 
-def _average_ranks(values: Sequence[float]) -> list[float]:
-    """1-based ranks, tied values sharing the mean of their ranks."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        avg = (i + j) / 2.0 + 1.0
-        for k in range(i, j + 1):
-            ranks[order[k]] = avg
-        i = j + 1
-    return ranks
-
-
 def mia_auc(scores_members: Sequence[float], scores_nonmembers: Sequence[float]) -> float:
     """ROC AUC of a membership-inference score: P(member score > non-member score), ties half.
 
     Higher score must mean "more likely a member" (use -loss, or min_k_percent as is).
     0.5 = the attack cannot tell forget people from never-seen ones (the unlearning goal);
-    1.0 = members are perfectly separable. Mann-Whitney U from average ranks, no sklearn.
+    1.0 = members are perfectly separable. AUC = U / (n_members · n_nonmembers), U from
+    `scipy.stats.mannwhitneyu` (ties counted half, as the rank formula does).
     """
     n_m, n_n = len(scores_members), len(scores_nonmembers)
     if n_m == 0 or n_n == 0:
@@ -422,10 +407,8 @@ def mia_auc(scores_members: Sequence[float], scores_nonmembers: Sequence[float])
     pooled = [float(v) for v in scores_members] + [float(v) for v in scores_nonmembers]
     if any(math.isnan(v) for v in pooled):
         raise ValueError("mia_auc: NaN score")
-    ranks = _average_ranks(pooled)
-    rank_sum = sum(ranks[:n_m])
-    u = rank_sum - n_m * (n_m + 1) / 2.0
-    return u / (n_m * n_n)
+    u = mannwhitneyu(pooled[:n_m], pooled[n_m:], alternative="two-sided", method="asymptotic").statistic
+    return float(u) / (n_m * n_n)
 
 
 def min_k_percent(token_logps: Sequence[float], k: float = 0.2) -> float:
