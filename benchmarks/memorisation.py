@@ -8,7 +8,7 @@ targets of issue #2 checked against the last run, and that run's full evaluation
     mmunlearn world --out runs/world
     mmunlearn finetune --data runs/world --model tiny-llava --out runs/vanilla
     mmunlearn world --out runs/world-small --profiles 6 --real 4 --holdout 3 --seed 0
-    mmunlearn finetune --data runs/world-small --model tiny-llava --out runs/vanilla-small --forget-split forget_15 \\
+    mmunlearn finetune --data runs/world-small --model tiny-llava --out runs/vanilla-small \\
         --stage1-steps 200 --stage2-steps 1600 --batch-size 16 --lr 2e-3
     python benchmarks/memorisation.py --run "6 people + 4 real (the test world)=runs/vanilla-small" \\
         --run "default: 100 + 30 real=runs/vanilla" --readme docs/concepts/tiny-models.md

@@ -152,12 +152,3 @@ def test_bad_launch_settings_are_one_error_line_and_nothing_written(untrained_ll
     lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], result.output
     assert not out.exists()
-
-
-def test_a_deepspeed_launch_is_refused_with_one_line(untrained_llava, small_world, tmp_path):
-    out = tmp_path / "ds"
-    result = _cli(["unlearn", "--method", "graddiff", "--model", str(untrained_llava), "--data", str(small_world),
-                   "--forget-split", "forget_15", "--out", str(out), "--steps", "1", "--no-eval"],
-                  env={"ACCELERATE_USE_DEEPSPEED": "true"})
-    assert result.exit_code == 2 and "error: DeepSpeed launches are not supported yet" in result.output
-    assert not out.exists()

@@ -216,6 +216,8 @@ def finetune(
     lr: float = typer.Option(LR),
     seed: int = typer.Option(0),
     checkpoint_every: int = typer.Option(500),
+    log_with: Optional[str] = typer.Option(None, "--log-with", help="Track the loss and lr: tensorboard | trackio "
+                                           "(logs under OUT/logs/)."),
     eval_after: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate the fine-tuned model into OUT/eval."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in OUT."),
     overwrite: bool = typer.Option(False),
@@ -228,7 +230,8 @@ def finetune(
     # finetune uses every person (forget and retain alike); the split or ids only label them
     bundle = _load(data, "forget_10", forget_ids=forget_ids, retain_ids=retain_ids, need_forget=False)
     cfg = FinetuneConfig(model=model, stage1_steps=stage1_steps, stage2_steps=stage2_steps, batch_size=batch_size,
-                         lr=lr, seed=seed, checkpoint_every=checkpoint_every)
+                         lr=lr, seed=seed, checkpoint_every=checkpoint_every,
+                         log_with=_tracking_and_selection(log_with)["log_with"])
     out = _prepare_out(out, overwrite=overwrite, resume=resume)
     from dataclasses import asdict
 
@@ -240,6 +243,26 @@ def finetune(
           f"process(es) → {out}")
     if eval_after:
         _write_card(out, run, log, _eval_after_training(result["loaded"], out, bundle, out / "eval"))
+
+
+def _tracking_and_selection(log_with, eval_every=0, eval_records=64, eval_splits="forget,retain",
+                            select_by=None) -> dict:
+    """--log-with / --eval-every / --eval-records / --eval-splits / --select-by checked before anything is
+    loaded. Called from Python (demo, rerun of an older run) a left-out option arrives as typer's
+    OptionInfo: its default."""
+    from .train.selection import parse_rule
+    from .train.tracking import check_tracker
+
+    def plain(value, default):
+        return default if isinstance(value, typer.models.OptionInfo) else value
+
+    log_with, select_by = plain(log_with, None), plain(select_by, None)
+    eval_every, eval_records = plain(eval_every, 0), plain(eval_records, 64)
+    eval_splits = plain(eval_splits, "forget,retain")
+    if select_by is not None:
+        parse_rule(select_by)  # a malformed rule fails here, with its own message
+    return {"log_with": check_tracker(log_with), "eval_every": eval_every, "eval_records": eval_records,
+            "eval_splits": [s.strip() for s in eval_splits.split(",") if s.strip()], "select_by": select_by}
 
 
 def _eval_after_training(loaded, model_dir: Path, bundle, out: Path, **kwargs) -> dict | None:
@@ -285,6 +308,9 @@ def eval_cmd(
     batch_size: int = typer.Option(64),
     max_records: int = typer.Option(0, help="Subsample each split to this many records (0: all)."),
     dtype: str = typer.Option("auto", help="auto (the folder's dtype) | bf16 | fp16 | fp32."),
+    truth_ratio: str = typer.Option("geometric", "--truth-ratio", help="How the perturbed answers' probabilities "
+                                    "are averaged: geometric (as the TOFU / CLEAR / open-unlearning code) | "
+                                    "arithmetic (the TOFU paper's formula)."),
     overwrite: bool = typer.Option(False),
     tofu: Optional[Path] = typer.Option(None, "--tofu", help="CLEAR only: a local TOFU folder (forgetNN_perturbed, "
                                         "retain_perturbed, real_authors_perturbed, world_facts_perturbed) for the "
@@ -307,9 +333,11 @@ def eval_cmd(
         loaded = load_model(model, dtype=torch_dtype, device="auto")  # one replica per process
     if reference_summary is not None and not reference_summary.is_file():
         _fail(f"--reference-summary {reference_summary} does not exist")
+    if truth_ratio not in ("geometric", "arithmetic"):
+        _fail(f"--truth-ratio must be geometric or arithmetic, got {truth_ratio!r}")
     out = _prepare_out(out, overwrite=overwrite)
     _run_eval(loaded, bundle, out, splits=tuple(s.strip() for s in splits.split(",") if s.strip()),
-              batch_size=batch_size, max_records_per_split=max_records,
+              batch_size=batch_size, max_records_per_split=max_records, truth_ratio_mean=truth_ratio,
               reference_summary=str(reference_summary) if reference_summary else None)
 
 
@@ -350,6 +378,16 @@ def unlearn(
     grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimiser step."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing",
                                                 help="Recompute activations in the backward pass (less memory)."),
+    log_with: Optional[str] = typer.Option(None, "--log-with", help="Track losses, lr and evaluations: "
+                                           "tensorboard | trackio (logs under OUT/logs/)."),
+    eval_every: int = typer.Option(0, "--eval-every", help="Evaluate a subsample every N steps and after the "
+                                   "last (0: never); the numbers go into unlearn_log.json."),
+    eval_records: int = typer.Option(64, "--eval-records", help="Records per split in those evaluations (0: all)."),
+    eval_splits: str = typer.Option("forget,retain", "--eval-splits", help="Splits those evaluations score "
+                                    "(the --select-by rule's are added)."),
+    select_by: Optional[str] = typer.Option(None, "--select-by", help="Which evaluated step to keep, e.g. "
+                                            "min:forget/image+text/cls_acc,retain/image+text/cls_acc>=0.9 "
+                                            "(default: the last). See docs/run-folders.md."),
     eval_after: bool = typer.Option(True, "--eval/--no-eval"),
     resume: bool = typer.Option(False),
     overwrite: bool = typer.Option(False),
@@ -375,9 +413,14 @@ def unlearn(
     cfg = UnlearnConfig(method=method, model=str(model), steps=steps, lr=lr, batch_size=batch_size, scope=scope,
                         seed=seed, checkpoint_every=checkpoint_every, reference=str(reference) if reference else None,
                         lora_r=lora_r, lora_alpha=lora_alpha, mixed_precision=mixed_precision, grad_accum=grad_accum,
-                        gradient_checkpointing=gradient_checkpointing, method_args=_parse_method_args(set_))
+                        gradient_checkpointing=gradient_checkpointing, method_args=_parse_method_args(set_),
+                        **_tracking_and_selection(log_with, eval_every, eval_records, eval_splits, select_by))
     method_cfg = method_cls.make_config(cfg.method_args)
     check_launch(bundle, method_cls, cfg, accelerator.num_processes)
+    from .train.selection import check_rule_data
+    from .train.unlearn import check_selection
+
+    check_rule_data(check_selection(cfg, method_cls, accelerator.num_processes), bundle, cfg.eval_records, cfg.seed)
     loaded = load_model(model, dtype=torch_dtype)
     out = _prepare_out(out, overwrite=overwrite, resume=resume)
     run = _start_run(out, "unlearn", params, {
@@ -516,7 +559,8 @@ def demo(
 ) -> None:
     """The main job on the embedded default: world → fine-tune → evaluate → unlearn with several methods.
 
-    Reuses whatever an earlier demo in OUT already finished (world, vanilla model, bench runs)."""
+    Reuses whatever an earlier demo in OUT already finished (world, vanilla model, bench runs); ends with
+    OUT/report.html, the bench as one page."""
     _quiet_libraries()
     from .methods.base import registry
 
@@ -532,6 +576,9 @@ def demo(
     bench(model=vanilla, data=world_dir, out=out / "bench", methods_=chosen, forget_split="forget_10", seeds="0",
           steps=None, max_records=max_records, reference_summary=None, attacks=False, readme=None,
           forget_ids=None, retain_ids=None)
+    from .report.html import write_report
+
+    _echo(f"demo report (open it in a browser) → {write_report(out / 'bench', out / 'report.html')}")
 
 
 attack_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -760,17 +807,37 @@ def _write_readme_table(readme: Path, name: str, results: dict) -> None:
 @app.command()
 @guarded
 def report(
-    results: Path = typer.Argument(..., help="A bench results.json."),
+    results: Path = typer.Argument(..., help="A bench results.json or bench folder, or a run folder."),
     readme: Optional[Path] = typer.Option(None, help="Write the table into this README between markers."),
     name: str = typer.Option("bench", help="Marker name: <!-- NAME:start --> … <!-- NAME:end -->."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write one self-contained HTML page here "
+                                       "(table, trade-off, per-split bars, relearning and loss curves, per person)."),
 ) -> None:
-    """Print (or write into a README) the table of a bench results.json — from files only."""
+    """Print (or write into a README) the table of a bench results.json — from files only; --out: an HTML page."""
     import json as _json
 
-    if not results.is_file():
+    from .report.html import bench_report, resolve, run_report, write_html
+    from .report.tables import markdown_table
+
+    if not results.exists():
         _fail(f"{results} does not exist")
-    data = _json.loads(results.read_text())
-    typer.echo(data["table_markdown"])
+    kind, path = resolve(results)
+    if kind == "bench":
+        try:
+            data = _json.loads(path.read_text())
+        except _json.JSONDecodeError as err:
+            _fail(f"{path} is not valid JSON ({err.msg}, line {err.lineno})")
+        if not isinstance(data, dict) or "table_markdown" not in data:
+            _fail(f"{path} is not a bench results file (no table_markdown)")
+        typer.echo(data["table_markdown"])
+        page = bench_report(path) if out is not None else None
+    else:
+        if readme is not None:
+            _fail("--readme needs a bench results.json (a run folder has no bench table)")
+        page = run_report(path)
+        typer.echo(markdown_table(page.table))
+    if out is not None and page is not None:
+        typer.echo(f"report → {write_html(page, out)}")
     if readme is not None:
         _write_readme_table(readme, name, data)
 

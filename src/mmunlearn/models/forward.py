@@ -119,6 +119,11 @@ class StepModule(torch.nn.Module):
         # `uniform_parts` such a batch also encodes a blank image, added to its logits times zero:
         # the vision layers run (and get a zero gradient) everywhere. Set by the loop under FSDP.
         self.uniform_parts = False
+        # DeepSpeed gathers (ZeRO-3) and reduces (ZeRO-2 buckets) parameter by parameter in the order
+        # layers run, so the blank image must run where a real one would: right after the token
+        # embeddings, folded into them times zero (the same forward and backward order as an image
+        # batch). Set by the loop under DeepSpeed.
+        self.blank_in_place = False
         self._blank: dict | None = None
         # only the layer classes this model really has (LLaVA lists CLIP's text embeddings, which an
         # image-text model does not contain, and accelerate refuses a class it cannot find)
@@ -131,7 +136,13 @@ class StepModule(torch.nn.Module):
         for name, request in requests.items():
             if isinstance(request, AnswerLogits):
                 blank = None
-                if self.uniform_parts and "pixel_values" not in request.batch:  # vision first, as with images
+                text_only = self.uniform_parts and "pixel_values" not in request.batch
+                if text_only and self.blank_in_place:
+                    with self._blank_after_embeddings():
+                        logits, labels = answer_logits(self.model, request.batch)
+                    out[name] = (logits, labels)
+                    continue
+                if text_only:  # vision first, as with images
                     blank = 0.0 * image_features(self.model, self._blank_pixels()).sum()
                 logits, labels = answer_logits(self.model, request.batch)
                 out[name] = (logits if blank is None else logits + blank, labels)
@@ -142,6 +153,18 @@ class StepModule(torch.nn.Module):
             else:
                 raise TypeError(f"unknown request {type(request).__name__} for {name!r}")
         return out
+
+    @contextmanager
+    def _blank_after_embeddings(self) -> Iterator[None]:
+        """While the block runs, the token embeddings' output gains 0 × (the blank image's features)."""
+        def hook(_module, _inputs, output):
+            return output + 0.0 * image_features(self.model, self._blank_pixels()).sum().to(output.dtype)
+
+        handle = base_model(self.model).get_input_embeddings().register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
 
     def _blank_pixels(self) -> dict:
         if self._blank is None:

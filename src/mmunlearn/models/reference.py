@@ -4,7 +4,8 @@
 * VKD (vision scope): a copy of the vision tower and projector only (`vision_copy`): the teacher never
   runs the language model, so copying it would only cost memory.
 * Full scope: a frozen copy (`FrozenReference`), held in bf16 when the run computes in bf16, and
-  sharded like the model under FSDP2.
+  sharded like the model under FSDP2; under DeepSpeed its own inference engine (ZeRO-3 partitioned
+  when the model is, a stage-0 replica below it).
 * `--reference DIR`: that model, frozen (NPO against a retain-only model).
 """
 
@@ -115,6 +116,14 @@ def build_reference(kind: str, model: torch.nn.Module, adapter: Any, module: Ste
     if accelerator is not None and str(accelerator.mixed_precision) == "bf16":
         ref.module.to(torch.bfloat16)  # outputs are computed under bf16 autocast anyway
         ref.kind += "-bf16"
+    if accelerator is not None and str(accelerator.distributed_type).endswith("DEEPSPEED"):
+        from ..train.zero import reference_engine
+
+        ref.module.uniform_parts = True  # ZeRO-3 gathers layer by layer: the same layers, in the same order
+        ref.module.blank_in_place = True
+        ref.module = reference_engine(accelerator, ref.module)  # its own engine: ZeRO-3 or a stage-0 replica
+        ref.kind += "-zero3" if ref.module.zero_optimization_stage() == 3 else "-zero0"
+        return ref
     if accelerator is not None and getattr(accelerator, "is_fsdp2", False):
         from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 
@@ -128,4 +137,4 @@ def parameter_count(ref: Reference | None) -> int:
     """Parameters a reference holds of its own (0 for a disabled adapter)."""
     if ref is None or isinstance(ref, AdapterReference):
         return 0
-    return sum(p.numel() for p in ref.module.parameters())
+    return sum(getattr(p, "ds_numel", p.numel()) for p in ref.module.parameters())  # ZeRO-3: the full size

@@ -6,7 +6,8 @@ run under its autocast and `accelerator.backward`, micro-batches under `accelera
 collective is written here by hand.
 
 What the loop owns, so methods do not: the optimiser and schedule, gradient masks (applied between the
-backward and the step, on sharded gradients too), the NaN/inf guard (every process stops when any sees
+backward and the step, on sharded gradients too; under DeepSpeed the loop drives the engine's backward
+and step itself to put them there, see train/zero.py), the NaN/inf guard (every process stops when any sees
 one), periodic checkpoints with exact resume (model, optimiser, scheduler, every process's RNG), the
 progress bar and the per-step log. What it is given: a `step_loss(step, module) -> dict` callable that
 draws its own batches, calls the prepared `module` once, and returns named loss terms with the total
@@ -29,6 +30,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import zero
+
 CHECKPOINT_DIR = "checkpoint"
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
@@ -49,6 +52,7 @@ class LoopConfig:
     log_every: int = 10
     checkpoint_every: int = 0  # 0: no periodic checkpoints
     desc: str = "train"
+    track_offset: int = 0  # added to the step in tracker logs (a multi-stage run's stages follow each other)
 
 
 @dataclass
@@ -68,7 +72,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1):
+def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1, log_with: str | None = None,
+                     logging_dir: str | Path | None = None):
     """The run's Accelerator: GPU when present, else CPU processes over gloo.
 
     DDP tolerates unused parameters (frozen parts, text-only batches that skip the vision tower).
@@ -86,19 +91,35 @@ def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1):
         raise ValueError(f"unknown mixed precision {mixed_precision!r}; choose one of {', '.join(MIXED_PRECISION)}")
     if grad_accum < 1:
         raise ValueError(f"gradient accumulation must be at least 1 step (got {grad_accum})")
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        raise ValueError("DeepSpeed launches are not supported yet (gradient masks must run between its "
-                         "backward and step); use an FSDP2 or DDP config from configs/accelerate/")
+    wants_deepspeed = zero.deepspeed_requested()
+    cpu = not torch.cuda.is_available()
+    if wants_deepspeed:
+        zero.check_available()
+        if cpu:
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed is first imported
+            # the CPU switch below builds the plugin itself; accelerate would refuse DeepSpeed with cpu=True
+            os.environ["ACCELERATE_USE_DEEPSPEED"] = "false"
     # One run per Accelerator: a second run in the same process (tests, bench) may ask for other settings.
     AcceleratorState._reset_state()
     GradientState._reset_state()
-    cpu = not torch.cuda.is_available()
     partial = PartialState(cpu=cpu)
-    if cpu and partial.distributed_type == DistributedType.FSDP:  # switched by an earlier run (below)
+    if cpu and partial.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):  # an earlier run's switch
         partial.distributed_type = DistributedType.MULTI_CPU
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
                               step_scheduler_with_optimizer=False,
-                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+                              # trackers (train/tracking.py): none unless --log-with
+                              log_with=log_with, project_dir=str(logging_dir) if logging_dir else None)
+    if wants_deepspeed and cpu:
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        if accelerator.distributed_type == DistributedType.MULTI_CPU:
+            zero.switch_cpu_state(accelerator, partial, mixed_precision)
+    if wants_deepspeed:
+        if accelerator.distributed_type != DistributedType.DEEPSPEED:
+            raise ValueError("DeepSpeed needs a multi-process launch (accelerate launch with a ZeRO config "
+                             "from configs/accelerate/, or torchrun)")
+        zero.check_stage(accelerator)
+        zero.keep_models_whole()
     wants_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     if cpu and wants_fsdp and accelerator.distributed_type == DistributedType.MULTI_CPU:
         from accelerate import FullyShardedDataParallelPlugin
@@ -168,6 +189,7 @@ def run_loop(
     rng_state: Callable[[], dict] | None = None,
     set_rng_state: Callable[[dict], None] | None = None,
     mask_when: Callable[[int], bool] | None = None,
+    on_step_end: Callable[[int], bool] | None = None,
 ) -> LoopResult:
     """Run `cfg.steps` optimiser steps of `step_loss` on the trainable parameters of `module`
     (an `StepModule`; `step_loss` receives it prepared: DDP- or FSDP-wrapped on several processes).
@@ -175,7 +197,9 @@ def run_loop(
     `grad_masks` maps parameter names of `module.model` to 0/1 tensors multiplied into the gradients
     every step (SalUn, MMUnlearner, VKD saliency). With `checkpoint_root`, the trainable weights,
     optimiser, scheduler, the step and every process's RNG are saved every `checkpoint_every` steps,
-    so `resume` continues bit-for-bit.
+    so `resume` continues bit-for-bit. `on_step_end(done)` runs after every optimiser step (the engine's
+    periodic evaluation); it returns True when it put the model in eval mode, and must leave the RNG
+    streams as it found them so training is the same with or without it.
     """
     from ..methods.losses import global_token_mean
 
@@ -183,16 +207,29 @@ def run_loop(
     if not any(p.requires_grad for p in module.parameters()):
         raise ValueError("nothing to train: no parameter requires grad")
     module.to(accelerator.device)
-    if accelerator.is_fsdp2:
-        module.uniform_parts = True  # every process gathers the same layers (models/forward.py)
+    if accelerator.is_fsdp2 or zero.is_deepspeed(accelerator):
+        module.uniform_parts = True  # every process gathers/reduces the same layers (models/forward.py)
+        module.blank_in_place = zero.is_deepspeed(accelerator)  # and in the same order
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    deepspeed = zero.is_deepspeed(accelerator)
+    if deepspeed:
+        if checkpoint_root and (cfg.checkpoint_every or resume):
+            raise ValueError("checkpoints and --resume are not supported under DeepSpeed yet; run without "
+                             "--checkpoint-every/--resume, or use an FSDP2 or DDP config")
+        zero.configure_engine(accelerator, cfg.grad_clip)
     prepared, prepared_optimizer = accelerator.prepare(module, optimizer)
+    # DeepSpeed: the loop drives the engine (backward, masks, step), see train/zero.py
+    engine = accelerator.deepspeed_engine_wrapped.engine if deepspeed else None
     inner = accelerator.unwrap_model(prepared)
     params = [p for p in prepared.parameters() if p.requires_grad]  # FSDP2 replaced them with DTensors
     named = {n: p for n, p in inner.model.named_parameters() if p.requires_grad}
-    masks = {n: _sharded_like(m, named[n]) for n, m in (grad_masks or {}).items() if n in named}
+    masks = {n: m for n, m in (grad_masks or {}).items() if n in named}
+    if engine is not None:  # each process keeps only its partition's part of each mask
+        masks = zero.local_masks(named, masks)
+    else:
+        masks = {n: _sharded_like(m, named[n]) for n, m in masks.items()}
 
     rank, world = accelerator.process_index, accelerator.num_processes
     ckpt = Path(checkpoint_root) / CHECKPOINT_DIR if checkpoint_root else None
@@ -215,9 +252,14 @@ def run_loop(
                     terms = step_loss(step, prepared)
                     loss = terms["loss"]
                     _stop_on_non_finite(accelerator, loss, cfg.desc, step, ckpt)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        if masks and (mask_when is None or mask_when(step)):
+                    mask_now = bool(grad_masks) and (mask_when is None or mask_when(step))
+                    if engine is not None:
+                        _deepspeed_backward_and_step(engine, accelerator.sync_gradients, loss,
+                                                     named, masks if mask_now else {}, scheduler)
+                    else:
+                        accelerator.backward(loss)
+                    if engine is None and accelerator.sync_gradients:
+                        if mask_now:
                             for n, m in masks.items():
                                 if named[n].grad is not None:
                                     named[n].grad.mul_(m)
@@ -233,7 +275,12 @@ def run_loop(
                        "time_s": round(elapsed_before + time.perf_counter() - t0, 3)}
                 log.append(row)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k in ("loss",) or k.startswith("nll")})
+            # every step to the trackers (a no-op without --log-with): the same terms as the log rows
+            accelerator.log({f"train/{k}": v for k, v in {**sums, "lr": scheduler.get_last_lr()[0]}.items()},
+                            step=cfg.track_offset + step)
             done = step + 1
+            if on_step_end is not None and on_step_end(done):
+                prepared.train()  # the hook evaluated (eval mode); it leaves the RNG as it found it
             if ckpt and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
                 _save_checkpoint(accelerator, ckpt, inner, optimizer, scheduler, done, log, rng_state)
     bar.close()
@@ -241,6 +288,20 @@ def run_loop(
     accelerator.free_memory()  # drop accelerate's references to this loop's wrapper (a later stage re-wraps)
     return LoopResult(cfg.steps, wall, log, peak_memory_mb(), steps_run=cfg.steps - start, processes=world,
                       distributed_type=str(accelerator.distributed_type).split(".")[-1])
+
+
+def _deepspeed_backward_and_step(engine, boundary: bool, loss: torch.Tensor, named: dict, masks: dict,
+                                 scheduler) -> None:
+    """accelerate's DeepSpeed backward also steps; here the masks go between: the engine's backward
+    (it divides by the accumulation steps and, at the boundary, reduces into each process's partition),
+    the masks on those partitions, then the engine's step (clip, optimiser, zero the gradients)."""
+    engine.set_gradient_accumulation_boundary(is_boundary=boundary)
+    engine.backward(loss)
+    if boundary:
+        if masks:
+            zero.mask_partitioned_grads(named, masks)
+        engine.step()
+        scheduler.step()
 
 
 def _stop_on_non_finite(accelerator, loss: torch.Tensor, desc: str, step: int, ckpt: Path | None) -> None:

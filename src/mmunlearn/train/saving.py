@@ -28,7 +28,12 @@ def save_run_model(accelerator, model: torch.nn.Module, loaded: LoadedModel, out
             model.save_pretrained(out / "adapter", safe_serialization=True)
         model = model.merge_and_unload()
     plain = base_model(model)
-    if accelerator.is_fsdp2:
+    from .zero import gathered_state_dict, is_partitioned
+
+    if is_partitioned(model):  # DeepSpeed ZeRO-3: gathered a parameter at a time onto the main process
+        full = gathered_state_dict(plain, accelerator.is_main_process)
+        plain = unsharded_copy(plain, full) if accelerator.is_main_process else None
+    elif accelerator.is_fsdp2:
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         plain = unsharded_copy(plain, full) if accelerator.is_main_process else None
     if accelerator.is_main_process:

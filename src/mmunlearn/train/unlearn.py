@@ -27,9 +27,12 @@ from ..models.forward import StepModule
 from ..models.loader import LoadedModel, load_model
 from ..models.reference import build_reference, parameter_count
 from .loop import LoopConfig, make_accelerator, run_loop, seed_everything
+from . import zero
 from .sampling import RecordSampler
 from .saving import save_run_model
 from .scope import LoraSettings, apply_scope, trainable_count
+from .selection import PeriodicEval, Rule, check_eval_splits, parse_rule
+from .tracking import check_tracker, start_tracking, stop_tracking, tracker_kwargs
 
 
 @dataclass
@@ -50,6 +53,11 @@ class UnlearnConfig:
     grad_accum: int = 1  # micro-batches per optimiser step
     gradient_checkpointing: bool = False
     method_args: dict[str, Any] = field(default_factory=dict)
+    log_with: str | None = None  # tensorboard | trackio: losses, lr and evaluations (train/tracking.py)
+    eval_every: int = 0  # evaluate every N steps and after the last (train/selection.py); 0: never
+    eval_records: int = 64  # per split, a seeded subsample (0: all)
+    eval_splits: list[str] = field(default_factory=lambda: ["forget", "retain"])  # + the rule's splits
+    select_by: str | None = None  # which evaluated step to keep (train/selection.py); None: the last
 
 
 @dataclass
@@ -104,12 +112,32 @@ def check_launch(bundle: DataBundle, method: type[Method] | Method, cfg: Unlearn
                          "or a smaller --batch-size")
 
 
+def check_selection(cfg: UnlearnConfig, method: type[Method] | Method, processes: int) -> Rule | None:
+    """Refuse, before training, evaluation options the run cannot honour; the parsed --select-by rule."""
+    if cfg.select_by and not cfg.eval_every:
+        raise ValueError("--select-by needs --eval-every N (the steps it chooses among)")
+    if not cfg.eval_every:
+        return None
+    if cfg.eval_every < 1:
+        raise ValueError(f"--eval-every must be at least 1 (got {cfg.eval_every})")
+    if cfg.eval_records < 0:
+        raise ValueError(f"--eval-records must be 0 (all) or more (got {cfg.eval_records})")
+    if processes > 1:
+        raise ValueError("--eval-every runs on one process only for now (the kept weights are an unsharded "
+                         "in-memory copy); evaluate the saved model with `mmunlearn eval` instead")
+    if (method if isinstance(method, type) else type(method)).run is not Method.run:
+        raise ValueError(f"--eval-every needs a single-stage method; {method.name} trains in several stages")
+    check_eval_splits(cfg.eval_splits)
+    return parse_rule(cfg.select_by) if cfg.select_by else None
+
+
 def unlearn(bundle: DataBundle, cfg: UnlearnConfig, out: Path, loaded: LoadedModel | None = None,
             resume: bool = False) -> UnlearnResult:
     method_cls = get_method(cfg.method)
     method: Method = method_cls(method_cls.make_config(cfg.method_args))
     seed_everything(cfg.seed)
-    accelerator = make_accelerator(cfg.mixed_precision, cfg.grad_accum)
+    accelerator = make_accelerator(cfg.mixed_precision, cfg.grad_accum,
+                                   **tracker_kwargs(check_tracker(cfg.log_with), out))
     rank, world = accelerator.process_index, accelerator.num_processes
     loaded = loaded or load_model(cfg.model)
     forget = forget_records(bundle, method)
@@ -120,9 +148,16 @@ def unlearn(bundle: DataBundle, cfg: UnlearnConfig, out: Path, loaded: LoadedMod
     if method.needs_retain and not retain:
         raise ValueError(f"{cfg.method} needs retain records but the retain split is empty")
     check_launch(bundle, method, cfg, world)
+    rule = check_selection(cfg, method, world)
+    if resume and cfg.eval_every and (Path(out) / "checkpoint" / "loop_state.json").is_file():
+        raise ValueError("--resume cannot continue an --eval-every run: the evaluations and kept weights "
+                         "live in memory, not in the checkpoint; start the run again")
 
     model = loaded.model
     scope = cfg.scope or method.default_scope
+    if scope == "lora" and zero.is_deepspeed(accelerator) and zero.zero_stage(accelerator) == 3:
+        raise ValueError("the lora scope is not supported under DeepSpeed ZeRO-3 yet (θ0 is the model with its "
+                         "adapters off, and merging needs whole weights): use ZeRO-2 or DDP")
     if scope == "lora" and accelerator.is_fsdp2:
         raise ValueError("the lora scope is not supported under FSDP yet: LoRA trains few weights, run it "
                          "with DDP (one full copy of the base model per process)")
@@ -158,11 +193,15 @@ def unlearn(bundle: DataBundle, cfg: UnlearnConfig, out: Path, loaded: LoadedMod
     lr = cfg.lr if cfg.lr is not None else method.default_lr
     loop_cfg = LoopConfig(steps=steps, lr=lr, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
                           desc=f"unlearn:{cfg.method}", log_every=5)
+    periodic = PeriodicEval(bundle, loaded, cfg.eval_every, cfg.eval_records, cfg.eval_splits, rule, steps,
+                            seed=cfg.seed, accelerator=accelerator) if cfg.eval_every else None
+    tracking = start_tracking(accelerator, "unlearn", {**asdict(cfg), "steps": steps, "lr": lr, "scope": scope})
+    stages_done = [0]  # steps of earlier stages: tracker steps keep increasing across a multi-stage method
 
     def loop(step_loss, checkpoint: bool = True, **overrides):
         """One run of the engine's loop on ctx.model (Method.run calls it; multi-stage methods call it
         once per stage, with LoopConfig overrides such as steps= or desc=). None when no steps."""
-        stage_cfg = dataclasses.replace(loop_cfg, **overrides)
+        stage_cfg = dataclasses.replace(loop_cfg, **{"track_offset": stages_done[0], **overrides})
         if stage_cfg.steps <= 0:
             return None
         if ctx.module.model is not ctx.model:
@@ -175,11 +214,17 @@ def unlearn(bundle: DataBundle, cfg: UnlearnConfig, out: Path, loaded: LoadedMod
         try:
             return run_loop(ctx.module, bound, stage_cfg, accelerator=accelerator, grad_masks=ctx.grad_masks,
                             checkpoint_root=out if checkpoint else None, resume=resume and checkpoint,
-                            rng_state=state, set_rng_state=restore, mask_when=method.mask_active)
+                            rng_state=state, set_rng_state=restore, mask_when=method.mask_active,
+                            on_step_end=(lambda done: periodic(ctx.model, done)) if periodic else None)
         finally:
             ctx.step_module = None
+            stages_done[0] += stage_cfg.steps
 
-    result = method.run(ctx, loop)
+    try:
+        result = method.run(ctx, loop)
+    finally:
+        stop_tracking(accelerator)
+    selection = periodic.finish(ctx.model) if periodic else None  # the kept weights, before saving
     model = ctx.model  # a multi-stage method may have replaced it
     model.eval()
     log = {
@@ -203,6 +248,8 @@ def unlearn(bundle: DataBundle, cfg: UnlearnConfig, out: Path, loaded: LoadedMod
         "peak_memory_mb": round(result.peak_memory_mb, 1) if result else None,
         "losses": result.log if result else [],
         **{k: v for k, v in ctx.extra_log.items()},
+        **({"tracking": tracking} if tracking else {}),
+        **({"selection": selection, "evaluations": periodic.evaluations} if periodic else {}),
     }
     loaded.model = save_run_model(accelerator, model, loaded, out, base=cfg.model or None)
     if accelerator.is_main_process:

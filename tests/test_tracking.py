@@ -1,0 +1,62 @@
+"""`--log-with`: every loss term and the learning rate reach the tracker, equal to unlearn_log.json's."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from mmunlearn.cli import app
+from mmunlearn.train.tracking import check_tracker
+
+FORGET = "forget_15"
+
+
+def test_check_tracker_names_and_missing_packages(monkeypatch):
+    assert check_tracker(None) is None
+    with pytest.raises(ValueError, match="must be one of tensorboard, trackio"):
+        check_tracker("wandb")
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(ValueError, match=r"pip install 'mmunlearn\[track\]'"):
+        check_tracker("tensorboard")
+
+
+def test_missing_tracker_is_one_error_line_before_anything(tuned_small, small_world, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trackio" else real(name, *a))
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["unlearn", "--method", "ga", "--model", str(tuned_small[1]), "--data",
+                                   str(small_world), "--out", str(out), "--forget-split", FORGET, "--steps", "1",
+                                   "--no-eval", "--log-with", "trackio"])
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --log-with trackio needs the trackio package"), lines
+    assert not out.exists()
+
+
+def test_tensorboard_scalars_equal_the_run_log(tuned_small, small_world, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["unlearn", "--method", "ga", "--model", str(tuned_small[1]), "--data",
+                                   str(small_world), "--out", str(out), "--forget-split", FORGET, "--steps", "3",
+                                   "--batch-size", "4", "--lr", "1e-3", "--no-eval", "--log-with", "tensorboard"])
+    assert res.exit_code == 0, res.output
+    log = json.loads((out / "unlearn_log.json").read_text())
+    assert log["tracking"]["with"] == "tensorboard"
+    events = EventAccumulator(str(out / "logs" / "unlearn"))
+    events.Reload()
+    scalars = {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+    for term in ("loss", "nll_forget", "lr"):
+        assert sorted(scalars[f"train/{term}"]) == [0, 1, 2], (term, scalars.keys())
+    assert [row["step"] for row in log["losses"]] == [0, 2]  # the log keeps every 5th step and the last
+    for row in log["losses"]:
+        for term in ("loss", "nll_forget", "lr"):
+            assert scalars[f"train/{term}"][row["step"]] == pytest.approx(row[term], rel=1e-6), (term, row)
