@@ -35,7 +35,6 @@ import contextlib
 import dataclasses
 import gc
 import json
-import math
 import os
 import random
 import re
@@ -46,7 +45,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -15,8 +15,6 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
 
 # ZeRO-2 only: run as named, compared with one process on batch 4 (tests/test_deepspeed.py)
 EXTRA = {"lora-npo": {"method": "npo", "scope": "lora"}, "accum-graddiff": {"method": "graddiff", "grad_accum": 2}}
@@ -26,7 +24,6 @@ def main() -> None:
     world_dir, model_dir, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from mmunlearn.data.store import load_data
-    from mmunlearn.methods.salun import SalUn
     from mmunlearn.models.loader import load_model
     from mmunlearn.train.unlearn import UnlearnConfig, unlearn
 
@@ -42,16 +39,10 @@ def main() -> None:
 
     rank = dist.get_rank()
     report["rank"], report["world"] = rank, dist.get_world_size()
-    original_prepare = SalUn.prepare
+    sys.path.insert(0, str(Path(__file__).parent))
+    from dist_driver import salun_keeping_masks
 
-    def keep_mask(self, ctx):
-        original_prepare(self, ctx)
-        torch.save(ctx.grad_masks, out / f"salun-mask-{rank}.pt")
-
-    SalUn.prepare = keep_mask
-    result = unlearn(bundle, UnlearnConfig(method="salun", steps=2, batch_size=2, lr=1e-3), out / "salun",
-                     loaded=load_model(model_dir))
-    SalUn.prepare = original_prepare
+    result = salun_keeping_masks(bundle, model_dir, out, rank, steps=2)
     report["salun"] = {"distributed_type": result.log["distributed_type"]}
     if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "2":  # LoRA (θ0: adapters off) and accumulation
         for name, extra in EXTRA.items():

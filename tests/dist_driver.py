@@ -27,6 +27,27 @@ def digest(model: torch.nn.Module) -> dict[str, str]:
     return out
 
 
+def salun_keeping_masks(bundle, model_dir: Path, out: Path, rank: int, steps: int):
+    """A short masked SalUn run that saves this rank's gradient masks to OUT/salun-mask-RANK.pt (the
+    tests compare them across ranks and check the masked weights never moved)."""
+    from mmunlearn.methods.salun import SalUn
+    from mmunlearn.models.loader import load_model
+    from mmunlearn.train.unlearn import UnlearnConfig, unlearn
+
+    original_prepare = SalUn.prepare
+
+    def keep_mask(self, ctx):
+        original_prepare(self, ctx)
+        torch.save(ctx.grad_masks, out / f"salun-mask-{rank}.pt")
+
+    SalUn.prepare = keep_mask
+    try:
+        return unlearn(bundle, UnlearnConfig(method="salun", steps=steps, batch_size=2, lr=1e-3), out / "salun",
+                       loaded=load_model(model_dir))
+    finally:
+        SalUn.prepare = original_prepare
+
+
 def one_step(bundle, model_dir: Path, out: Path, method: str, **extra):
     from mmunlearn.models.loader import load_model
     from mmunlearn.train.unlearn import UnlearnConfig, unlearn
@@ -62,20 +83,10 @@ def main() -> None:
         report["sampler"] = [sampler.next_local() for _ in range(15)]
 
         # replicas after several steps, and SalUn's mask on each rank
-        from mmunlearn.methods.salun import SalUn
         from mmunlearn.models.loader import load_model
         from mmunlearn.train.unlearn import UnlearnConfig, unlearn
 
-        original_prepare = SalUn.prepare
-
-        def keep_mask(self, ctx):
-            original_prepare(self, ctx)
-            torch.save(ctx.grad_masks, out / f"salun-mask-{rank}.pt")
-
-        SalUn.prepare = keep_mask
-        result = unlearn(bundle, UnlearnConfig(method="salun", steps=3, batch_size=2, lr=1e-3), out / "salun",
-                         loaded=load_model(model_dir))
-        SalUn.prepare = original_prepare
+        result = salun_keeping_masks(bundle, model_dir, out, rank, steps=3)
         report["salun_digest"] = digest(result.loaded.model)
 
         # 4 steps straight, and the same run stopped after step 3 with a checkpoint at step 2

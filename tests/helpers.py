@@ -57,3 +57,47 @@ def fixture_cache_key(settings: dict, package_root, versions: tuple[str, ...] = 
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     digest.update("|".join(versions).encode())
     return digest.hexdigest()[:16]
+
+
+def assert_masks_agree_and_hold(out, before: dict, after: dict) -> None:
+    """SalUn's masks saved by ranks 0 and 1 (OUT/salun-mask-RANK.pt) are identical, and between the
+    weights `before` and `after` no masked entry moved while some unmasked ones did."""
+    import torch
+
+    m0, m1 = torch.load(out / "salun-mask-0.pt"), torch.load(out / "salun-mask-1.pt")
+    assert m0.keys() == m1.keys() and all(torch.equal(m0[k], m1[k]) for k in m0)
+    kept = changed = 0
+    for name, mask in m0.items():
+        frozen = mask == 0
+        assert torch.equal(before[name][frozen], after[name][frozen]), name  # masked entries never move
+        kept += int(mask.sum())
+        changed += int((before[name] != after[name]).sum())
+    assert 0 < changed <= kept
+
+
+def free_port() -> int:
+    """A port nobody listens on (torchrun's --master_port 0 hangs the rendezvous here)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_two_process_npo(config_file, model_dir, world_dir, out, timeout: int = 600):
+    """`accelerate launch --config_file CONFIG -m mmunlearn unlearn --method npo` for 2 steps of batch 2:
+    the real CLI on a repo launch file. Returns the finished process and the run's log."""
+    import os
+    import subprocess
+    import sys
+
+    from mmunlearn.train.unlearn import read_log
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
+           "--main_process_port", str(free_port()), "-m", "mmunlearn", "unlearn", "--method", "npo", "--model",
+           str(model_dir), "--data", str(world_dir), "--forget-split", "forget_15", "--out", str(out),
+           "--steps", "2", "--batch-size", "2", "--no-eval"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc, read_log(out)

@@ -20,6 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import free_port
 from mmunlearn.train import zero
 
 ROOT = Path(__file__).parents[1]
@@ -164,14 +165,6 @@ def test_blank_image_in_place_runs_the_vision_layers_after_the_embeddings_and_ch
 
 # --- with deepspeed: two CPU processes ---------------------------------------------------------------
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _launch(stage: int, world_dir: Path, model_dir: Path, out: Path) -> subprocess.CompletedProcess:
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
@@ -261,35 +254,23 @@ def test_one_zero_step_equals_one_step_on_the_union_batch(zero_runs, union_runs,
 def test_masked_weights_stay_byte_identical_under_zero(zero_runs, untrained_llava, stage):
     from mmunlearn.models.loader import load_model
 
+    from helpers import assert_masks_agree_and_hold
+
     out, _ = zero_runs[stage]
-    m0, m1 = torch.load(out / "salun-mask-0.pt"), torch.load(out / "salun-mask-1.pt")
-    assert m0.keys() == m1.keys() and all(torch.equal(m0[k], m1[k]) for k in m0)
     before = {n: p.detach().clone() for n, p in load_model(untrained_llava).model.named_parameters()}
     after = {n: p.detach().clone() for n, p in load_model(out / "salun").model.named_parameters()}
-    kept = changed = 0
-    for name, mask in m0.items():
-        frozen = mask == 0
-        assert torch.equal(before[name][frozen], after[name][frozen]), name  # masked entries never move
-        kept += int(mask.sum())
-        changed += int((before[name] != after[name]).sum())
-    assert 0 < changed <= kept
+    assert_masks_agree_and_hold(out, before, after)
 
 
 def test_cpu_zero3_config_file_launches_two_processes_through_the_cli(small_world, untrained_llava, tmp_path):
     """The repo's CPU ZeRO-3 launch file, the real CLI: two processes, θ0 partitioned, one folder."""
     pytest.importorskip("deepspeed")
+    from helpers import launch_two_process_npo
     from mmunlearn.models.loader import load_model
-    from mmunlearn.train.unlearn import read_log
 
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "cpu-zero3.yaml"),
-           "--main_process_port", str(free_port()), "-m", "mmunlearn", "unlearn", "--method", "npo", "--model",
-           str(untrained_llava), "--data", str(small_world), "--forget-split", "forget_15", "--out", str(out),
-           "--steps", "2", "--batch-size", "2", "--no-eval"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    log = read_log(out)
+
+    _, log = launch_two_process_npo(CONFIGS / "cpu-zero3.yaml", untrained_llava, small_world, out, timeout=900)
     assert log["processes"] == 2 and log["distributed_type"] == "DEEPSPEED" and log["global_batch"] == 4
     assert log["steps_run"] == 2 and log["reference"] == "copy-zero3"
     assert load_model(out).model is not None

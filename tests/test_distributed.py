@@ -18,20 +18,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import free_port
 from mmunlearn.models.loader import load_model
 from mmunlearn.train.unlearn import UnlearnConfig, read_log, unlearn
 
 DRIVER = Path(__file__).with_name("dist_driver.py")
 METHODS = ("graddiff", "npo", "vkd")
-
-
-def free_port() -> int:
-    """A port nobody listens on (torchrun's --master_port 0 hangs the rendezvous here)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launch(mode: str, world_dir: Path, model_dir: Path, out: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -123,16 +115,9 @@ def test_one_ddp_step_equals_one_step_on_the_union_batch(ddp_run, union_runs, un
 def test_replicas_stay_identical_and_masks_agree_across_ranks(ddp_run, untrained_llava):
     out, (r0, r1) = ddp_run
     assert r0["salun_digest"] == r1["salun_digest"]
-    m0, m1 = torch.load(out / "salun-mask-0.pt"), torch.load(out / "salun-mask-1.pt")
-    assert m0.keys() == m1.keys() and all(torch.equal(m0[k], m1[k]) for k in m0)
-    before, after = named_weights(untrained_llava), named_weights(out / "salun")  # the masks' names
-    kept = changed = 0
-    for name, mask in m0.items():
-        frozen = mask == 0
-        assert torch.equal(before[name][frozen], after[name][frozen]), name  # masked entries never move
-        kept += int(mask.sum())
-        changed += int((before[name] != after[name]).sum())
-    assert 0 < changed <= kept
+    from helpers import assert_masks_agree_and_hold
+
+    assert_masks_agree_and_hold(out, named_weights(untrained_llava), named_weights(out / "salun"))
 
 
 def test_resume_on_two_processes_skips_the_done_steps_and_ends_where_a_straight_run_ends(
@@ -188,14 +173,9 @@ def test_accelerate_config_file_launches_two_fsdp2_processes_through_the_cli(sma
     """The repo's CPU FSDP2 launch file, the real CLI: two processes, sharded, one folder written by one."""
     config = Path(__file__).parents[1] / "configs" / "accelerate" / "cpu-fsdp2.yaml"
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--main_process_port",
-           str(free_port()), "-m", "mmunlearn", "unlearn", "--method", "npo", "--model", str(untrained_llava),
-           "--data", str(small_world), "--forget-split", "forget_15", "--out", str(out), "--steps", "2",
-           "--batch-size", "2", "--no-eval"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    log = read_log(out)
+    from helpers import launch_two_process_npo
+
+    proc, log = launch_two_process_npo(config, untrained_llava, small_world, out)
     assert log["processes"] == 2 and log["distributed_type"] == "FSDP" and log["global_batch"] == 4
     assert log["steps_run"] == 2 and log["reference"] == "copy-sharded"
     assert proc.stdout.count("npo: 2 steps") == 1  # the main process alone reports

@@ -19,7 +19,6 @@ from typer.testing import CliRunner
 
 from mmunlearn.bench import BenchConfig
 from mmunlearn.cli import app
-from mmunlearn.report.html import write_report
 from mmunlearn.report.tables import COLUMNS, aggregate_rows, csv_text, markdown_table, numbers_from_summary
 
 SPLITS = ("forget", "test", "retain", "real", "understanding_forget", "understanding_retain")
