@@ -8,8 +8,8 @@ from mmunlearn.eval import evaluator as E
 from mmunlearn.eval.evaluator import EvalConfig, evaluate, write_results
 from mmunlearn.models.loader import load_model
 
-METRICS = {"cls_acc", "cls_acc_loglik", "rougeL_f1", "rougeL_recall", "cloze_acc", "truth_ratio", "prob",
-           "degenerate_rate", "refusal_rate"}
+METRICS = {"cls_acc", "cls_acc_loglik", "cls_acc_strict", "rougeL_f1", "rougeL_recall", "cloze_acc", "truth_ratio",
+           "truth_ratio_forget_score", "truth_ratio_retain_score", "prob", "degenerate_rate", "refusal_rate"}
 
 
 def test_a_model_that_always_says_B_scores_chance(tuned_small, monkeypatch):
@@ -45,6 +45,10 @@ def test_summary_schema_and_details(tuned_small, tmp_path):
     # single question moves it by ~0.17) and speaks fluently
     assert m["forget"]["text"]["cls_acc"] >= 0.6 and m["retain"]["image+text"]["cls_acc"] >= 0.8
     assert m["forget"]["text"]["truth_ratio"] < 1.0
+    # the world is not MLLMU-Bench: cls_acc is our reading, the strict one beside it
+    assert summary["config"]["cls_acc_parser"] == "ours" and summary["config"]["truth_ratio_mean"] == "geometric"
+    assert 0.0 <= m["forget"]["text"]["cls_acc_strict"] <= 1.0
+    assert 0.0 <= m["forget"]["text"]["truth_ratio_forget_score"] <= 1.0
     assert m["retain"]["text"]["degenerate_rate"] <= 0.10
     assert {"config", "timing"} <= set(summary) and summary["timing"]["total_s"] > 0
     assert len(details) == sum(v["n"] for s in ("forget", "test", "retain", "real", "understanding")
