@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -148,15 +149,10 @@ def aggregate(details: Sequence[dict]) -> dict[str, dict[str, float]]:
             res["truth_ratio"] = sorted(finite)[len(finite) // 2] if finite else math.inf
             # open-unlearning's aggregates beside the median, over every record: on forget the
             # closer R is to 1 the better (mean min(R, 1/R)), elsewhere the truer (mean max(0, 1 − R))
-            res["truth_ratio_forget_score"] = _mean(M.truth_ratio_score(v, "forget") for v in vals["truth_ratio"])
-            res["truth_ratio_retain_score"] = _mean(M.truth_ratio_score(v, "retain") for v in vals["truth_ratio"])
+            res["truth_ratio_forget_score"] = statistics.fmean(M.truth_ratio_score(v, "forget") for v in vals["truth_ratio"])
+            res["truth_ratio_retain_score"] = statistics.fmean(M.truth_ratio_score(v, "retain") for v in vals["truth_ratio"])
         out[mod] = dict(sorted(res.items()))
     return out
-
-
-def _mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values)
 
 
 def score_sharded(loaded: LoadedModel, records: Sequence[Record], cfg: EvalConfig, desc: str) -> list[dict]:

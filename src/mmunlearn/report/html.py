@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import plots
-from .tables import COLUMNS, aggregate_rows, numbers_from_summary
+from .tables import COLUMNS, aggregate_rows, cell_text, mean_std, numbers_from_summary
 
 LEAK = 0.5  # a forget person whose accuracy stays above this (chance 0.25) still leaks
 SUMMARY_METRICS = ("cls_acc", "cls_acc_loglik", "rougeL_f1", "rougeL_recall", "refusal_rate", "degenerate_rate",
@@ -98,14 +98,8 @@ def _names(data: str | None) -> dict[str, str]:
         return {}
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return mean, std
-
-
-def _relearn_points(summaries: Iterable[dict]) -> dict[float, tuple[float, float]]:
-    """Probe accuracy per attack ratio (0: before the attack), mean ± std over the given relearn summaries."""
+def _accuracy_by_ratio(summaries: Iterable[dict]) -> dict[float, list[float]]:
+    """Probe accuracies per attack ratio (0: before the attack) over relearn summaries (or their floors)."""
     by_ratio: dict[float, list[float]] = {}
     for s in summaries:
         if isinstance(s.get("before"), (int, float)):
@@ -113,18 +107,17 @@ def _relearn_points(summaries: Iterable[dict]) -> dict[float, tuple[float, float
         for ratio, acc in (s.get("after") or {}).items():
             if isinstance(acc, (int, float)):
                 by_ratio.setdefault(float(ratio), []).append(acc)
-    return {r: _mean_std(v) for r, v in sorted(by_ratio.items())}
+    return dict(sorted(by_ratio.items()))
+
+
+def _relearn_points(summaries: Iterable[dict]) -> dict[float, tuple[float, float]]:
+    """Probe accuracy per attack ratio, mean ± std over the given relearn summaries."""
+    return {r: mean_std(v) for r, v in _accuracy_by_ratio(summaries).items()}
 
 
 def _floor(summaries: Iterable[dict]) -> dict[float, float]:
-    by_ratio: dict[float, list[float]] = {}
-    for s in summaries:
-        fl = s.get("floor") or {}
-        if isinstance(fl.get("before"), (int, float)):
-            by_ratio.setdefault(0.0, []).append(fl["before"])
-        for ratio, acc in (fl.get("after") or {}).items():
-            by_ratio.setdefault(float(ratio), []).append(acc)
-    return {r: sum(v) / len(v) for r, v in sorted(by_ratio.items())}
+    """The retain-only floor's accuracy per attack ratio, averaged over the summaries that have one."""
+    return {r: mean_std(v)[0] for r, v in _accuracy_by_ratio(s.get("floor") or {} for s in summaries).items()}
 
 
 def _relearn_of(run: Path) -> list[dict]:
@@ -327,15 +320,6 @@ def run_report(run: Path) -> Report:
         details[label] = [_read_jsonl(eval_dir / "details.jsonl")]
     report.people = _per_person(details, _names(data))
     return report
-
-
-def cell_text(value: dict | None, fmt: str) -> str:
-    """An aggregated cell as the Markdown table writes it: mean, ± std where more than one seed."""
-    if not value:
-        return "—"
-    if value.get("n", 1) > 1:
-        return fmt.format(value["mean"]) + " ± " + fmt.format(value["std"]).lstrip("+")
-    return fmt.format(value["mean"])
 
 
 TEMPLATE = """<!doctype html>

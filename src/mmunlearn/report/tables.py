@@ -71,6 +71,22 @@ def numbers_from_summary(summary: dict) -> dict[str, float | None]:
     }
 
 
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value): the ± of every table and plot."""
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def cell_text(value: dict | None, fmt: str) -> str:
+    """An aggregated cell ({"mean", "std", "n"}): the mean, ± std where more than one seed; "—" when absent."""
+    if not value:
+        return "—"
+    if value.get("n", 1) > 1:
+        return fmt.format(value["mean"]) + " ± " + fmt.format(value["std"]).lstrip("+")
+    return fmt.format(value["mean"])
+
+
 def aggregate_rows(rows: Sequence[dict]) -> list[dict]:
     """Mean and (sample) std per method over seeds, keeping the methods' order of appearance."""
     order: list[str] = []
@@ -88,8 +104,7 @@ def aggregate_rows(rows: Sequence[dict]) -> list[dict]:
             vals = [r.get(col) for r in runs if isinstance(r.get(col), (int, float))]
             if not vals:
                 continue
-            mean = sum(vals) / len(vals)
-            std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+            mean, std = mean_std(vals)
             agg[col] = {"mean": mean, "std": std, "n": len(vals)}
         out.append(agg)
     return out
@@ -99,15 +114,7 @@ def markdown_table(aggregated: Sequence[dict], columns: Sequence[str] | None = N
     cols = [c for c in COLUMNS if (columns is None or c[0] in columns) and any(c[0] in a for a in aggregated)]
     lines = ["| method | " + " | ".join(h for _, h, _ in cols) + " |", "|---|" + "---:|" * len(cols)]
     for a in aggregated:
-        cells = []
-        for col, _, fmt in cols:
-            v = a.get(col)
-            if v is None:
-                cells.append("—")
-            elif v["n"] > 1:
-                cells.append(fmt.format(v["mean"]) + " ± " + fmt.format(v["std"]).lstrip("+"))
-            else:
-                cells.append(fmt.format(v["mean"]))
+        cells = [cell_text(a.get(col), fmt) for col, _, fmt in cols]
         lines.append(f"| {a['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
