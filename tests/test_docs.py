@@ -115,17 +115,6 @@ def test_readme_links_resolve():
         assert (ROOT / target).is_file(), f"README links to {target}, which does not exist"
 
 
-def test_readme_api_example_is_the_example_file():
-    example = ROOT / "examples" / "api_quickstart.py"
-    if not example.is_file():
-        pytest.skip("examples/api_quickstart.py does not exist yet")
-    block = re.search(r"<!-- api-example:start -->\n```python\n(.*?)```\n<!-- api-example:end -->",
-                      README.read_text(), re.DOTALL)
-    assert block, "README lacks the api-example block"
-    assert block.group(1).rstrip("\n") == example.read_text().rstrip("\n"), \
-        "README's api-example differs from examples/api_quickstart.py: paste the file again"
-
-
 def test_plot_tradeoff_draws_a_bench(tmp_path):
     spec = importlib.util.spec_from_file_location("plot_tradeoff", ROOT / "benchmarks" / "plot_tradeoff.py")
     module = importlib.util.module_from_spec(spec)
