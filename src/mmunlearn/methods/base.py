@@ -131,6 +131,9 @@ class Method:
     # seed methods forget the person, not the ability to see (ascent on "The hair colour is brown" for
     # ten people took the understanding of everyone's photos down with it).
     forget_visible: ClassVar[bool] = True
+    # What `mmunlearn tune` searches besides lr and steps (tune.suggest's specs: ("log"|"float", lo, hi),
+    # ("int", lo, hi), ("cat", [choices])); every method gets the same trial budget.
+    search_space: ClassVar[dict[str, tuple]] = {}
 
     def __init__(self, cfg: MethodConfig | None = None):
         self.cfg = cfg or self.Config()
@@ -158,6 +161,13 @@ class Method:
         a stage are wrapped with it); the engine saves ctx.model (merging LoRA if it is still a peft
         model)."""
         return loop(lambda step: self.loss(ctx, step))
+
+    @classmethod
+    def tuning_space(cls) -> dict[str, tuple]:
+        """lr over [default/10, default×10] (log), steps over [default/4, default] (log), then the
+        method's own `search_space` (which may override either)."""
+        return {"lr": ("log", cls.default_lr / 10, cls.default_lr * 10),
+                "steps": ("int", max(4, cls.default_steps // 4), cls.default_steps, "log"), **cls.search_space}
 
     @classmethod
     def make_config(cls, overrides: dict[str, Any] | None = None) -> MethodConfig:

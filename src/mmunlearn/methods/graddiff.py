@@ -12,6 +12,7 @@ class GradDiff(Method):
     summary = "gradient difference (L = -g*NLL_f + a*NLL_r)"
     default_lr = 5e-4
     Config = MethodConfig
+    search_space = {"alpha": ("log", 0.3, 10.0)}
 
     def loss(self, ctx: Context, step: int):
         out = ctx.answer_logits(forget=ctx.forget_batch(), retain=ctx.retain_batch())

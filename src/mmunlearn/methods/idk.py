@@ -15,6 +15,7 @@ class IdK(Method):
     summary = "fine-tune forget prompts to varied refusals (+ retain NLL)"
     default_lr = 5e-4
     Config = MethodConfig
+    search_space = {"alpha": ("log", 0.3, 10.0)}
 
     def loss(self, ctx: Context, step: int):
         forget = ctx.forget_batch(answers=lambda recs: [sample_refusal(ctx.rng) for _ in recs])

@@ -24,6 +24,7 @@ class IdkDPO(Method):
     default_lr = 1e-3  # DPO saturates fast at β 0.1; on the tiny world 5e-4/60 steps left 38% answered, 1e-3/120 none
     default_steps = 120
     Config = IdkDPOConfig
+    search_space = {"beta": ("log", 0.05, 0.5), "alpha": ("log", 0.3, 10.0)}
 
     def loss(self, ctx: Context, step: int):
         records = ctx.next_forget()

@@ -14,6 +14,7 @@ class KLMinimisation(Method):
     needs_reference = True
     default_lr = 5e-4
     Config = MethodConfig
+    search_space = {"alpha": ("log", 0.3, 10.0)}
 
     def loss(self, ctx: Context, step: int):
         forget, retain = ctx.forget_batch(), ctx.retain_batch()

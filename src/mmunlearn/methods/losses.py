@@ -96,5 +96,7 @@ def npo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.T
 
 def dpo_loss(win_logp: torch.Tensor, win_ref: torch.Tensor, lose_logp: torch.Tensor, lose_ref: torch.Tensor,
              beta: float) -> torch.Tensor:
-    """DPO: −mean log σ(β·[(log π_w − log π_ref,w) − (log π_l − log π_ref,l)])."""
-    return -F.logsigmoid(beta * ((win_logp - win_ref) - (lose_logp - lose_ref))).mean()
+    """DPO as unlearning uses it (open-unlearning's IdkDPO, NPO's paper):
+    −(2/β)·mean log σ(β·[(log π_w − log π_ref,w) − (log π_l − log π_ref,l)]). The 2/β keeps the
+    gradient's size independent of β (without it the term is 20× weaker at β 0.1)."""
+    return -(2.0 / beta) * F.logsigmoid(beta * ((win_logp - win_ref) - (lose_logp - lose_ref))).mean()

@@ -40,20 +40,41 @@ def accumulate_gradients(model: torch.nn.Module, batches: Iterable[dict], square
 
 
 def top_fraction_mask(scores: dict[str, torch.Tensor], keep: float) -> dict[str, torch.Tensor]:
-    """1 for the `keep` fraction of largest scores over all tensors together, else 0."""
+    """1 for exactly the `keep` fraction of largest scores over all tensors together, else 0.
+
+    Exact top-k, not `score >= k-th score`: with ties at the threshold (many zero scores: weights the
+    forget set never reaches) a threshold test keeps every tie, up to the whole model."""
     if not 0 < keep <= 1:
         raise ValueError(f"saliency fraction must be in (0, 1], got {keep}")
-    flat = torch.cat([s.flatten() for s in scores.values()])
+    names = list(scores)
+    flat = torch.cat([scores[n].flatten().float() for n in names])
     k = max(1, int(round(keep * flat.numel())))
-    threshold = torch.topk(flat, k, sorted=True).values[-1]
-    return {n: (s >= threshold).float() for n, s in scores.items()}
+    chosen = torch.zeros_like(flat)
+    chosen[torch.topk(flat, k, sorted=False).indices] = 1.0
+    masks, start = {}, 0
+    for n in names:
+        size = scores[n].numel()
+        masks[n] = chosen[start:start + size].view_as(scores[n])
+        start += size
+    return masks
 
 
-def salun_mask(ctx: Context, keep: float = 0.5, n_batches: int = 4) -> dict[str, torch.Tensor]:
-    # whole global batches on every process: the mask comes out identical everywhere, no collective
-    grads = accumulate_gradients(ctx.model, (ctx.batch(ctx.next_forget(), shard=False) for _ in range(n_batches)),
-                                 square=False)
+def salun_mask(ctx: Context, keep: float = 0.5, n_batches: int = 0, batch_size: int = 16) -> dict[str, torch.Tensor]:
+    """SalUn's saliency |Σ_f ∇(−NLL_f)| over the whole forget set (`n_batches=0`, as in the paper), or
+    over `n_batches` random batches (a cheaper estimate), then its exact top `keep` fraction."""
+    if n_batches > 0:
+        batches = record_batches(ctx, ctx.forget_records, n_batches, batch_size)
+    else:
+        batches = whole_set_batches(ctx, ctx.forget_records, batch_size)
+    grads = accumulate_gradients(ctx.model, batches, square=False)
     return top_fraction_mask({n: g.abs() for n, g in grads.items()}, keep)
+
+
+def whole_set_batches(ctx: Context, records: list, batch_size: int = 16):
+    """Every record once, in order, in batches of `batch_size` — identical on every process (no shard),
+    so a mask computed from them agrees everywhere without a collective."""
+    for start in range(0, len(records), batch_size):
+        yield ctx.batch(records[start:start + batch_size], shard=False)
 
 
 def fisher_ratio_mask(
@@ -64,14 +85,15 @@ def fisher_ratio_mask(
     eps: float = 1e-12,
 ) -> dict[str, torch.Tensor]:
     """Per module group (key of `preserve_batches`: a set of parts such as "VP" or "W"), keep the
-    weights whose forget Fisher is at least `threshold` × the preserve Fisher of that group."""
+    weights with (S_forget + ε) / (S_preserve + ε) ≥ `threshold` (ε on both sides, as MMUnlearner's
+    code: a weight neither set reaches has ratio 1, not 0)."""
     s_forget = accumulate_gradients(ctx.model, forget_batches(), square=True)
     masks: dict[str, torch.Tensor] = {}
     for parts, batches in preserve_batches.items():
         s_keep = accumulate_gradients(ctx.model, batches(), square=True)
         for n, sf in s_forget.items():
             if ctx.adapter.part_of(n) in parts:
-                masks[n] = (sf / (s_keep[n] + eps) >= threshold).float()
+                masks[n] = ((sf + eps) / (s_keep[n] + eps) >= threshold).float()
     for n, sf in s_forget.items():  # parameters outside every group stay frozen
         masks.setdefault(n, torch.zeros_like(sf))
     return masks
@@ -92,12 +114,20 @@ def record_batches(ctx: Context, records: list, n_batches: int, batch_size: int 
         yield ctx.batch([ctx.rng.choice(records) for _ in range(batch_size)], shard=False)
 
 
+def mmunlearner_sets(forget: list, retain: list) -> tuple[list, list, list]:
+    """(forget VQA to ascend, the vision side's preserve set, the language side's preserve set)."""
+    forget_vqa = [r for r in forget if r.modality == "image+text"] or list(forget)
+    retain_vqa = [r for r in retain if r.modality == "image+text"]
+    forget_text = [r for r in forget if r.modality == "text"]
+    return forget_vqa, retain_vqa, list(retain) + forget_text
+
+
 def modality_fisher_mask(ctx: Context, n_batches: int, threshold: float = 1.0) -> dict[str, torch.Tensor]:
     """MMUnlearner's grouping: forget image+text QA against what each group must keep — the vision
-    side (V, P) on retain image+text QA, the language side (W) on retain text-only + image+text QA."""
-    forget_vqa = [r for r in ctx.forget_records if r.modality == "image+text"] or ctx.forget_records
-    retain_vqa = [r for r in ctx.retain_records if r.modality == "image+text"]
-    retain_all = ctx.retain_records
+    side (V, P) on retain image+text QA, the language side (W) on retain text-only + image+text QA and
+    the forget people's *text-only* QA (what the method exists to keep: their textual knowledge)."""
+    forget_vqa, retain_vqa, keep_language = mmunlearner_sets(ctx.forget_records, ctx.retain_records)
+    retain_all = keep_language
     return fisher_ratio_mask(
         ctx,
         lambda: record_batches(ctx, forget_vqa, n_batches),

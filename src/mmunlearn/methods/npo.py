@@ -23,6 +23,7 @@ class NPO(Method):
     needs_reference = True
     default_lr = 5e-4
     Config = NPOConfig
+    search_space = {"beta": ("log", 0.05, 0.5), "alpha": ("log", 0.3, 10.0)}
 
     def loss(self, ctx: Context, step: int):
         forget = ctx.forget_batch()

@@ -1,5 +1,6 @@
 """SalUn — GradDiff restricted to the weights most salient for the forget set: the top-p fraction by
-|Σ_f ∇(−NLL_f)| (p default 0.5); other weights' gradients are zeroed every step."""
+|Σ_f ∇(−NLL_f)| over the whole forget set (p default 0.5, exact top-k); other weights' gradients are
+zeroed every step."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from .masks import mask_stats, salun_mask
 
 @dataclass
 class SalUnConfig(MethodConfig):
-    keep: float = 0.5
-    mask_batches: int = 4
+    keep: float = 0.5  # fraction of weights the mask keeps (the paper's 50 %)
+    mask_batches: int = 0  # 0: saliency over the whole forget set (the paper); N: N random batches
 
 
 @register
@@ -24,6 +25,7 @@ class SalUn(GradDiff):
     summary = "GradDiff on the top-p salient weights (gradient-magnitude mask)"
     default_lr = 5e-4
     Config = SalUnConfig
+    search_space = {"keep": ("float", 0.1, 0.9), "alpha": ("log", 0.3, 10.0)}
 
     def prepare(self, ctx: Context) -> None:
         ctx.grad_masks = salun_mask(ctx, self.cfg.keep, self.cfg.mask_batches)

@@ -16,8 +16,11 @@ answers instead of being relabelled. `per_modality=True` trains one forgetting a
 and one on text-only forget records, sculpted with `k_image` / `k_text` (original multi_k 5, text_k 10)
 and both added; the default is the single-adapter simplification with one `k`.
 Ablation: `sculpt` = full | conflict (M = C) | magnitude (M = R) | none (MFA alone, M = 0).
-Original: LoRA r 16, α 16, dropout 0.05, lr 1e-4, 5 epochs; LoRA sizes come from the engine's
---lora-r / --lora-alpha / --lora-dropout, lr / steps from --lr / --steps (steps per stage).
+Paper: LoRA r 16, α 16, dropout 0.05, lr 1e-4, 5 epochs: the adapters use r/α 16/16 (`lora_r`,
+`lora_alpha`; 0 takes the engine's --lora-r/--lora-alpha), lr / steps come from --lr / --steps (per
+stage; the anchor trains as long as the forgetting adapter unless `anchor_steps` says otherwise).
+`smfa-paper` is the paper's form: one adapter per modality, pool refusals, visible-attribute QA
+relabelled like the rest.
 """
 
 from __future__ import annotations
@@ -55,34 +58,22 @@ def sculpt(delta_f: torch.Tensor, delta_a: torch.Tensor, k: float, eps: float = 
 @dataclass
 class SMFAConfig(MethodConfig):
     gamma: float = 1.0  # weight of the refusal NLL in stage 1
-    # Measured on the README's vanilla (forget_10, subsample 300; retain photos/text 0.98/1.00), photo/text:
-    #   pool refusals ("I don't know."):        refusals 0.04/0.05, retain 0.88/0.95 (the eval phrasings
-    #                                           were answered: the adapter had to decide at the first token)
-    #   lead refusals, α 4, 1,024 samples, k 5, lr 1e-2: refusals 0.83/0.97, retain 0.92/1.00
-    #   ... MFA alone (no sculpting):           refusals 0.88/1.00, retain 0.90/1.00
-    #   ... 4,096 samples: 0.86/0.94, 0.92/1.00; k 3: 0.77/0.83, 0.90/1.00; α 6: 0.64/0.81, 0.82/1.00
-    # (On the earlier world, whose answers began with the name, pool refusals reached 1.00/0.95.)
-    # Seeds 0–2 on a 600-record evaluation (benchmarks/seed_sweep.py; vanilla retain photos 0.97): lr 1e-2
-    # refused 0.74/0.95 and kept retain photos 0.88 (91 %: a retain face read as another retain person);
-    # lr 5e-3 (SMFA.default_lr) refuses 0.86/0.97 and keeps 0.94 (97 %), real photos 0.60 against 0.38.
-    alpha: float = 4.0  # weight of the few-retain NLL in stage 1
-    n_retain: int = 1024  # "a few retain samples" (of ~12,000 retain QA), drawn once, shared by stages 1 and 2
-    refusal_pool: int = 12  # refusals drawn from the first N of data/refusals.REFUSALS; 0: all (sample_refusal)
-    # "lead": a record with an answer lead gets a refusal in its own form ("The birthplace of this person
-    # is unknown to me.", data/refusals.lead_refusal; the pool for records without one); "pool": always
-    # the pool ("I don't know.").
-    refusal_form: str = "lead"
-    lora_head: bool = True  # also LoRA on the output head (tiny models never emitted refusal words)
-    sculpt_head: bool = False  # sculpt the head's delta too (off: its refusal-token rows conflict with any
-    #                            anchor by construction, so sculpting them removes the refusal itself)
-    lora_dropout: float = 0.05  # SMFA's adapters (r, α and targets come from the engine's LoRA settings)
-    anchor_steps: int = 50  # 0: as many as the forgetting stage
+    alpha: float = 4.0  # weight of the few-retain NLL in stage 1 (ours; chosen in the seed sweep, docs/methods)
+    n_retain: int = 1024  # "a few retain samples", drawn once, shared by stages 1 and 2
+    refusal_pool: int = 12  # refusals drawn from the first N of data/refusals.REFUSALS; 0: all
+    refusal_form: str = "lead"  # lead: refused in the answer's own form (ours) | pool: "I don't know." (paper)
+    lora_r: int = 16  # the paper's LoRA rank (0: the engine's --lora-r)
+    lora_alpha: int = 16  # the paper's LoRA α (0: the engine's --lora-alpha)
+    lora_head: bool = True  # also LoRA on the output head (ours: tiny models never emitted refusal words)
+    sculpt_head: bool = False  # sculpt the head's delta too (its refusal rows conflict with any anchor)
+    lora_dropout: float = 0.05  # the paper's
+    anchor_steps: int = 0  # 0: as many as the forgetting stage (the paper trains both alike)
     schedule: str = "cosine"  # lr schedule of each stage (train/loop.py: constant | cosine | linear)
     warmup_steps: int = 10
-    keep_visible: bool = True  # visible-attribute forget QA keep their true answers (retain side)
-    sculpt: str = "full"  # full | conflict | magnitude | none
-    k: float = 5.0  # single forgetting adapter (the original multi_k)
-    per_modality: bool = False  # one forgetting adapter per modality, with k_image / k_text
+    keep_visible: bool = True  # visible-attribute forget QA keep their true answers (ours)
+    sculpt: str = "full"  # full | conflict | magnitude | none (ablations)
+    k: float = 5.0  # single forgetting adapter (the paper's multi_k)
+    per_modality: bool = False  # one forgetting adapter per modality (the paper), with k_image / k_text
     k_image: float = 5.0
     k_text: float = 10.0
     eps: float = 1e-8
@@ -93,9 +84,10 @@ class SMFA(Method):
     name = "smfa"
     summary = "refusal LoRA sculpted against a retain-anchor LoRA (conflicting, dominant entries removed)"
     Config = SMFAConfig
+    search_space = {"k": ("float", 2.0, 10.0), "alpha": ("log", 1.0, 10.0)}
     default_scope = "lora"
-    default_lr = 5e-3  # 1e-2 kept fewer retain photos over three seeds (0.88 vs 0.94, see SMFAConfig)
-    default_steps = 400  # forgetting stage; the anchor trains anchor_steps
+    default_lr = 5e-3  # chosen in the seed sweep (docs/methods/seed-ablations.md)
+    default_steps = 400  # per stage
 
     def run(self, ctx: Context, loop):
         cfg = self.cfg
@@ -147,6 +139,8 @@ class SMFA(Method):
     def _lora_config(self, model):
         """The engine's LoRA settings (r, α, dropout, targets in W), plus the output head if asked."""
         cfg = model.peft_config["default"]
+        sizes = {k: v for k, v in (("r", self.cfg.lora_r), ("lora_alpha", self.cfg.lora_alpha)) if v > 0}
+        cfg = dataclasses.replace(cfg, **sizes)
         targets = set(cfg.target_modules)
         if self.cfg.lora_head:
             base = model.get_base_model()
@@ -232,3 +226,21 @@ def _combine(results: list[tuple[str, LoopResult | None]], ctx: Context) -> Loop
                                      "wall_time_s": round(r.wall_time_s, 3)} for i, (name, r) in enumerate(done)]
     return LoopResult(sum(r.steps_done for _, r in done), sum(r.wall_time_s for _, r in done), log,
                       max(r.peak_memory_mb for _, r in done))
+
+
+@dataclass
+class SMFAPaperConfig(SMFAConfig):
+    refusal_form: str = "pool"
+    keep_visible: bool = False
+    per_modality: bool = True
+
+
+@register
+class SMFAPaper(SMFA):
+    """SMFA in its paper's form: one forgetting adapter per modality (k 5 image+text, 10 text), the
+    refusal pool, every forget QA relabelled. The head LoRA stays (tiny models need it to refuse)."""
+
+    name = "smfa-paper"
+    summary = "SMFA as its paper: one refusal adapter per modality, pool refusals"
+    Config = SMFAPaperConfig
+    search_space = {"k_image": ("float", 2.0, 10.0), "k_text": ("float", 4.0, 20.0), "alpha": ("log", 1.0, 10.0)}

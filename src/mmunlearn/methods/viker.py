@@ -14,7 +14,9 @@ flat / other-people p̂, so the update concentrates on them (key tokens: high H(
 Two knobs read that formula the way its key-token argument intends (both on by default, both measured
 in ViKeRConfig): the KL weighs each token by p̂_i(y_i), how ordinary it is (`kl_tokens="ordinary"`), and
 the ascent stops on a token once p_θ(y_i) ≤ p̂_i(y_i) (`ascent_floor`). `kl_tokens="all"` with
-`ascent_floor=False` is the formula as written.
+`ascent_floor=False` is the formula as written. The default (`viker`) is our variant: that weighting,
+the floor, a strong anchor (λ 20) and other people's photos as irrelevant images. `viker-paper` is the
+paper's form (KL on every token, no floor, λ = γ = 1, person-free scenes); the bench reports both.
 
 Irrelevant images: "others" (other people's photos from the retain records), "scenes" (plain drawn
 solid / gradient backgrounds) or "noise" (Gaussian noise), resized to the record's photo. Scope "lora"
@@ -44,28 +46,24 @@ IRRELEVANT = ("others", "scenes", "noise")
 @dataclass
 class ViKeRConfig(MethodConfig):
     gamma: float = 1.0  # forget NLL ascent weight
-    kl_weight: float = 20.0  # λ (20, 50 and 100 measured the same on the default world)
-    # Measured on the README's vanilla (forget_10, subsample 300; photos forget/retain 0.99/0.98), lr 1e-3,
-    # forget photos / retain photos (text stayed 0.95–1.00 unless noted):
-    #   KL on all tokens, α 1, 60 steps:        0.19 / 0.12 — and with γ = 0 (KL alone) 0.09 / 0.18: under
-    #                                           other people's photos p̂ names *them*, so the KL taught the
-    #                                           forget faces other people's names
-    #   KL on ordinary tokens, α 1, 60 steps:   0.39 / 0.88;  80 steps: 0.25 / 0.66;  120 steps: 0.05 / 0.44
-    #   ... α 3, 100 steps:                     0.32 / 0.78   ← defaults (without the ascent floor 0.25 / 0.64)
+    kl_weight: float = 20.0  # λ (ours: a strong anchor on ordinary tokens; seed sweep, docs/methods)
     alpha: float = 3.0  # retain NLL (the "+ retain term"); 0 = off
-    # Ascent only while the model still gives a token more probability than the ideal p̂ does
-    # (log p_θ(y_i) > log p̂_i(y_i)); past that the token has reached what θ0 says without the person, and
-    # plain ascent would push it on without bound (the KL cannot stop it: p̂_i(y_i) ≈ 0 on a key token).
-    # False: the literal −NLL_f over every answer token.
+    # ours: ascent only while p_θ(y_i) > p̂_i(y_i) (False: the literal −NLL_f over every answer token)
     ascent_floor: bool = True
-    # Which tokens the KL pulls toward p̂: "all" (the formula as written) or "ordinary": each token's KL
-    # weighted by p̂_i(y_i), the chance it is an ordinary token, so a key token (the name under other
-    # people's photos: p̂_i(y_i) ≈ 0) is not pulled toward whoever those photos show.
-    kl_tokens: str = "ordinary"
+    kl_tokens: str = "ordinary"  # ordinary: each token's KL weighted by p̂_i(y_i) (ours) | all (paper)
     k: int = 5  # irrelevant images per sample (fewer is unstable)
-    irrelevant: str = "others"  # others | scenes | noise
+    irrelevant: str = "others"  # others (ours) | scenes | noise (images that show no person: the paper's)
     noise_std: float = 64.0  # "noise": pixel σ around grey
     log_samples: int = 6  # forget samples whose per-token weights are logged
+
+
+@dataclass
+class ViKeRPaperConfig(ViKeRConfig):
+    kl_weight: float = 1.0  # λ comparable to γ: the KL reweights the ascent's tokens, not an anchor
+    alpha: float = 1.0
+    ascent_floor: bool = False
+    kl_tokens: str = "all"
+    irrelevant: str = "scenes"
 
 
 # ---- p̂ ------------------------------------------------------------------------------------------
@@ -190,6 +188,7 @@ class ViKeR(Method):
     name = "viker"
     summary = "ascent + KL to theta0's prediction under irrelevant photos (updates focus on key tokens)"
     Config = ViKeRConfig
+    search_space = {"kl_weight": ("log", 1.0, 50.0), "alpha": ("log", 0.5, 10.0)}
     needs_reference = True
     default_scope = "lora"
     default_lr = 1e-3
@@ -265,3 +264,14 @@ class ViKeR(Method):
             terms["nll_retain"] = nll_r.detach()
         return {"loss": loss, **terms}
 
+
+
+@register
+class ViKeRPaper(ViKeR):
+    """ViKeR as its paper: KL to p̂ on every answer token, no ascent floor, λ = γ, and irrelevant images
+    that show no person (drawn scenes), so p̂ names nobody."""
+
+    name = "viker-paper"
+    summary = "ViKeR as its paper: KL on every token, no floor, person-free irrelevant images"
+    Config = ViKeRPaperConfig
+    search_space = {"kl_weight": ("log", 0.3, 3.0), "alpha": ("log", 0.3, 10.0)}
