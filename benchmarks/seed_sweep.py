@@ -57,6 +57,7 @@ VARIANTS: dict[str, list[tuple[str, str, dict, dict]]] = {
 COLUMNS = [  # (header, split, modality, metric)
     ("forget img", "forget", "image+text", "cls_acc"),
     ("forget txt", "forget", "text", "cls_acc"),
+    ("test img", "test", "image+text", "cls_acc"),  # unseen photos of the forget people
     ("refusal img", "forget", "image+text", "refusal_rate"),
     ("retain img", "retain", "image+text", "cls_acc"),
     ("real img", "real", "image+text", "cls_acc"),

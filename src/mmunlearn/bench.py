@@ -32,6 +32,10 @@ class BenchConfig:
     relearn_steps: int = 20
     keep_models: bool = False
     method_args: dict[str, dict] = field(default_factory=dict)
+    # {method: {"lr", "steps", "method_args"}} from a tuned.json (tune.py): each such method also gets
+    # "METHOD (tuned)" rows, run in OUT/METHOD@tuned/seedN, before the defaults' block
+    tuned: dict[str, dict] = field(default_factory=dict)
+    tuned_from: str | None = None
 
 
 def _eval_cfg(cfg: BenchConfig) -> EvalConfig:
@@ -79,6 +83,24 @@ def _attack_numbers(model_dir: str | Path, bundle: DataBundle, cfg: BenchConfig,
             "rank_top5": rank.get("top5"), "rank_median": rank.get("median_rank")}
 
 
+def _write_run_record(run: Path, bundle: DataBundle, cfg: BenchConfig, method: str, seed: int, settings: dict,
+                      log: dict, summary: dict) -> None:
+    """run.json and the model card of one bench run: `mmunlearn rerun RUN --out NEW` repeats it (the people
+    by id, so the same forget and retain sides on any source)."""
+    from .runfolder import run_record, write_model_card
+
+    steps = cfg.steps if cfg.steps is not None else settings.get("steps")
+    options = {"method": method, "model": str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model,
+               "data": str(Path(bundle.root).resolve()), "forget_split": bundle.forget_split,
+               "forget_ids": ",".join(sorted(bundle.forget_ids)), "retain_ids": ",".join(sorted(bundle.retain_ids)),
+               "steps": steps, "lr": settings.get("lr"), "seed": seed,
+               "set_": [f"{k}={v}" for k, v in (settings.get("method_args") or {}).items()]}
+    record = run_record("unlearn", options, {"steps": log.get("config", {}).get("steps"),
+                                             "lr": log.get("config", {}).get("lr")})
+    atomic_write_json(run / "run.json", record)
+    write_model_card(run, record, log, summary, command=f"mmunlearn rerun {run} --out NEW   # one run of a bench")
+
+
 def run_bench(bundle: DataBundle, cfg: BenchConfig, out: Path, progress=print) -> dict:
     from .train.unlearn import UnlearnConfig, unlearn
 
@@ -86,28 +108,37 @@ def run_bench(bundle: DataBundle, cfg: BenchConfig, out: Path, progress=print) -
     t0 = time.perf_counter()
     rows = [_vanilla_row(bundle, cfg, out)]
     progress(f"vanilla evaluated ({time.perf_counter() - t0:.0f}s)")
-    for method in cfg.methods:
+    blocks = [(m, f"{m} (tuned)", out / f"{m}@tuned", cfg.tuned[m]) for m in cfg.methods if m in cfg.tuned]
+    blocks += [(m, m, out / m, {"method_args": cfg.method_args.get(m, {})}) for m in cfg.methods]
+    for method, label, folder, settings in blocks:
         for seed in cfg.seeds:
-            run = out / method / f"seed{seed}"
+            run = folder / f"seed{seed}"
             summary_path = run / "eval" / "summary.json"
             if not summary_path.is_file():
                 if run.exists():
                     shutil.rmtree(run)
-                result = unlearn(bundle, UnlearnConfig(method=method, model=cfg.model, steps=cfg.steps, seed=seed,
-                                                       method_args=cfg.method_args.get(method, {})),
+                steps = cfg.steps if cfg.steps is not None else settings.get("steps")
+                result = unlearn(bundle, UnlearnConfig(method=method, model=cfg.model, steps=steps, seed=seed,
+                                                       lr=settings.get("lr"),
+                                                       method_args=dict(settings.get("method_args") or {})),
                                  run, loaded=load_model(cfg.model))
                 summary, details = evaluate(result.loaded, bundle, _eval_cfg(cfg))
                 write_results(run / "eval", summary, details)
             log = json.loads((run / "unlearn_log.json").read_text())
-            row = {"method": method, "seed": seed, **numbers_from_summary(json.loads(summary_path.read_text())),
+            row = {"method": label, "seed": seed, **numbers_from_summary(json.loads(summary_path.read_text())),
                    "wall_time_s": log["wall_time_s"], "trainable_params": log["trainable_params"]}
             if cfg.attacks:
                 row.update(_attack_numbers(run, bundle, cfg, run))
             if not cfg.keep_models:
                 (run / "model.safetensors").unlink(missing_ok=True)
+            if not (run / "run.json").is_file():
+                _write_run_record(run, bundle, cfg, method, seed, settings, log, json.loads(summary_path.read_text()))
             rows.append(row)
-            progress(f"{method} seed {seed}: forget img {row['forget_it']:.2f} txt {row['forget_txt']:.2f} | "
-                     f"retain img {row['retain_it']:.2f} txt {row['retain_txt']:.2f} ({time.perf_counter() - t0:.0f}s)")
+            shown = {k: "—" if row.get(k) is None else f"{row[k]:.2f}"
+                     for k in ("forget_it", "forget_txt", "test_it", "retain_it", "retain_txt")}
+            progress(f"{label} seed {seed}: forget img {shown['forget_it']} txt {shown['forget_txt']} | test img "
+                     f"{shown['test_it']} | retain img {shown['retain_it']} txt {shown['retain_txt']} "
+                     f"({time.perf_counter() - t0:.0f}s)")
     aggregated = aggregate_rows(rows)
     table = markdown_table(aggregated)
     results = {"config": {**asdict(cfg), "data": str(bundle.root), "forget_split": bundle.forget_split},

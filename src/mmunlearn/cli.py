@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -341,14 +341,44 @@ def eval_cmd(
               reference_summary=str(reference_summary) if reference_summary else None)
 
 
-def _parse_method_args(items: list[str]) -> dict[str, str]:
-    out = {}
+def _parse_method_args(items: list[str]) -> dict[str, Any]:
+    """--set KEY=VALUE items → {KEY: value}, read as an OmegaConf dotlist (YAML scalars: 0.2 is a float,
+    true a bool, text stays text)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
     for item in items:
-        if "=" not in item:
+        if "=" not in item or not item.split("=", 1)[0].strip():
             _fail(f"--set expects KEY=VALUE (got {item!r})")
-        key, value = item.split("=", 1)
-        out[key.strip()] = value.strip()
-    return out
+    try:
+        parsed = OmegaConf.to_container(OmegaConf.from_dotlist([i.strip() for i in items]))
+    except OmegaConfBaseException as exc:
+        _fail(f"--set: {str(exc).splitlines()[0]}")
+    return dict(parsed)
+
+
+def _read_run_config(path: Path, method: str) -> dict[str, Any]:
+    """--config FILE: a tuned.json (`mmunlearn tune`: the settings chosen for --method) or a YAML/JSON
+    file with any of lr, steps and set (method options) → {"lr", "steps", "method_args"}."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .tune import TUNED_FORMAT, read_tuned, tuned_settings
+
+    if not path.is_file():
+        _fail(f"--config {path}: no such file")
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path))
+    except (OmegaConfBaseException, ValueError, OSError) as exc:
+        _fail(f"--config {path}: unreadable ({str(exc).splitlines()[0]})")
+    if not isinstance(raw, dict):
+        _fail(f"--config {path}: expected a mapping of options")
+    if raw.get("format") == TUNED_FORMAT:
+        return tuned_settings(read_tuned(path), method)
+    unknown = sorted(set(raw) - {"lr", "steps", "set"})
+    if unknown:
+        _fail(f"--config {path}: unknown key(s) {', '.join(unknown)}; a config holds lr, steps and set")
+    return {"lr": raw.get("lr"), "steps": raw.get("steps"), "method_args": dict(raw.get("set") or {})}
 
 
 @app.command()
@@ -370,6 +400,9 @@ def unlearn(
     reference: Optional[Path] = typer.Option(None, help="Retain-only model folder (NPO's reference)."),
     reference_summary: Optional[Path] = typer.Option(None, help="Retain-only model's eval summary → forget_quality."),
     set_: list[str] = typer.Option([], "--set", help="Method option KEY=VALUE (repeatable), e.g. --set beta=0.2"),
+    config: Optional[Path] = typer.Option(None, "--config", help="A tuned.json (`mmunlearn tune`: the settings "
+                                          "it chose for --method) or a YAML file with lr, steps and set; "
+                                          "--lr, --steps and --set override it."),
     lora_r: int = typer.Option(8),
     lora_alpha: int = typer.Option(16),
     checkpoint_every: int = typer.Option(0, help="Save a resumable checkpoint every N steps (0: never)."),
@@ -410,10 +443,14 @@ def unlearn(
     torch_dtype = parse_dtype(dtype)
     accelerator = make_accelerator(mixed_precision, grad_accum)  # an unusable launch config stops here
     bundle = _load(data, forget_split, forget_ids=forget_ids, retain_ids=retain_ids)
+    from_file = _read_run_config(config, method) if config is not None else {}
+    steps = steps if steps is not None else from_file.get("steps")
+    lr = lr if lr is not None else from_file.get("lr")
+    method_args = {**from_file.get("method_args", {}), **_parse_method_args(set_)}
     cfg = UnlearnConfig(method=method, model=str(model), steps=steps, lr=lr, batch_size=batch_size, scope=scope,
                         seed=seed, checkpoint_every=checkpoint_every, reference=str(reference) if reference else None,
                         lora_r=lora_r, lora_alpha=lora_alpha, mixed_precision=mixed_precision, grad_accum=grad_accum,
-                        gradient_checkpointing=gradient_checkpointing, method_args=_parse_method_args(set_),
+                        gradient_checkpointing=gradient_checkpointing, method_args=method_args,
                         **_tracking_and_selection(log_with, eval_every, eval_records, eval_splits, select_by))
     method_cfg = method_cls.make_config(cfg.method_args)
     check_launch(bundle, method_cls, cfg, accelerator.num_processes)
@@ -440,12 +477,19 @@ def unlearn(
 
 
 @app.command()
-def methods() -> None:
-    """List the unlearning methods with one-line descriptions."""
+def methods(
+    space: bool = typer.Option(False, "--space", help="Also show what `mmunlearn tune` searches per method."),
+) -> None:
+    """List the unlearning methods with one-line descriptions (--space: their tuning search spaces)."""
     from .methods.base import registry
 
     for name, cls in registry().items():
         typer.echo(f"{name:12s} {cls.summary}  [scope {cls.default_scope}, lr {cls.default_lr:g}, steps {cls.default_steps}]")
+        if space:
+            for key, spec in cls.tuning_space().items():
+                kind = "log " if spec[0] == "log" or spec[-1] == "log" else ""
+                values = spec[1] if spec[0] == "cat" else f"[{spec[1]:g}, {spec[2]:g}]"
+                typer.echo(f"{'':12s}   tune {key}: {kind}{values}")
 
 
 @app.command("retain-model")
@@ -764,6 +808,8 @@ def bench(
     reference_summary: Optional[Path] = typer.Option(None, help="Retain-only model's summary.json → forget_quality."),
     attacks: bool = typer.Option(False, "--attacks/--no-attacks", help="Add relearn AG, text-probe leak, MIA AUC."),
     readme: Optional[Path] = typer.Option(None, help="Also write the table into this README between bench markers."),
+    tuned: Optional[Path] = typer.Option(None, "--tuned", help="A tuned.json (`mmunlearn tune`): every method it "
+                                         "tuned also gets 'METHOD (tuned)' rows, before the defaults."),
 ) -> None:
     """Run every method × seed with evaluation (and attacks) → results.json / results.csv + table."""
     _quiet_libraries()
@@ -783,13 +829,70 @@ def bench(
     from .models.loader import adapter_for_folder
 
     adapter_for_folder(model)
+    tuned_methods: dict[str, dict] = {}
+    if tuned is not None:
+        from .tune import read_tuned, tuned_settings
+
+        tuned_data = read_tuned(tuned)
+        tuned_methods = {m: tuned_settings(tuned_data, m) for m in chosen if m in tuned_data["methods"]}
+        if tuned_data.get("config", {}).get("seed") in seed_list:
+            _fail(f"--seeds {seeds} includes the tuning seed {tuned_data['config']['seed']}: report on other seeds")
     cfg = BenchConfig(model=str(model), methods=chosen, seeds=seed_list, steps=steps, max_records=max_records,
-                      reference_summary=str(reference_summary) if reference_summary else None, attacks=attacks)
+                      reference_summary=str(reference_summary) if reference_summary else None, attacks=attacks,
+                      tuned=tuned_methods, tuned_from=str(tuned) if tuned else None)
     results = run_bench(bundle, cfg, out, progress=typer.echo)
     typer.echo(results["table_markdown"])
     typer.echo(f"results → {out / 'results.json'}, {out / 'results.csv'}")
     if readme is not None:
         _write_readme_table(readme, "bench", results)
+
+
+@app.command()
+@guarded
+def tune(
+    model: Path = typer.Option(..., "--model", help="The fine-tuned (vanilla) HF folder every trial starts from."),
+    data: Path = typer.Option(..., "--data", "--world", help=DATA_HELP),
+    out: Path = typer.Option(..., "--out", help="Tune folder: tuned.json and each trial's logs (an interrupted "
+                             "tune continues: tuned methods are kept)."),
+    methods_: str = typer.Option("all", "--methods", help="Comma-separated method names, or 'all'."),
+    trials: int = typer.Option(16, "--trials", help="Trials per method (the same budget for every method)."),
+    seed: int = typer.Option(100, help="The tuning seed (report with other seeds)."),
+    eval_records: int = typer.Option(96, "--eval-records", help="Records per split each trial is scored on."),
+    rule: Optional[str] = typer.Option(None, "--rule", help="Selection rule (default: tune.DEFAULT_RULE, in the "
+                                       "README); constraints may be relative to vanilla: >=0.95x."),
+    tune_forget_ids: Optional[str] = typer.Option(None, "--tune-forget-ids", help="People to forget while tuning "
+                                                  "(default: the world's tuning population)."),
+    tune_retain_ids: Optional[str] = typer.Option(None, "--tune-retain-ids", help="People whose kept knowledge "
+                                                  "scores the trials (with --tune-forget-ids)."),
+) -> None:
+    """Search every method's settings (optuna, the same trial budget, one selection rule) on a tuning
+    population no reported run uses → OUT/tuned.json for `bench --tuned` and `unlearn --config`."""
+    _quiet_libraries()
+    from .data.store import parse_ids
+    from .methods.base import registry
+    from .train.selection import parse_rule
+    from .tune import DEFAULT_RULE, TuneConfig, run_tune
+
+    known = list(registry())
+    chosen = known if methods_ == "all" else [m.strip() for m in methods_.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in known]
+    if unknown:
+        _fail(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(known)}")
+    if trials < 1:
+        _fail(f"--trials must be at least 1 (got {trials})")
+    if (tune_forget_ids is None) != (tune_retain_ids is None):
+        _fail("--tune-forget-ids and --tune-retain-ids go together")
+    parse_rule(rule or DEFAULT_RULE, allow_relative=True)  # a typo costs one line, not a tune
+    if not data.exists():
+        _fail(f"data {data} does not exist")
+    from .models.loader import adapter_for_folder
+
+    adapter_for_folder(model)
+    cfg = TuneConfig(model=str(model), methods=chosen, trials=trials, seed=seed, eval_records=eval_records,
+                     rule=rule or DEFAULT_RULE)
+    result = run_tune(data, cfg, out, parse_ids(tune_forget_ids, "forget"), parse_ids(tune_retain_ids, "retain"),
+                      progress=typer.echo)
+    typer.echo(f"tuned {len(result['methods'])} method(s) in {result['timing']['total_s']:.0f}s → {out / 'tuned.json'}")
 
 
 def _write_readme_table(readme: Path, name: str, results: dict) -> None:
@@ -800,6 +903,16 @@ def _write_readme_table(readme: Path, name: str, results: dict) -> None:
     note = (f"_Generated by `mmunlearn bench` (data {Path(cfg['data']).name}, {cfg['forget_split']}, seeds {seeds}"
             f"{', eval subsample ' + str(cfg['max_records']) if cfg.get('max_records') else ''}); "
             f"mean ± std over seeds where more than one._")
+    from .methods.base import registry
+
+    methods = registry()
+    base = lambda label: label.split(" ")[0]  # noqa: E731  ("npo (tuned)" → npo)
+    readers = sorted({base(r["method"]) for r in results.get("aggregated", [])
+                      if base(r["method"]) in methods and methods[base(r["method"])].needs_reference})
+    if readers:
+        note += f" Reference θ0 of {', '.join(readers)}: the vanilla model itself (a frozen copy, not a retain-only model)."
+    if cfg.get("tuned_from"):
+        note += f" `(tuned)` rows: the settings `mmunlearn tune` chose ({Path(cfg['tuned_from']).name}); the rest: defaults."
     update_readme(readme, name, note + "\n\n" + results["table_markdown"])
     typer.echo(f"table written into {readme}")
 
@@ -812,8 +925,11 @@ def report(
     name: str = typer.Option("bench", help="Marker name: <!-- NAME:start --> … <!-- NAME:end -->."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write one self-contained HTML page here "
                                        "(table, trade-off, per-split bars, relearning and loss curves, per person)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="A tuned.json only: draw its trade-off (every trial, "
+                                        "each method's choice) into this PNG."),
 ) -> None:
-    """Print (or write into a README) the table of a bench results.json — from files only; --out: an HTML page."""
+    """Print (or write into a README) the table of a bench results.json or a tune's tuned.json — from files
+    only; --out: an HTML page (bench or run); --plot: a tune's trade-off PNG."""
     import json as _json
 
     from .report.html import bench_report, resolve, run_report, write_html
@@ -821,6 +937,23 @@ def report(
 
     if not results.exists():
         _fail(f"{results} does not exist")
+    if results.is_file() and results.name.endswith(".json") and '"mmunlearn-tuned/' in results.read_text()[:200]:
+        from .report.tables import update_readme
+        from .report.tuning import tune_plot, tune_table
+        from .tune import read_tuned
+
+        tuned_data = read_tuned(results)
+        if out is not None:
+            _fail("--out (an HTML page) needs a bench or a run folder; a tune draws its plot with --plot")
+        table = tune_table(tuned_data)
+        typer.echo(table)
+        if plot is not None:
+            typer.echo(f"plot → {tune_plot(tuned_data, plot)}")
+        if readme is not None:
+            update_readme(readme, name, table)
+        return
+    if plot is not None:
+        _fail("--plot needs a tuned.json (`mmunlearn tune`)")
     kind, path = resolve(results)
     if kind == "bench":
         try:

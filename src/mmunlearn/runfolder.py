@@ -125,7 +125,8 @@ def model_card_text(out: Path, run: dict, log: dict | None = None, summary: dict
                    "`eval/details.jsonl`).")
     else:
         results = "Not evaluated with the run (`--no-eval`); `mmunlearn eval --model OUT ...` scores it."
-    files = ["- the merged model at the root (`--model OUT` or `from_pretrained`)"]
+    files = (["- the merged model at the root (`--model OUT` or `from_pretrained`)"] if any(out.glob("*.safetensors"))
+             else ["- no weights: they were not kept (a bench run; `mmunlearn rerun OUT --out NEW` makes them again)"])
     if (out / "adapter").is_dir():
         files.append("- `adapter/`: the LoRA adapter alone (`--model OUT/adapter` loads it onto its base model)")
     files.append(f"- `{RUN_FILE}`: the command and every option (`mmunlearn rerun OUT --out NEW` repeats the run)")

@@ -151,7 +151,20 @@ def _retain_name(forget_split: str) -> str:
     return f"retain_{100 - pct}"
 
 
-def load_world(root: Path, forget_split: str = "forget_10", splits: tuple[str, ...] | None = None) -> DataBundle:
+def world_tune_ids(manifest: dict) -> tuple[list[str], list[str]]:
+    """(people to forget, people to keep) of the world's tuning population (data/world.tune_population)."""
+    from .world import tune_population
+
+    ids = manifest.get("ids", {})
+    if "tune_forget" in ids:
+        return list(ids["tune_forget"]), list(ids.get("tune_retain", []))
+    return tune_population(ids, int(manifest.get("seed", 0)))
+
+
+def load_world(root: Path, forget_split: str = "forget_10", splits: tuple[str, ...] | None = None,
+               keep_tune: bool = False) -> DataBundle:
+    """A world's splits. Its tuning population (`world_tune_ids`) leaves the retain side unless
+    `keep_tune`: reported runs neither forget nor count them (`mmunlearn tune` works on them)."""
     manifest_path = root / WORLD_MANIFEST
     try:
         manifest = json.loads(manifest_path.read_text())
@@ -172,6 +185,11 @@ def load_world(root: Path, forget_split: str = "forget_10", splits: tuple[str, .
         out[key] = read_parquet_records(path)
     forget_ids = set(manifest["ids"][forget_split])
     retain_ids = set(manifest["ids"][retain_split])
+    if not keep_tune:
+        tune = set().union(*world_tune_ids(manifest))
+        retain_ids -= tune
+        if "retain" in out and tune:
+            out["retain"] = [r for r in out["retain"] if r.profile_id not in tune]
     return DataBundle("world", root, forget_split, out, forget_ids, retain_ids, manifest)
 
 
@@ -183,14 +201,15 @@ def check_disjoint(bundle: DataBundle) -> None:
 
 def load_data(root: str | Path, forget_split: str = "forget_10", splits: tuple[str, ...] | None = None,
               tofu: str | Path | None = None, forget_ids: Iterable[str] | None = None,
-              retain_ids: Iterable[str] | None = None) -> DataBundle:
+              retain_ids: Iterable[str] | None = None, keep_tune: bool = False) -> DataBundle:
     """Open a world folder, an MLLMU-Bench folder, a CLEAR folder (detected from its files) or your
     own people (a .jsonl / .json / .csv file, or a folder with a metadata file: data/own.py).
 
     `forget_ids` chooses the people to forget by id, whatever the source (it replaces `forget_split`'s
     choice); the retain side is everyone else unless `retain_ids` names it. An unknown id is a
     `DataError`, never an empty split. Own data has no forget side without `forget_ids` (everyone is
-    retain: enough to fine-tune or evaluate).
+    retain: enough to fine-tune or evaluate). A world's tuning population is left out of the retain side
+    unless `keep_tune` or `forget_ids` (mmunlearn/tune.py).
     `tofu`: a local TOFU folder (CLEAR only) for the text side's truth ratio and the real-authors /
     world-facts sets. Warnings (e.g. CLEAR without TOFU) are printed to stderr, one line each, and
     kept in `bundle.warnings`; per-cell reasons in `bundle.notes`."""
@@ -213,7 +232,8 @@ def load_data(root: str | Path, forget_split: str = "forget_10", splits: tuple[s
     elif (root / WORLD_MANIFEST).is_file():
         if tofu is not None:
             raise DataError(f"--tofu applies to a CLEAR folder only; {root} is a world")
-        bundle = load_world(root, forget_split, splits)
+        # people chosen by id may be anyone, the tuning population included
+        bundle = load_world(root, forget_split, splits, keep_tune=keep_tune or forget_ids is not None)
     else:
         bundle = _load_benchmark(root, forget_split, tofu, test_ids=forget_ids)
     if forget_ids is not None and bundle.source != SOURCE_OWN:

@@ -359,6 +359,25 @@ def balance_letters(records: list[Record], rng: random.Random) -> None:
         rec.answer_index = target
 
 
+TUNE_MIN_PEOPLE = 50  # smaller worlds have no tuning population (it would eat their retain side)
+TUNE_PER_SIDE = 10
+
+
+def tune_population(ids: dict[str, list[str]], seed: int, per_side: int = TUNE_PER_SIDE) -> tuple[list[str], list[str]]:
+    """The tuning population (`mmunlearn tune`): `per_side` people to forget and `per_side` whose
+    retained knowledge is measured while tuning, drawn from the fictitious people outside every forget
+    split. They are trained on like everyone, but no reported run forgets them or counts them as
+    retain, so a hyper-parameter search never looks at the reported numbers. Derived from the ids
+    alone (its own random stream), so a world written before this existed gets the same people."""
+    fictitious = ids.get("fictitious", [])
+    if len(fictitious) < TUNE_MIN_PEOPLE:
+        return [], []
+    taken = {pid for name, people in ids.items() if name.startswith("forget_") for pid in people}
+    pool = sorted(set(fictitious) - taken)
+    picked = random.Random(f"{seed}-tune").sample(pool, 2 * per_side)
+    return sorted(picked[:per_side]), sorted(picked[per_side:])
+
+
 def build_world(cfg: WorldConfig) -> World:
     rng = random.Random(cfg.seed)
     profiles = _make_profiles(cfg, rng)
@@ -379,6 +398,7 @@ def build_world(cfg: WorldConfig) -> World:
     ids["fictitious"] = [p.profile_id for p in fict]
     ids["real"] = [p.profile_id for p in real]
     ids["holdout"] = [p.profile_id for p in holdout]
+    ids["tune_forget"], ids["tune_retain"] = tune_population(ids, cfg.seed)
 
     splits: dict[str, list[Record]] = {"pretrain": [], "finetune": [], "test": [], "real": [],
                                         "understanding": [], "holdout": []}

@@ -21,7 +21,7 @@ class IdkDPO(Method):
     name = "idkdpo"
     summary = "DPO: refusal preferred over the true answer on forget prompts (+ retain NLL)"
     needs_reference = True
-    default_lr = 1e-3  # DPO saturates fast at β 0.1; on the tiny world 5e-4/60 steps left 38% answered, 1e-3/120 none
+    default_lr = 1e-3  # twice the baselines' (set before DPO had its 2/β); the tuned row is `mmunlearn tune`'s
     default_steps = 120
     Config = IdkDPOConfig
     search_space = {"beta": ("log", 0.05, 0.5), "alpha": ("log", 0.3, 10.0)}

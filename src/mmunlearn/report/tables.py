@@ -14,6 +14,7 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("forget_it", "forget cls (img)", "{:.2f}"),
     ("forget_txt", "forget cls (txt)", "{:.2f}"),
     ("test_it", "test cls (img)", "{:.2f}"),
+    ("test_txt", "test cls (txt)", "{:.2f}"),
     ("retain_it", "retain cls (img)", "{:.2f}"),
     ("retain_txt", "retain cls (txt)", "{:.2f}"),
     ("real_it", "real cls (img)", "{:.2f}"),
@@ -60,7 +61,7 @@ def numbers_from_summary(summary: dict) -> dict[str, float | None]:
 
     return {
         "forget_it": cls("forget", "image+text"), "forget_txt": cls("forget", "text"),
-        "test_it": cls("test", "image+text"),
+        "test_it": cls("test", "image+text"), "test_txt": cls("test", "text"),
         "retain_it": cls("retain", "image+text"), "retain_txt": cls("retain", "text"),
         "real_it": cls("real", "image+text"), "real_txt": cls("real", "text"),
         "und_forget": cls("understanding_forget", "image+text"), "und_retain": cls("understanding_retain", "image+text"),

@@ -6,6 +6,10 @@ A rule is an objective, then optional constraints, comma-separated:
     max:retain/text/cls_acc
     last,retain/image+text/cls_acc>=0.8        (the latest evaluation meeting the constraints)
 
+An objective may average several keys joined by `&` (min:test/image+text/cls_acc&test/text/cls_acc). In
+`mmunlearn tune` a constraint's number may end in `x`: a multiple of the vanilla model's value
+(retain/image+text/cls_acc>=0.95x), resolved before any trial (`resolve_relative`).
+
 Keys are `split/modality/metric` paths into the evaluator's summary["metrics"] (eval/evaluator.py), so
 the numbers the rule reads are the numbers `mmunlearn eval` reports. Ties go to the earliest step (the
 least-changed model). When no evaluation meets the constraints the last step is kept, and the log says so.
@@ -32,7 +36,7 @@ RULE_METRICS = tuple(sorted(set(METRIC_KEYS.values()) | {"truth_ratio_forget_sco
 OBJECTIVES = ("min", "max", "last")
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
-_CONSTRAINT = re.compile(r"^\s*([^<>=\s]+)\s*(>=|<=|>|<)\s*([-+0-9.eE]+)\s*$")
+_CONSTRAINT = re.compile(r"^\s*([^<>=\s]+)\s*(>=|<=|>|<)\s*([-+0-9.eE]+)(x?)\s*$")
 
 
 class RuleError(ValueError):
@@ -44,13 +48,23 @@ class Constraint:
     key: str
     op: str
     value: float
+    relative: bool = False  # value × the vanilla model's number (tune only, `resolve_relative`)
 
     def holds(self, metrics: dict) -> bool:
+        if self.relative:
+            raise RuleError(f"{self} is relative to the vanilla model: resolve it first (resolve_relative)")
         v = lookup(metrics, self.key)
         return v is not None and _OPS[self.op](v, self.value)
 
+    def margin(self, metrics: dict) -> float:
+        """How far the constraint is from holding (0 when it holds; 1 when the number is missing)."""
+        v = lookup(metrics, self.key)
+        if v is None:
+            return 1.0
+        return 0.0 if self.holds(metrics) else abs(v - self.value)
+
     def __str__(self) -> str:
-        return f"{self.key}{self.op}{self.value:g}"
+        return f"{self.key}{self.op}{self.value:g}{'x' if self.relative else ''}"
 
 
 @dataclass(frozen=True)
@@ -60,8 +74,12 @@ class Rule:
     constraints: tuple[Constraint, ...] = ()
 
     @property
+    def objective_keys(self) -> tuple[str, ...]:
+        return tuple(self.key.split("&")) if self.key else ()
+
+    @property
     def keys(self) -> tuple[str, ...]:
-        return tuple(k for k in (self.key, *(c.key for c in self.constraints)) if k)
+        return (*self.objective_keys, *(c.key for c in self.constraints))
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -95,8 +113,9 @@ def check_key(key: str) -> str:
     return "/".join(parts)
 
 
-def parse_rule(text: str) -> Rule:
-    """`OBJECTIVE[,CONSTRAINT...]` → Rule; RuleError (a ValueError) says what is wrong."""
+def parse_rule(text: str, allow_relative: bool = False) -> Rule:
+    """`OBJECTIVE[,CONSTRAINT...]` → Rule; RuleError (a ValueError) says what is wrong. Relative
+    constraints (`>=0.95x`) only where a vanilla model's numbers exist (`allow_relative`: tune)."""
     items = [part.strip() for part in (text or "").split(",")]
     if not text or not text.strip() or any(not part for part in items):
         raise RuleError(f"--select-by: empty rule or empty item in {text!r}; expected e.g. "
@@ -108,7 +127,7 @@ def parse_rule(text: str) -> Rule:
         objective, sep, key = head.partition(":")
         if not sep or objective not in ("min", "max"):
             raise RuleError(f"--select-by: the rule must start with min:KEY, max:KEY or last (got {head!r})")
-        key = check_key(key)
+        key = "&".join(check_key(k) for k in key.split("&"))
     constraints = []
     for item in rest:
         m = _CONSTRAINT.match(item)
@@ -120,8 +139,32 @@ def parse_rule(text: str) -> Rule:
             raise RuleError(f"--select-by: {m.group(3)!r} in {item!r} is not a number") from None
         if not math.isfinite(value):
             raise RuleError(f"--select-by: {item!r} needs a finite number")
-        constraints.append(Constraint(check_key(m.group(1)), m.group(2), value))
+        if m.group(4) and not allow_relative:
+            raise RuleError(f"--select-by: {item!r} is relative to the vanilla model (the x suffix), which only "
+                            "`mmunlearn tune` measures; give an absolute number")
+        constraints.append(Constraint(check_key(m.group(1)), m.group(2), value, relative=bool(m.group(4))))
     return Rule(objective, key, tuple(constraints))
+
+
+def resolve_relative(rule: Rule, vanilla: dict) -> Rule:
+    """The rule with every `x` constraint turned into an absolute number from the vanilla metrics."""
+    out = []
+    for c in rule.constraints:
+        if c.relative:
+            base = lookup(vanilla, c.key)
+            if base is None:
+                raise RuleError(f"{c}: the vanilla model has no {c.key} on these records")
+            c = Constraint(c.key, c.op, round(c.value * base, 6))
+        out.append(c)
+    return Rule(rule.objective, rule.key, tuple(out))
+
+
+def objective_value(rule: Rule, metrics: dict) -> float | None:
+    """The objective: one key's number, or the mean of `&`-joined keys (None if one is missing)."""
+    values = [lookup(metrics, k) for k in rule.objective_keys]
+    if not values or any(v is None for v in values):
+        return None
+    return sum(values) / len(values)
 
 
 def lookup(metrics: dict, key: str) -> float | None:
@@ -143,14 +186,14 @@ def choose(rule: Rule | None, evaluations: Sequence[dict]) -> tuple[int, str]:
         return last, "no --select-by: the last step is kept"
     feasible = [i for i, e in enumerate(evaluations) if all(c.holds(e["metrics"]) for c in rule.constraints)]
     if rule.key is not None:
-        feasible = [i for i in feasible if lookup(evaluations[i]["metrics"], rule.key) is not None]
+        feasible = [i for i in feasible if objective_value(rule, evaluations[i]["metrics"]) is not None]
     if not feasible:
         return last, f"no evaluation met {rule}: the last step is kept"
     if rule.objective == "last":
         best = feasible[-1]
     else:
         sign = 1.0 if rule.objective == "min" else -1.0
-        best = min(feasible, key=lambda i: (sign * lookup(evaluations[i]["metrics"], rule.key), i))
+        best = min(feasible, key=lambda i: (sign * objective_value(rule, evaluations[i]["metrics"]), i))
     return best, f"{rule} prefers step {evaluations[best]['step']}"
 
 

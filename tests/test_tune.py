@@ -1,0 +1,202 @@
+"""`mmunlearn tune`: the tuning population, the selection rule, pruning, and the readers of tuned.json
+(`bench --tuned`, `unlearn --config`)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from mmunlearn.cli import app
+from mmunlearn.train.selection import RuleError, parse_rule, resolve_relative
+from mmunlearn.tune import TuneConfig, choose_trial, run_tune
+
+runner = CliRunner()
+
+
+# ---- the tuning population -------------------------------------------------------------------------
+def test_world_tuning_population_is_outside_every_reported_split(tmp_path):
+    from mmunlearn.data.store import load_data, save_world, world_tune_ids
+    from mmunlearn.data.world import WorldConfig, build_world, tune_population
+
+    world = build_world(WorldConfig(profiles=60, real=2, holdout=2, seed=3, train_phrasings=1))
+    forget, retain = world.ids["tune_forget"], world.ids["tune_retain"]
+    assert len(forget) == len(retain) == 10 and not set(forget) & set(retain)
+    assert not (set(forget) | set(retain)) & set(world.ids["forget_15"])
+    # a world written before the tuning population existed gets the same people from its ids
+    old_ids = {k: v for k, v in world.ids.items() if not k.startswith("tune_")}
+    assert tune_population(old_ids, 3) == (forget, retain)
+    save_world(world, tmp_path / "w")
+    bundle = load_data(tmp_path / "w", "forget_10")
+    tune = set(forget) | set(retain)
+    assert world_tune_ids(bundle.manifest) == (forget, retain)
+    assert len(bundle.retain_ids) == 60 - 6 - 20  # forget_10 of 60 people is 6; the tuning people leave
+    assert not {r.profile_id for r in bundle.splits["retain"]} & tune
+    # people chosen by id may be anyone, a tuning person included
+    chosen = load_data(tmp_path / "w", forget_ids=[forget[0]])
+    assert chosen.forget_ids == {forget[0]} and set(retain) <= chosen.retain_ids
+    # small worlds have none (they would lose their retain side)
+    assert tune_population(build_world(WorldConfig(profiles=6, real=1, holdout=1)).ids, 0) == ([], [])
+
+
+# ---- the rule ----------------------------------------------------------------------------------------
+def test_relative_constraints_and_mean_objectives():
+    rule = parse_rule("min:test/image+text/cls_acc&test/text/cls_acc,retain/text/cls_acc>=0.95x", allow_relative=True)
+    assert rule.objective_keys == ("test/image+text/cls_acc", "test/text/cls_acc")
+    vanilla = {"retain": {"text": {"cls_acc": 0.8}}}
+    resolved = resolve_relative(rule, vanilla)
+    assert resolved.constraints[0].value == pytest.approx(0.76) and not resolved.constraints[0].relative
+    with pytest.raises(RuleError, match="relative"):
+        parse_rule("min:forget/text/cls_acc,retain/text/cls_acc>=0.95x")  # --select-by has no vanilla
+
+
+def test_choose_trial_feasible_first_then_objective_then_time():
+    def trial(n, objective, feasible, margin, wall, state="complete"):
+        return {"number": n, "objective": objective, "feasible": feasible, "margin": margin, "wall_time_s": wall,
+                "state": state}
+
+    trials = [trial(0, 0.10, False, 0.3, 1.0), trial(1, 0.40, True, 0.0, 9.0), trial(2, 0.40, True, 0.0, 5.0),
+              trial(3, 0.60, True, 0.0, 1.0), trial(4, None, False, None, 1.0, state="pruned")]
+    best, why = choose_trial(trials)
+    assert best["number"] == 2 and "meeting every constraint" in why  # 0.40 beats 0.60; tie → faster
+    best, why = choose_trial([trial(0, 0.1, False, 0.5, 1.0), trial(1, 0.3, False, 0.2, 1.0)])
+    assert best["number"] == 1 and "closest" in why
+    assert choose_trial([trial(0, None, False, None, 1.0, state="pruned")])[0] is None
+
+
+# ---- a tune, end to end on the small world ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tuned_ga(tuned_small, small_world, tmp_path_factory):
+    """Three GA trials tuning p000 (kept: p001) — never the reported forget person p002 — the second
+    one poisoned with a NaN loss."""
+    from mmunlearn.methods.ga import GradientAscent
+
+    _, vanilla, _ = tuned_small
+    out = tmp_path_factory.mktemp("tune") / "t"
+    original = GradientAscent.loss
+    calls = {"n": 0}
+
+    def poisoned(self, ctx, step):
+        terms = original(self, ctx, step)
+        if step == 0:
+            calls["n"] += 1
+        if calls["n"] == 2 and step == 3:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    GradientAscent.loss = poisoned
+    try:
+        result = run_tune(small_world, TuneConfig(model=str(vanilla), methods=["ga"], trials=3, eval_records=16),
+                          out, ["p000"], ["p001"], progress=lambda msg: None)
+    finally:
+        GradientAscent.loss = original
+    return out, result
+
+
+def test_tune_scores_only_the_tuning_people_prunes_nan_and_records_every_trial(tuned_ga):
+    out, result = tuned_ga
+    saved = json.loads((out / "tuned.json").read_text())
+    assert saved == json.loads(json.dumps(result))
+    assert saved["tune_forget"] == ["p000"] and saved["tune_retain"] == ["p001"]
+    trials = saved["trials"]
+    assert [t["number"] for t in trials] == [0, 1, 2]
+    assert [t["state"] for t in trials] == ["complete", "pruned", "complete"]
+    assert "step 3" in trials[1]["why"]
+    # the choice follows the rule, recomputed here from the recorded trials
+    done = [t for t in trials if t["state"] == "complete"]
+    feasible = [t for t in done if t["feasible"]]
+    pool = feasible or done
+    key = (lambda t: (t["objective"], t["wall_time_s"])) if feasible else (lambda t: (t["margin"], t["objective"]))
+    assert saved["methods"]["ga"]["trial"] == min(pool, key=key)["number"]
+    chosen = next(t for t in trials if t["number"] == saved["methods"]["ga"]["trial"])
+    assert saved["methods"]["ga"]["lr"] == chosen["lr"] and saved["methods"]["ga"]["steps"] == chosen["steps"]
+    # the trials trained on p000 as the forget person, with p002 (the reported forget person) on neither side
+    log = json.loads((out / "trials" / "ga" / "trial0" / "unlearn_log.json").read_text())
+    assert log["config"]["lr"] == trials[0]["lr"] and log["config"]["steps"] == trials[0]["steps"]
+    assert not list((out / "trials").rglob("*.safetensors"))  # trial models are not kept
+
+
+def test_an_interrupted_tune_keeps_finished_methods(tuned_ga, tuned_small, small_world):
+    out, result = tuned_ga
+    _, vanilla, _ = tuned_small
+    msgs = []
+    again = run_tune(small_world, TuneConfig(model=str(vanilla), methods=["ga"], trials=3, eval_records=16),
+                     out, ["p000"], ["p001"], progress=msgs.append)
+    assert "ga: already tuned" in msgs and again["methods"] == result["methods"]
+
+
+def test_unlearn_config_reads_the_tuned_settings_and_flags_override(tuned_ga, tuned_small, small_world, tmp_path):
+    out, result = tuned_ga
+    _, vanilla, _ = tuned_small
+    chosen = result["methods"]["ga"]
+    base = ["unlearn", "--method", "ga", "--model", str(vanilla), "--data", str(small_world), "--forget-split",
+            "forget_15", "--no-eval", "--config", str(out / "tuned.json")]
+    res = runner.invoke(app, base + ["--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((tmp_path / "a" / "unlearn_log.json").read_text())["config"]
+    assert cfg["lr"] == chosen["lr"] and cfg["steps"] == chosen["steps"]
+    res = runner.invoke(app, base + ["--out", str(tmp_path / "b"), "--steps", "2"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "b" / "unlearn_log.json").read_text())["config"]["steps"] == 2
+    res = runner.invoke(app, [*base[:-1], str(out / "tuned.json"), "--method", "npo", "--out", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "no settings for 'npo'" in res.output
+
+
+def test_unlearn_config_yaml_and_typed_set(tuned_small, small_world, tmp_path):
+    _, vanilla, _ = tuned_small
+    config = tmp_path / "npo.yaml"
+    config.write_text("lr: 0.0002\nsteps: 2\nset:\n  beta: 0.3\n")
+    base = ["unlearn", "--method", "npo", "--model", str(vanilla), "--data", str(small_world), "--forget-split",
+            "forget_15", "--no-eval", "--config", str(config)]
+    res = runner.invoke(app, base + ["--out", str(tmp_path / "a"), "--set", "retain_term=false"])
+    assert res.exit_code == 0, res.output
+    log = json.loads((tmp_path / "a" / "unlearn_log.json").read_text())
+    assert log["config"]["lr"] == 0.0002 and log["config"]["steps"] == 2
+    assert log["config"]["method_args"] == {"beta": 0.3, "retain_term": False}
+    config.write_text("lr: 0.0002\nwarmup: 3\n")
+    res = runner.invoke(app, base + ["--out", str(tmp_path / "b")])
+    assert res.exit_code == 2 and "unknown key(s) warmup" in res.output and not (tmp_path / "b").exists()
+
+
+def test_bench_tuned_rows_come_first_and_use_the_tuned_settings(tuned_small, small_world, tmp_path):
+    from mmunlearn.bench import BenchConfig, run_bench
+
+    bundle, vanilla, _ = tuned_small
+    cfg = BenchConfig(model=str(vanilla), methods=["ga"], seeds=[0], steps=None, max_records=24,
+                      tuned={"ga": {"lr": 3e-4, "steps": 3, "method_args": {}}})
+    results = run_bench(bundle, cfg, tmp_path / "bench", progress=lambda msg: None)
+    assert [r["method"] for r in results["rows"]] == ["vanilla", "ga (tuned)", "ga"]
+    tuned_log = json.loads((tmp_path / "bench" / "ga@tuned" / "seed0" / "unlearn_log.json").read_text())
+    assert tuned_log["config"]["lr"] == 3e-4 and tuned_log["steps_run"] == 3
+    default_log = json.loads((tmp_path / "bench" / "ga" / "seed0" / "unlearn_log.json").read_text())
+    assert default_log["steps_run"] == 60  # GA's default
+    # each bench run records how to repeat it, and `rerun` repeats it without the bench
+    run = tmp_path / "bench" / "ga@tuned" / "seed0"
+    assert "no weights" in (run / "README.md").read_text()
+    res = runner.invoke(app, ["rerun", str(run), "--out", str(tmp_path / "again")])
+    assert res.exit_code == 0, res.output
+    again = json.loads((tmp_path / "again" / "unlearn_log.json").read_text())
+    assert again["config"]["lr"] == 3e-4 and again["steps_run"] == 3
+    losses = lambda log: [{k: v for k, v in row.items() if k != "time_s"} for row in log["losses"]]  # noqa: E731
+    assert losses(again) == losses(tuned_log)  # same seed, same people, same steps
+
+
+def test_bench_refuses_to_report_on_the_tuning_seed(tuned_ga, tuned_small, small_world, tmp_path):
+    out, _ = tuned_ga
+    _, vanilla, _ = tuned_small
+    res = runner.invoke(app, ["bench", "--model", str(vanilla), "--data", str(small_world), "--methods", "ga",
+                              "--seeds", "0,100", "--tuned", str(out / "tuned.json"), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 2 and "tuning seed 100" in res.output
+
+
+def test_tune_cli_refuses_bad_input_in_one_line(tuned_small, small_world, tmp_path):
+    _, vanilla, _ = tuned_small
+    base = ["tune", "--model", str(vanilla), "--data", str(small_world), "--out", str(tmp_path / "t")]
+    res = runner.invoke(app, base + ["--methods", "ga", "--tune-forget-ids", "p000"])
+    assert res.exit_code == 2 and "go together" in res.output
+    res = runner.invoke(app, base + ["--methods", "ga", "--rule", "min:forget/text/bogus"])
+    assert res.exit_code == 2 and "unknown metric" in res.output
+    res = runner.invoke(app, base + ["--methods", "ga"])  # 6 people: no tuning population
+    assert res.exit_code == 2 and "too small for a tuning population" in res.output
+    assert not (tmp_path / "t" / "tuned.json").exists()
