@@ -29,6 +29,7 @@ GENERATED = {
     DOCS / "methods" / "seed-ablations.md": ("ablations", "sweep"),
     DOCS / "concepts" / "tiny-models.md": ("memorisation",),
     DOCS / "scale.md": ("scale", "scale-gpu"),
+    DOCS / "tuning.md": ("tune",),
 }
 
 

@@ -200,3 +200,37 @@ def test_tune_cli_refuses_bad_input_in_one_line(tuned_small, small_world, tmp_pa
     res = runner.invoke(app, base + ["--methods", "ga"])  # 6 people: no tuning population
     assert res.exit_code == 2 and "too small for a tuning population" in res.output
     assert not (tmp_path / "t" / "tuned.json").exists()
+
+
+def test_tune_report_table_and_plot_from_a_hand_made_tuned_json(tmp_path):
+    """`mmunlearn report tuned.json`: every trial a row (the chosen one bold, ✓ where it met the rule),
+    the plot written, and the table pasted between `tune` markers."""
+    numbers = lambda x, y: {"test/image+text/cls_acc": x, "test/text/cls_acc": 0.5,  # noqa: E731
+                            "retain/image+text/cls_acc": y, "retain/text/cls_acc": 1.0,
+                            "understanding_retain/image+text/cls_acc": 1.0, "forget/text/degenerate_rate": 0.0}
+    trial = lambda n, x, y, ok, state="complete": {  # noqa: E731
+        "method": "npo", "number": n, "lr": 1e-4, "steps": 20, "method_args": {"beta": 0.2}, "state": state,
+        "objective": None if state == "pruned" else (x + 0.5) / 2, "feasible": ok, "margin": 0.0 if ok else 0.1,
+        "numbers": None if state == "pruned" else numbers(x, y), "wall_time_s": 3.0}
+    tuned = {"format": "mmunlearn-tuned/1", "config": {"trials": 3, "seed": 100, "eval_records": 96},
+             "rule": "r", "rule_resolved": "r'", "tune_forget": ["a"], "tune_retain": ["b"],
+             "vanilla": numbers(0.9, 1.0), "trials": [trial(0, 0.2, 0.5, False), trial(1, 0.4, 0.97, True),
+                                                      trial(2, 0, 0, False, "pruned")],
+             "methods": {"npo": {"trial": 1, "numbers": numbers(0.4, 0.97), "lr": 1e-4, "steps": 20,
+                                 "method_args": {"beta": 0.2}}},
+             "timing": {"total_s": 600}}
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps(tuned))
+    page = tmp_path / "tuning.md"
+    page.write_text("x\n<!-- tune:start -->\nold\n<!-- tune:end -->\n")
+    res = runner.invoke(app, ["report", str(path), "--readme", str(page), "--name", "tune",
+                              "--plot", str(tmp_path / "p.png")])
+    assert res.exit_code == 0, res.output
+    text = page.read_text()
+    assert "old" not in text and "Whole tune: 10 min." in text
+    assert "| **npo** | **1** | lr 0.0001, 20 steps, beta 0.2 | 0.40 | 0.50 | 0.97 |" in text
+    assert "| ✓ (chosen) |" in text and "| pruned |" in text
+    assert "| vanilla | | | 0.90 | 0.50 | 1.00 |" in text
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    res = runner.invoke(app, ["report", str(path), "--out", str(tmp_path / "x.html")])
+    assert res.exit_code == 2 and "--plot" in res.output
