@@ -2,7 +2,7 @@
 
     python benchmarks/plot_tradeoff.py runs/bench/results.json [--out docs/img/tradeoff.png]
 
-Two panels, photos (image+text) and text: each method's forget classification accuracy (x, lower =
+Three panels, trained photos, unseen photos (`test`) and text: each method's forget classification accuracy (x, lower =
 more forgotten) against its retain accuracy (y, higher = more kept), mean ± std over seeds as error
 bars; the vanilla model as a star. The ideal corner is the top left: low forget, high retain. Reads the `aggregated` rows `mmunlearn bench` writes (the same numbers as its table).
 """

@@ -40,6 +40,18 @@ def test_world_tuning_population_is_outside_every_reported_split(tmp_path):
     assert tune_population(build_world(WorldConfig(profiles=6, real=1, holdout=1)).ids, 0) == ([], [])
 
 
+def test_tuning_bundles_train_and_score_on_the_tuning_people_only(small_world):
+    from mmunlearn.tune import tuning_bundles
+
+    train, score = tuning_bundles(small_world, ["p000"], ["p001"])
+    people = lambda recs: {r.profile_id for r in recs}  # noqa: E731
+    assert people(train.splits["forget"]) == {"p000"}
+    # the reported forget person (p002, every forget_N of this world) is on neither side
+    assert people(train.splits["retain"]) == {"p001", "p003", "p004", "p005"}
+    assert people(score.splits["retain"]) == {"p001"} and score.retain_ids == {"p001"}
+    assert people(score.splits["understanding"]) == {"p000", "p001"}
+
+
 # ---- the rule ----------------------------------------------------------------------------------------
 def test_relative_constraints_and_mean_objectives():
     rule = parse_rule("min:test/image+text/cls_acc&test/text/cls_acc,retain/text/cls_acc>=0.95x", allow_relative=True)

@@ -76,6 +76,9 @@ def tuning_bundles(root: str | Path, forget_ids: list[str] | None = None,
     train = load_data(root, forget_ids=list(forget_ids), retain_ids=train_retain)
     scored = dict(train.splits)
     scored["retain"] = [r for r in train.splits.get("retain", []) if r.profile_id in set(retain_ids)]
+    # only the tuning people's understanding questions, so a subsample spends every record on them
+    tuning_people = set(forget_ids) | set(retain_ids)
+    scored["understanding"] = [r for r in train.splits.get("understanding", []) if r.profile_id in tuning_people]
     score = replace(train, splits=scored, retain_ids=set(retain_ids))
     return train, score
 

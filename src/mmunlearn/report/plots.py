@@ -11,9 +11,12 @@ import math
 from typing import Mapping, Sequence
 
 CHANCE = 0.25  # four options per classification question
-TRADEOFF_PANELS = (("photos (image+text)", "forget_it", "retain_it"), ("text", "forget_txt", "retain_txt"))
+# forgetting a person is judged on photos never trained on (test) as well as on the trained ones
+TRADEOFF_PANELS = (("trained photos (forget)", "forget_it", "retain_it"),
+                   ("unseen photos (test)", "test_it", "retain_it"), ("text", "forget_txt", "retain_txt"))
 # (bench column, label) of the per-split bars
 SPLIT_BARS = (("forget_it", "forget\nimg"), ("forget_txt", "forget\ntxt"), ("test_it", "test\nimg"),
+              ("test_txt", "test\ntxt"),
               ("retain_it", "retain\nimg"), ("retain_txt", "retain\ntxt"), ("real_it", "real\nimg"),
               ("real_txt", "real\ntxt"), ("und_forget", "underst.\nforget"), ("und_retain", "underst.\nretain"))
 LOSS_SKIP = {"step", "lr", "time_s"}
@@ -47,9 +50,10 @@ def _stat(v: object) -> tuple[float, float] | None:
 
 
 def tradeoff(aggregated: Sequence[dict], trials: Sequence[dict] = ()) -> str:
-    """Forget (x) against retain (y) accuracy, photos and text: every method ± std over seeds, trials faint."""
+    """Forget (x) against retain (y) accuracy — trained photos, unseen photos, text: every method ± std over
+    seeds, trials faint."""
     plt = _plt()
-    fig, axes = plt.subplots(1, len(TRADEOFF_PANELS), figsize=(10, 4.4), constrained_layout=True)
+    fig, axes = plt.subplots(1, len(TRADEOFF_PANELS), figsize=(15, 4.8), constrained_layout=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     methods = [a["method"] for a in aggregated if a["method"] != "vanilla"]
     colour = {m: colours[i % len(colours)] for i, m in enumerate(methods)}
