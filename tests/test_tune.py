@@ -224,7 +224,8 @@ def test_tune_report_table_and_plot_from_a_hand_made_tuned_json(tmp_path):
         "method": "npo", "number": n, "lr": 1e-4, "steps": 20, "method_args": {"beta": 0.2}, "state": state,
         "objective": None if state == "pruned" else (x + 0.5) / 2, "feasible": ok, "margin": 0.0 if ok else 0.1,
         "numbers": None if state == "pruned" else numbers(x, y), "wall_time_s": 3.0}
-    tuned = {"format": "mmunlearn-tuned/1", "config": {"trials": 3, "seed": 100, "eval_records": 96},
+    tuned = {"format": "mmunlearn-tuned/1", "config": {"trials": 3, "seed": 100, "eval_records": 96,
+                                                      "methods": ["npo", "kl"]},
              "rule": "r", "rule_resolved": "r'", "tune_forget": ["a"], "tune_retain": ["b"],
              "vanilla": numbers(0.9, 1.0), "trials": [trial(0, 0.2, 0.5, False), trial(1, 0.4, 0.97, True),
                                                       trial(2, 0, 0, False, "pruned")],
@@ -240,6 +241,7 @@ def test_tune_report_table_and_plot_from_a_hand_made_tuned_json(tmp_path):
     assert res.exit_code == 0, res.output
     text = page.read_text()
     assert "old" not in text and "Whole tune: 10 min." in text
+    assert "Tuned so far: 1 of 2 methods; not yet: kl." in text  # an interrupted tune says so
     assert "| **npo** | **1** | lr 0.0001, 20 steps, beta 0.2 | 0.40 | 0.50 | 0.97 |" in text
     assert "| ✓ (chosen) |" in text and "| pruned |" in text
     assert "| vanilla | | | 0.90 | 0.50 | 1.00 |" in text
