@@ -17,7 +17,7 @@ mask on V+P computed once in `prepare` (Fisher ratio forget/retain image+text, o
 
 The ascent is capped per forget sample (`forget_cap`, 0.5 nats per answer token; 0 = SPEC's plain GA):
 a forgotten photo stops being pushed, so the forget term does not keep dragging the faces that look like
-it, and the rest of the run repairs. `vkd-paper` is the uncapped SPEC form (240 steps), reported beside it.
+it, and the rest of the run repairs. `vkd-paper` is the uncapped paper form (240 steps), reported beside it.
 
 `keep_from="retain+pretrain"` also distils (and keeps in the mask) the earlier-learned population's
 training photos, for the world's "real" people, who share the vision tower but are in no retain record
@@ -327,10 +327,10 @@ class VKD(Method):
 
 @register
 class VKDPaper(VKD):
-    """VKD as SPEC writes it: plain, uncapped gradient ascent (forget_cap 0) at the uncapped step count."""
+    """VKD as its paper writes it: plain, uncapped gradient ascent (forget_cap 0) at the uncapped step count."""
 
     name = "vkd-paper"
-    summary = "VKD as SPEC writes it: uncapped ascent on V+P + feature distillation"
+    summary = "VKD as its paper writes it: uncapped ascent on V+P + feature distillation"
     Config = VKDPaperConfig
     search_space = {"vkd_weight": ("log", 0.002, 0.1), "mask_keep": ("float", 0.1, 0.6), "alpha": ("log", 0.5, 10.0)}
     default_steps = 240  # the uncapped form's seed-sweep choice
