@@ -54,7 +54,7 @@ def tuning_bundles(root: str | Path, forget_ids: list[str] | None = None,
 
     Training: forget = the tuning forget people; retain = every other trained person except those any
     reported forget split holds. Scoring: the same forget people; retain = the tuning retain people."""
-    base = load_data(root, keep_tune=True) if forget_ids is None else load_data(root)
+    base = load_data(root, keep_tune=True)  # everyone: the tuning people are chosen from all
     if forget_ids is None:
         if base.source != "world":
             raise ValueError(f"{root} has no tuning population: name one with --tune-forget-ids and "

@@ -127,11 +127,10 @@ def modality_fisher_mask(ctx: Context, n_batches: int, threshold: float = 1.0) -
     side (V, P) on retain image+text QA, the language side (W) on retain text-only + image+text QA and
     the forget people's *text-only* QA (what the method exists to keep: their textual knowledge)."""
     forget_vqa, retain_vqa, keep_language = mmunlearner_sets(ctx.forget_records, ctx.retain_records)
-    retain_all = keep_language
     return fisher_ratio_mask(
         ctx,
         lambda: record_batches(ctx, forget_vqa, n_batches),
         {"VP": lambda: record_batches(ctx, retain_vqa, n_batches),
-         "W": lambda: record_batches(ctx, retain_all, n_batches)},
+         "W": lambda: record_batches(ctx, keep_language, n_batches)},
         threshold=threshold,
     )
