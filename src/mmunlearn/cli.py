@@ -858,8 +858,8 @@ def tune(
     trials: int = typer.Option(16, "--trials", help="Trials per method (the same budget for every method)."),
     seed: int = typer.Option(100, help="The tuning seed (report with other seeds)."),
     eval_records: int = typer.Option(96, "--eval-records", help="Records per split each trial is scored on."),
-    rule: Optional[str] = typer.Option(None, "--rule", help="Selection rule (default: tune.DEFAULT_RULE, in the "
-                                       "README); constraints may be relative to vanilla: >=0.95x."),
+    rule: Optional[str] = typer.Option(None, "--rule", help="Selection rule (default: tune.DEFAULT_RULE, see the "
+                                       "README and docs/tuning.md); constraints may be relative to vanilla: >=0.95x."),
     tune_forget_ids: Optional[str] = typer.Option(None, "--tune-forget-ids", help="People to forget while tuning "
                                                   "(default: the world's tuning population)."),
     tune_retain_ids: Optional[str] = typer.Option(None, "--tune-retain-ids", help="People whose kept knowledge "
