@@ -83,13 +83,12 @@ def _attack_numbers(model_dir: str | Path, bundle: DataBundle, cfg: BenchConfig,
             "rank_top5": rank.get("top5"), "rank_median": rank.get("median_rank")}
 
 
-def _write_run_record(run: Path, bundle: DataBundle, cfg: BenchConfig, method: str, seed: int, settings: dict,
-                      log: dict, summary: dict) -> None:
+def _write_run_record(run: Path, bundle: DataBundle, cfg: BenchConfig, method: str, seed: int, steps: int | None,
+                      settings: dict, log: dict, summary: dict) -> None:
     """run.json and the model card of one bench run: `mmunlearn rerun RUN --out NEW` repeats it (the people
     by id, so the same forget and retain sides on any source)."""
     from .runfolder import run_record, write_model_card
 
-    steps = cfg.steps if cfg.steps is not None else settings.get("steps")
     options = {"method": method, "model": str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model,
                "data": str(Path(bundle.root).resolve()), "forget_split": bundle.forget_split,
                "forget_ids": ",".join(sorted(bundle.forget_ids)), "retain_ids": ",".join(sorted(bundle.retain_ids)),
@@ -114,10 +113,10 @@ def run_bench(bundle: DataBundle, cfg: BenchConfig, out: Path, progress=print) -
         for seed in cfg.seeds:
             run = folder / f"seed{seed}"
             summary_path = run / "eval" / "summary.json"
+            steps = cfg.steps if cfg.steps is not None else settings.get("steps")
             if not summary_path.is_file():
                 if run.exists():
                     shutil.rmtree(run)
-                steps = cfg.steps if cfg.steps is not None else settings.get("steps")
                 result = unlearn(bundle, UnlearnConfig(method=method, model=cfg.model, steps=steps, seed=seed,
                                                        lr=settings.get("lr"),
                                                        method_args=dict(settings.get("method_args") or {})),
@@ -125,14 +124,15 @@ def run_bench(bundle: DataBundle, cfg: BenchConfig, out: Path, progress=print) -
                 summary, details = evaluate(result.loaded, bundle, _eval_cfg(cfg))
                 write_results(run / "eval", summary, details)
             log = json.loads((run / "unlearn_log.json").read_text())
-            row = {"method": label, "seed": seed, **numbers_from_summary(json.loads(summary_path.read_text())),
+            summary = json.loads(summary_path.read_text())
+            row = {"method": label, "seed": seed, **numbers_from_summary(summary),
                    "wall_time_s": log["wall_time_s"], "trainable_params": log["trainable_params"]}
             if cfg.attacks:
                 row.update(_attack_numbers(run, bundle, cfg, run))
             if not cfg.keep_models:
                 (run / "model.safetensors").unlink(missing_ok=True)
             if not (run / "run.json").is_file():
-                _write_run_record(run, bundle, cfg, method, seed, settings, log, json.loads(summary_path.read_text()))
+                _write_run_record(run, bundle, cfg, method, seed, steps, settings, log, summary)
             rows.append(row)
             shown = {k: "—" if row.get(k) is None else f"{row[k]:.2f}"
                      for k in ("forget_it", "forget_txt", "test_it", "retain_it", "retain_txt")}

@@ -792,6 +792,19 @@ def attack_rank(
     typer.echo(f"rank ({summary['timing']['total_s']:.1f}s) → {out / 'summary.json'}")
 
 
+def _chosen_methods(methods_: str) -> list[str]:
+    """--methods NAME[,NAME…] or 'all' → registered method names, in the order given; one error line for
+    an unknown name (bench and tune share it)."""
+    from .methods.base import registry
+
+    known = list(registry())
+    chosen = known if methods_ == "all" else [m.strip() for m in methods_.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in known]
+    if unknown:
+        _fail(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(known)}")
+    return chosen
+
+
 @app.command()
 @guarded
 def bench(
@@ -814,13 +827,8 @@ def bench(
     """Run every method × seed with evaluation (and attacks) → results.json / results.csv + table."""
     _quiet_libraries()
     from .bench import BenchConfig, run_bench
-    from .methods.base import registry
 
-    known = list(registry())
-    chosen = known if methods_ == "all" else [m.strip() for m in methods_.split(",") if m.strip()]
-    unknown = [m for m in chosen if m not in known]
-    if unknown:
-        _fail(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(known)}")
+    chosen = _chosen_methods(methods_)
     try:
         seed_list = [int(x) for x in seeds.split(",") if x.strip()]
     except ValueError:
@@ -869,15 +877,10 @@ def tune(
     population no reported run uses → OUT/tuned.json for `bench --tuned` and `unlearn --config`."""
     _quiet_libraries()
     from .data.store import parse_ids
-    from .methods.base import registry
     from .train.selection import parse_rule
     from .tune import DEFAULT_RULE, TuneConfig, run_tune
 
-    known = list(registry())
-    chosen = known if methods_ == "all" else [m.strip() for m in methods_.split(",") if m.strip()]
-    unknown = [m for m in chosen if m not in known]
-    if unknown:
-        _fail(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(known)}")
+    chosen = _chosen_methods(methods_)
     if trials < 1:
         _fail(f"--trials must be at least 1 (got {trials})")
     if (tune_forget_ids is None) != (tune_retain_ids is None):
