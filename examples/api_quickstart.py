@@ -8,7 +8,7 @@ from pathlib import Path
 from mmunlearn import evaluate, finetune, load_data, unlearn
 
 data = load_data(Path(__file__).parent / "people.jsonl", forget_ids=["p1", "p2"])  # p3 is kept
-model = finetune(data, "tiny-llava", steps=80, batch_size=6, lr=3e-3, vision_warmup_steps=0, warmup_steps=5)
+model = finetune(data, "tiny-llava", steps=80, batch_size=6, lr=3e-3, vision_warmup_steps=0, warmup_steps=0)
 before = evaluate(model, data, splits=("forget", "retain"))
 unlearn(model, data, method="graddiff", steps=10, batch_size=4)  # trains `model` in place
 after = evaluate(model, data, splits=("forget", "retain"))

@@ -100,3 +100,31 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tuned_small, tmp_path
                 loaded=load_model(vanilla))
     assert (tmp_path / "u" / "checkpoint" / "trainable.pt").is_file()
     assert not (tmp_path / "u" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("schedule, steps, warmup, expected", [
+    # transformers' warmup is step/W (step 0 at lr 0); cosine decays over the steps after warmup to 5 %:
+    # 0.05 + 0.95·½(1 + cos(π·(s−4)/6)) at s = 5: 0.05 + 0.475·(1 + 0.866025) = 0.936362; s = 9: 0.113638
+    ("cosine", 10, 4, [0.0, 0.25, 0.5, 0.75, 1.0, 0.936362, 0.7625, 0.525, 0.2875, 0.113638]),
+    ("linear", 4, 0, [1.0, 0.75, 0.5, 0.25]),
+    ("constant", 5, 2, [0.0, 0.5, 1.0, 1.0, 1.0]),
+])
+def test_schedule_is_transformers_with_our_floor(schedule, steps, warmup, expected):
+    from mmunlearn.train.loop import LoopConfig, make_scheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = make_scheduler(opt, LoopConfig(steps=steps, warmup_steps=warmup, schedule=schedule))
+    seen = []
+    for _ in range(steps):
+        seen.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx(expected, abs=1e-6)
+
+
+def test_unknown_schedule_is_one_clear_error():
+    from mmunlearn.train.loop import LoopConfig, make_scheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(ValueError, match="unknown schedule 'step'"):
+        make_scheduler(opt, LoopConfig(schedule="step"))

@@ -17,7 +17,6 @@ under "loss".
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import shutil
@@ -136,18 +135,20 @@ def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1, log_with:
     return accelerator
 
 
-def _lr_lambda(cfg: LoopConfig) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if cfg.warmup_steps and step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.schedule == "constant":
-            return 1.0
-        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        if cfg.schedule == "cosine":
-            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        return max(0.0, 1.0 - progress)
+# our schedule names → transformers' (its warmup is step/W: the first step runs at lr 0, as in HF Trainer)
+SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine_with_min_lr", "linear": "linear"}
+COSINE_MIN_LR_RATE = 0.05  # cosine ends at 5 % of the peak lr, not 0: the last steps still learn
 
-    return f
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: LoopConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """transformers.get_scheduler for `cfg.schedule` with `cfg.warmup_steps` over `cfg.steps`."""
+    from transformers import get_scheduler
+
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {cfg.schedule!r}: choose {', '.join(SCHEDULES)}")
+    extra = {"min_lr_rate": COSINE_MIN_LR_RATE} if cfg.schedule == "cosine" else None
+    return get_scheduler(SCHEDULES[cfg.schedule], optimizer, num_warmup_steps=cfg.warmup_steps,
+                         num_training_steps=max(1, cfg.steps), scheduler_specific_kwargs=extra)
 
 
 def peak_memory_mb() -> float:
@@ -212,7 +213,7 @@ def run_loop(
         module.blank_in_place = zero.is_deepspeed(accelerator)  # and in the same order
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    scheduler = make_scheduler(optimizer, cfg)
     deepspeed = zero.is_deepspeed(accelerator)
     if deepspeed:
         if checkpoint_root and (cfg.checkpoint_every or resume):

@@ -70,10 +70,9 @@ def warmup_vision(model: torch.nn.Module, processor, adapter, steps: int = 1000,
     collate = TrainCollator(adapter, processor)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr)
-    from .loop import LoopConfig, _lr_lambda
+    from .loop import LoopConfig, make_scheduler
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(LoopConfig(steps=steps, schedule=schedule,
-                                                                         warmup_steps=min(50, steps // 10))))
+    sched = make_scheduler(opt, LoopConfig(steps=steps, schedule=schedule, warmup_steps=min(50, steps // 10)))
     device = next(model.parameters()).device
     t0 = time.perf_counter()
     log = []
