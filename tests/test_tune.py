@@ -52,6 +52,29 @@ def test_tuning_bundles_train_and_score_on_the_tuning_people_only(small_world):
     assert people(score.splits["understanding"]) == {"p000", "p001"}
 
 
+def test_trials_are_scored_only_on_the_questions_the_rule_reads(small_world):
+    from mmunlearn.tune import DEFAULT_RULE, scoring_sample, tuning_bundles
+
+    _, score = tuning_bundles(small_world, ["p000"], ["p001"])
+    sample = scoring_sample(score, parse_rule(DEFAULT_RULE, allow_relative=True), 3, 100)
+    groups = lambda recs: {(r.profile_id, r.modality, r.task) for r in recs}  # noqa: E731
+    # the rule: test cls (both modalities) of the forget person, retain cls (both) of the kept person,
+    # understanding cls of the kept person's photos, degenerate replies of forget text answers
+    assert groups(sample.splits["test"]) == {("p000", "image+text", "classification"), ("p000", "text", "classification")}
+    assert groups(sample.splits["retain"]) == {("p001", "image+text", "classification"), ("p001", "text", "classification")}
+    assert groups(sample.splits["understanding"]) == {("p001", "image+text", "classification")}
+    assert groups(sample.splits["forget"]) == {("p000", "text", "cloze"), ("p000", "text", "generation")}
+    assert set(sample.splits) == {"forget", "test", "retain", "understanding"}
+    # at most 3 per (split, modality, task), all evaluation phrasings, the same 3 every time
+    for split, recs in sample.splits.items():
+        for group in groups(recs):
+            available = [r for r in score.eval(split) if (r.profile_id, r.modality, r.task) == group]
+            n = sum((r.profile_id, r.modality, r.task) == group for r in recs)
+            assert n == min(3, len(available)) and all(r.phase == "eval" for r in recs)
+    again = scoring_sample(score, parse_rule(DEFAULT_RULE, allow_relative=True), 3, 100)
+    assert [r.id for r in again.splits["retain"]] == [r.id for r in sample.splits["retain"]]
+
+
 # ---- the rule ----------------------------------------------------------------------------------------
 def test_relative_constraints_and_mean_objectives():
     rule = parse_rule("min:test/image+text/cls_acc&test/text/cls_acc,retain/text/cls_acc>=0.95x", allow_relative=True)
@@ -136,6 +159,19 @@ def test_an_interrupted_tune_keeps_finished_methods(tuned_ga, tuned_small, small
     again = run_tune(small_world, TuneConfig(model=str(vanilla), methods=["ga"], trials=3, eval_records=16),
                      out, ["p000"], ["p001"], progress=msgs.append)
     assert "ga: already tuned" in msgs and again["methods"] == result["methods"]
+
+
+def test_workers_tune_methods_in_processes_of_their_own(tuned_small, small_world, tmp_path):
+    import os
+
+    _, vanilla, _ = tuned_small
+    result = run_tune(small_world, TuneConfig(model=str(vanilla), methods=["ga", "graddiff"], trials=1,
+                                              eval_records=8, workers=2),
+                      tmp_path / "t", ["p000"], ["p001"], progress=lambda msg: None)
+    pids = {t["method"]: t["pid"] for t in result["trials"]}
+    assert set(pids) == {"ga", "graddiff"} and set(result["methods"]) == {"ga", "graddiff"}
+    assert os.getpid() not in pids.values()  # both searches ran in worker processes
+    assert result["timing"]["workers"] == 2 and result["timing"]["cpu_s"] > 0
 
 
 def test_unlearn_config_reads_the_tuned_settings_and_flags_override(tuned_ga, tuned_small, small_world, tmp_path):
@@ -231,7 +267,7 @@ def test_tune_report_table_and_plot_from_a_hand_made_tuned_json(tmp_path):
                                                       trial(2, 0, 0, False, "pruned")],
              "methods": {"npo": {"trial": 1, "numbers": numbers(0.4, 0.97), "lr": 1e-4, "steps": 20,
                                  "method_args": {"beta": 0.2}}},
-             "timing": {"total_s": 600}}
+             "timing": {"total_s": 600, "cpu_s": 1140, "workers": 2}, "questions": {"test": 128, "retain": 128}}
     path = tmp_path / "tuned.json"
     path.write_text(json.dumps(tuned))
     page = tmp_path / "tuning.md"
@@ -240,7 +276,8 @@ def test_tune_report_table_and_plot_from_a_hand_made_tuned_json(tmp_path):
                               "--plot", str(tmp_path / "p.png")])
     assert res.exit_code == 0, res.output
     text = page.read_text()
-    assert "old" not in text and "Whole tune: 10 min." in text
+    assert "old" not in text and "Whole tune: 10 min wall on 2 worker processes, 19 min of CPU." in text
+    assert "96 questions per split, modality and task the rule reads (test 128, retain 128)" in text
     assert "Tuned so far: 1 of 2 methods; not yet: kl." in text  # an interrupted tune says so
     assert "| **npo** | **1** | lr 0.0001, 20 steps, beta 0.2 | 0.40 | 0.50 | 0.97 |" in text
     assert "| ✓ (chosen) |" in text and "| pruned |" in text

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -34,7 +35,6 @@ TUNED_FORMAT = "mmunlearn-tuned/1"
 DEFAULT_RULE = ("min:test/image+text/cls_acc&test/text/cls_acc,"
                 "retain/image+text/cls_acc>=0.95x,retain/text/cls_acc>=0.95x,"
                 "understanding_retain/image+text/cls_acc>=0.95x,forget/text/degenerate_rate<=0.1")
-TUNE_SPLITS = ("forget", "test", "retain", "understanding")
 
 
 @dataclass
@@ -43,9 +43,12 @@ class TuneConfig:
     methods: list[str]
     trials: int = 16
     seed: int = 100  # the tuning seed: reported runs use others (bench seeds 0, 1, 2)
-    eval_records: int = 96  # per split, seeded (at 48 a retain photo constraint hung on one of ~8 answers)
+    # questions per (split, modality, task) the rule reads, seeded; the rule's constraints need enough of
+    # them to tell a 5 % loss from noise (at 96 records over every task, retain photos had 18 questions)
+    eval_records: int = 64
     rule: str = DEFAULT_RULE
     batch_size: int = 8
+    workers: int = 1  # processes tuning methods side by side (one torch thread each when > 1)
 
 
 def tuning_bundles(root: str | Path, forget_ids: list[str] | None = None,
@@ -81,6 +84,44 @@ def tuning_bundles(root: str | Path, forget_ids: list[str] | None = None,
     scored["understanding"] = [r for r in train.splits.get("understanding", []) if r.profile_id in tuning_people]
     score = replace(train, splits=scored, retain_ids=set(retain_ids))
     return train, score
+
+
+def scoring_sample(score: DataBundle, rule: Rule, per_group: int, seed: int) -> DataBundle:
+    """Only the questions the rule reads, `per_group` per (split, modality, task), seeded.
+
+    A trial is scored on what selects it and nothing else: a population key (understanding_retain)
+    keeps only that population's people, `test` only the forget people (as the evaluator reads it)."""
+    import random
+
+    from .eval.evaluator import base_split
+    from .train.selection import METRIC_TASKS
+
+    wanted: dict[str, set[tuple[str, str]]] = {}
+    people: dict[str, set[str] | None] = {}
+    for key in dict.fromkeys(rule.keys):
+        split, modality, metric = key.split("/")
+        base = base_split(split)
+        tasks = METRIC_TASKS.get(metric, {"classification", "cloze", "generation"})
+        wanted.setdefault(base, set()).update((modality, task) for task in tasks)
+        if split != base and people.get(base, set()) is not None:
+            who = score.forget_ids if split.endswith("_forget") else score.retain_ids
+            people[base] = (people.get(base) or set()) | set(who)
+        elif split != base or base != "test":
+            people[base] = None  # the whole split
+        else:
+            people[base] = set(score.forget_ids)
+    splits: dict[str, list] = {}
+    for split, groups in wanted.items():
+        who = people.get(split)
+        chosen = []
+        for modality, task in sorted(groups):
+            recs = [r for r in score.eval(split) if r.modality == modality and r.task == task
+                    and (who is None or r.profile_id in who)]
+            if per_group and len(recs) > per_group:
+                recs = random.Random(f"{seed}-{split}-{modality}-{task}").sample(recs, per_group)
+            chosen += recs
+        splits[split] = sorted(chosen, key=lambda r: r.id)
+    return replace(score, splits=splits)
 
 
 def suggest(trial, space: dict[str, tuple]) -> dict[str, Any]:
@@ -119,9 +160,118 @@ def choose_trial(trials: list[dict]) -> tuple[dict | None, str]:
     return best, "no trial met every constraint: the one closest to meeting them"
 
 
+@dataclass
+class TuneContext:
+    """What every method's search needs, picklable so worker processes get the same as the parent."""
+
+    data: str
+    cfg: TuneConfig
+    out: Path
+    rule: Rule
+    resolved: Rule  # the rule with vanilla's numbers in place of the `x` constraints
+    train_bundle: DataBundle
+    score_bundle: DataBundle  # already cut to the rule's questions (scoring_sample)
+
+    @property
+    def eval_cfg(self) -> EvalConfig:
+        return EvalConfig(splits=self.rule.splits, max_records_per_split=0, seed=self.cfg.seed, progress=False)
+
+
 def run_tune(data: str | Path, cfg: TuneConfig, out: Path, tune_forget: list[str] | None = None,
              tune_retain: list[str] | None = None, progress: Callable[[str], None] = print) -> dict:
     """Tune every method of `cfg.methods`; writes OUT/tuned.json (atomically, after each method)."""
+    from .models.loader import load_model
+
+    rule = parse_rule(cfg.rule, allow_relative=True)
+    train_bundle, score_bundle = tuning_bundles(data, tune_forget, tune_retain)
+    score_bundle = scoring_sample(score_bundle, rule, cfg.eval_records, cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    cpu0 = _cpu_seconds()
+    ctx = TuneContext(str(data), cfg, out, rule, rule, train_bundle, score_bundle)
+    vanilla, _ = evaluate(load_model(cfg.model), score_bundle, ctx.eval_cfg)
+    ctx.resolved = resolve_relative(rule, vanilla["metrics"])
+    progress(f"vanilla on the tuning people: {json.dumps(summary_numbers(vanilla['metrics'], rule))}")
+    questions = {split: len(recs) for split, recs in score_bundle.splits.items()}
+    result: dict[str, Any] = {
+        "format": TUNED_FORMAT, "config": asdict(cfg), "data": str(data), "rule": cfg.rule,
+        "rule_resolved": str(ctx.resolved), "tune_forget": sorted(train_bundle.forget_ids),
+        "tune_retain": sorted(score_bundle.retain_ids), "questions": questions,
+        "vanilla": summary_numbers(vanilla["metrics"], rule), "methods": {}, "trials": [], "timing": {}}
+    previous = out / "tuned.json"
+    if previous.is_file():  # an interrupted tune continues: finished methods are kept
+        old = json.loads(previous.read_text())
+        same = {k: v for k, v in old.get("config", {}).items() if k != "workers"} == \
+            {k: v for k, v in result["config"].items() if k != "workers"}
+        if same and old.get("rule") == cfg.rule:
+            result["methods"], result["trials"], result["timing"] = old["methods"], old["trials"], old["timing"]
+            result["timing"].pop("total_s", None)
+            result["timing"].pop("cpu_s", None)
+    todo = [name for name in cfg.methods if name not in result["methods"]]
+    for name in cfg.methods:
+        if name in result["methods"]:
+            progress(f"{name}: already tuned")
+
+    def record(name: str, found: dict) -> None:
+        result["trials"] += found["trials"]
+        result["timing"][name] = found["seconds"]
+        if found["best"] is not None:
+            best = found["best"]
+            result["methods"][name] = {
+                "lr": best["lr"], "steps": best["steps"], "method_args": best["method_args"],
+                "trial": best["number"], "objective": best["objective"], "feasible": best["feasible"],
+                "numbers": best["numbers"], "why": found["why"]}
+        atomic_write_json(out / "tuned.json", result)
+        progress(f"{name}: trial {found['best']['number'] if found['best'] else '—'} chosen — {found['why']} "
+                 f"({found['seconds']:.0f}s for {cfg.trials} trials)")
+
+    if cfg.workers > 1 and len(todo) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # the slowest searches first, so no worker is left with one long method at the end
+        todo.sort(key=_expected_cost, reverse=True)
+        with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_one_thread) as pool:
+            futures = {pool.submit(tune_method, name, ctx): name for name in todo}
+            for future in as_completed(futures):
+                record(futures[future], future.result())
+    else:
+        for name in todo:
+            record(name, tune_method(name, ctx, progress))
+    result["timing"]["total_s"] = round(time.perf_counter() - t0, 1)
+    result["timing"]["cpu_s"] = round(_cpu_seconds() - cpu0, 1)  # this process and its workers
+    result["timing"]["workers"] = cfg.workers
+    atomic_write_json(out / "tuned.json", result)
+    return result
+
+
+def _one_thread() -> None:
+    """A worker: one torch thread (N workers on N cores), and no progress bars interleaving with the
+    other workers' (each trial still prints its one line)."""
+    os.environ["TQDM_DISABLE"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    return sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+
+
+def _expected_cost(name: str) -> float:
+    """A method's upper step bound: a rough order for handing searches to workers."""
+    from .methods.base import get_method
+
+    spec = get_method(name).tuning_space().get("steps")
+    return float(spec[2]) if spec else 0.0
+
+
+def tune_method(name: str, ctx: TuneContext, progress: Callable[[str], None] = print) -> dict:
+    """One method's search: `ctx.cfg.trials` optuna trials, then the rule's choice among them."""
     import optuna
 
     from .methods.base import get_method
@@ -129,82 +279,48 @@ def run_tune(data: str | Path, cfg: TuneConfig, out: Path, tune_forget: list[str
     from .train.loop import NonFiniteLossError
     from .train.unlearn import UnlearnConfig, unlearn
 
-    rule = parse_rule(cfg.rule, allow_relative=True)
-    train_bundle, score_bundle = tuning_bundles(data, tune_forget, tune_retain)
-    eval_cfg = EvalConfig(splits=TUNE_SPLITS, max_records_per_split=cfg.eval_records, seed=cfg.seed, progress=False)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    vanilla, _ = evaluate(load_model(cfg.model), score_bundle, eval_cfg)
-    resolved = resolve_relative(rule, vanilla["metrics"])
-    progress(f"vanilla on the tuning people: {json.dumps(summary_numbers(vanilla['metrics'], rule))}")
-    result: dict[str, Any] = {
-        "format": TUNED_FORMAT, "config": asdict(cfg), "data": str(data), "rule": cfg.rule,
-        "rule_resolved": str(resolved), "tune_forget": sorted(train_bundle.forget_ids),
-        "tune_retain": sorted(score_bundle.retain_ids), "vanilla": summary_numbers(vanilla["metrics"], rule),
-        "methods": {}, "trials": [], "timing": {}}
-    previous = out / "tuned.json"
-    if previous.is_file():  # an interrupted tune continues: finished methods are kept
-        old = json.loads(previous.read_text())
-        if old.get("config") == result["config"] and old.get("rule") == cfg.rule:
-            result["methods"], result["trials"], result["timing"] = old["methods"], old["trials"], old["timing"]
+    cfg, out = ctx.cfg, ctx.out
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for name in cfg.methods:
-        if name in result["methods"]:
-            progress(f"{name}: already tuned")
-            continue
-        method_cls = get_method(name)
-        space = method_cls.tuning_space()
-        trials: list[dict] = []
-        started = time.perf_counter()
+    space = get_method(name).tuning_space()
+    trials: list[dict] = []
+    started = time.perf_counter()
 
-        def objective(trial, name=name, method_cls=method_cls, space=space, trials=trials):
-            params = suggest(trial, space)
-            lr, steps = params.pop("lr", None), params.pop("steps", None)
-            run = out / "trials" / name / f"trial{trial.number}"
-            row = {"method": name, "number": trial.number, "lr": lr, "steps": steps, "method_args": params,
-                   "state": "complete", "objective": None, "feasible": False, "margin": None}
-            t = time.perf_counter()
-            try:
-                res = unlearn(train_bundle, UnlearnConfig(method=name, model=cfg.model, steps=steps, lr=lr,
+    def objective(trial):
+        params = suggest(trial, space)
+        lr, steps = params.pop("lr", None), params.pop("steps", None)
+        run = out / "trials" / name / f"trial{trial.number}"
+        row = {"method": name, "number": trial.number, "lr": lr, "steps": steps, "method_args": params,
+               "state": "complete", "objective": None, "feasible": False, "margin": None, "pid": os.getpid()}
+        t = time.perf_counter()
+        try:
+            res = unlearn(ctx.train_bundle, UnlearnConfig(method=name, model=cfg.model, steps=steps, lr=lr,
                                                           batch_size=cfg.batch_size, seed=cfg.seed,
                                                           method_args=params), run, loaded=load_model(cfg.model))
-                summary, _ = evaluate(res.loaded, score_bundle, eval_cfg)
-            except NonFiniteLossError as exc:
-                row.update(state="pruned", why=str(exc), wall_time_s=round(time.perf_counter() - t, 1))
-                trials.append(row)
-                raise optuna.TrialPruned(str(exc)) from None
-            finally:
-                for f in run.glob("*.safetensors"):
-                    f.unlink()
-            metrics = summary["metrics"]
-            value = objective_value(resolved, metrics)
-            margins = [c.margin(metrics) for c in resolved.constraints]
-            row.update(objective=value, feasible=all(m == 0 for m in margins), margin=round(sum(margins), 6),
-                       numbers=summary_numbers(metrics, rule), wall_time_s=round(time.perf_counter() - t, 1))
+            summary, _ = evaluate(res.loaded, ctx.score_bundle, ctx.eval_cfg)
+        except NonFiniteLossError as exc:
+            row.update(state="pruned", why=str(exc), wall_time_s=round(time.perf_counter() - t, 1))
             trials.append(row)
-            for c, margin in zip(resolved.constraints, margins):  # ≤ 0: met (TPE samples near feasible trials)
-                trial.set_constraint(str(c), margin)
-            progress(f"{name} trial {trial.number}: objective {value if value is None else round(value, 3)} "
-                     f"{'feasible' if row['feasible'] else 'infeasible'} ({row['wall_time_s']}s)")
-            return math.inf if value is None else value
+            raise optuna.TrialPruned(str(exc)) from None
+        finally:
+            for f in run.glob("*.safetensors"):
+                f.unlink()
+        metrics = summary["metrics"]
+        value = objective_value(ctx.resolved, metrics)
+        margins = [c.margin(metrics) for c in ctx.resolved.constraints]
+        row.update(objective=value, feasible=all(m == 0 for m in margins), margin=round(sum(margins), 6),
+                   numbers=summary_numbers(metrics, ctx.rule), wall_time_s=round(time.perf_counter() - t, 1))
+        trials.append(row)
+        for c, margin in zip(ctx.resolved.constraints, margins):  # ≤ 0: met (TPE samples near feasible trials)
+            trial.set_constraint(str(c), margin)
+        progress(f"{name} trial {trial.number}: objective {value if value is None else round(value, 3)} "
+                 f"{'feasible' if row['feasible'] else 'infeasible'} ({row['wall_time_s']}s)")
+        return math.inf if value is None else value
 
-        sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=min(6, cfg.trials))
-        study = optuna.create_study(direction="minimize", sampler=sampler)
-        study.optimize(objective, n_trials=cfg.trials, catch=())
-        best, why = choose_trial(trials)
-        result["trials"] += trials
-        result["timing"][name] = round(time.perf_counter() - started, 1)
-        if best is not None:
-            result["methods"][name] = {
-                "lr": best["lr"], "steps": best["steps"], "method_args": best["method_args"],
-                "trial": best["number"], "objective": best["objective"], "feasible": best["feasible"],
-                "numbers": best["numbers"], "why": why}
-        atomic_write_json(out / "tuned.json", result)
-        progress(f"{name}: trial {best['number'] if best else '—'} chosen — {why} "
-                 f"({result['timing'][name]:.0f}s for {cfg.trials} trials)")
-    result["timing"]["total_s"] = round(time.perf_counter() - t0, 1)
-    atomic_write_json(out / "tuned.json", result)
-    return result
+    sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=min(6, cfg.trials))
+    study = optuna.create_study(direction="minimize", sampler=sampler)
+    study.optimize(objective, n_trials=cfg.trials, catch=())
+    best, why = choose_trial(trials)
+    return {"trials": trials, "best": best, "why": why, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def read_tuned(path: str | Path) -> dict:
