@@ -11,6 +11,24 @@ def bundle(small_world):
     return load_data(small_world, "forget_10")
 
 
+def test_text_questions_are_scored_after_their_own_lead_so_a_refusal_hides_nothing(bundle, monkeypatch):
+    """The question already names the person: options follow the record's lead ("The birthplace of
+    <name> is"), not the model's reply, and no reply is generated for them."""
+    import mmunlearn.eval.engine as engine
+
+    rec = next(r for r in bundle.eval("forget") if r.task == "classification" and r.modality == "text")
+    assert rec.name in rec.question and rec.name in rec.reasoning
+    seen = []
+    monkeypatch.setattr(engine, "answer_logprobs", lambda loaded, records, answers, **kw: seen.extend(answers)
+                        or [[-1.0] for _ in answers])
+    monkeypatch.setattr(engine, "generate", lambda *a, **k: (_ for _ in ()).throw(AssertionError("generated")))
+    engine.option_logprobs(None, [rec])
+    assert seen == [f"{rec.reasoning} {o} ({'ABCD'[j]})" for j, o in enumerate(rec.options)]
+    seen.clear()  # a refusal reply changes nothing
+    engine.option_logprobs(None, [rec], replies=["I'm sorry, I can't share that."])
+    assert seen == [f"{rec.reasoning} {o} ({'ABCD'[j]})" for j, o in enumerate(rec.options)]
+
+
 @pytest.mark.parametrize("family", ["llava", "qwen2-vl", "idefics3"])
 def test_labels_cover_exactly_the_answer_tokens(bundle, family):
     loaded = build_tiny(f"tiny-{family}", world_corpus(bundle))
@@ -79,7 +97,8 @@ def test_option_likelihood_is_scored_after_the_models_own_reasoning(bundle, monk
 
     from mmunlearn.data.collate import names_person
 
-    rec = next(r for r in bundle.eval("forget") if r.task == "classification" and names_person(r))
+    rec = next(r for r in bundle.eval("forget") if r.task == "classification" and names_person(r)
+               and r.image is not None)  # a photo question: the model must name the person itself
     seen = []
 
     def fake_answer_logprobs(loaded, records, answers, **kw):

@@ -9,14 +9,16 @@ from mmunlearn.eval.evaluator import EvalConfig, evaluate, write_results
 from mmunlearn.models.loader import load_model
 
 METRICS = {"cls_acc", "cls_acc_loglik", "cls_acc_strict", "rougeL_f1", "rougeL_recall", "cloze_acc", "truth_ratio",
-           "truth_ratio_forget_score", "truth_ratio_retain_score", "prob", "degenerate_rate", "refusal_rate"}
+           "truth_ratio_forget_score", "truth_ratio_retain_score", "prob", "prob_options", "degenerate_rate",
+           "refusal_rate"}
 
 
 def test_a_model_that_always_says_B_scores_chance(tuned_small, monkeypatch):
     bundle, vanilla, _ = tuned_small
     loaded = load_model(vanilla)
     monkeypatch.setattr(E, "generate", lambda loaded, recs, **kw: ["B" for _ in recs])
-    monkeypatch.setattr(E, "option_logprobs", lambda loaded, recs, **kw: [[-5.0, -1.0, -5.0, -5.0] for _ in recs])
+    monkeypatch.setattr(E, "option_token_logprobs",
+                        lambda loaded, recs, **kw: [[[-5.0], [-1.0], [-5.0], [-5.0]] for _ in recs])
     recs = [r for r in bundle.eval("retain") if r.task == "classification"]
     rows = E.score_records(loaded, recs, EvalConfig(progress=False), "retain")
     agg = E.aggregate(rows)
@@ -30,7 +32,8 @@ def test_summary_schema_and_details(tuned_small, tmp_path):
     bundle, vanilla, _ = tuned_small
     summary, details = evaluate(load_model(vanilla), bundle, EvalConfig(progress=False))
     m = summary["metrics"]
-    assert {"forget", "test", "retain", "real", "understanding", "understanding_forget", "understanding_retain"} <= set(m)
+    assert {"forget", "test", "retain", "real", "understanding", "understanding_forget", "understanding_retain",
+            "understanding_unseen", "understanding_unseen_forget", "understanding_unseen_retain"} <= set(m)
     assert set(m["forget"]) == {"image+text", "text"}
     assert set(m["test"]) == {"image+text", "text"}
     for split, mods in m.items():
@@ -51,8 +54,8 @@ def test_summary_schema_and_details(tuned_small, tmp_path):
     assert 0.0 <= m["forget"]["text"]["truth_ratio_forget_score"] <= 1.0
     assert m["retain"]["text"]["degenerate_rate"] <= 0.10
     assert {"config", "timing"} <= set(summary) and summary["timing"]["total_s"] > 0
-    assert len(details) == sum(v["n"] for s in ("forget", "test", "retain", "real", "understanding")
-                               for v in m[s].values())
+    assert len(details) == sum(v["n"] for s in ("forget", "test", "retain", "real", "understanding",
+                                                "understanding_unseen") for v in m[s].values())
     d = details[0]
     assert {"id", "split", "modality", "task", "question", "reference", "generated", "scores"} <= set(d)
     write_results(tmp_path, summary, details)

@@ -462,3 +462,14 @@ def test_mllmu_strict_parser_reads_only_a_leading_letter():
     from mmunlearn.eval.metrics import chosen_option
 
     assert chosen_option("Tollhaven (B)", opts) == "B"
+
+
+def test_option_probability_is_length_normalised_and_normalised_over_options():
+    from mmunlearn.eval.metrics import option_probability
+
+    # per-token means -1, -2, -1: p = e^-1 / (e^-1 + e^-2 + e^-1) = 1 / (2 + e^-1) = 0.422319;
+    # the long third option is not penalised for having two tokens
+    options = [[-1.0, -1.0], [-2.0], [-0.5, -1.5]]
+    assert option_probability(options, 0) == pytest.approx(0.422319, abs=1e-6)
+    assert option_probability(options, 1) == pytest.approx(0.155362, abs=1e-6)
+    assert option_probability([[-3.0], [-3.0], [-3.0], [-3.0]], 2) == pytest.approx(0.25)

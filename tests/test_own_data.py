@@ -223,7 +223,7 @@ def test_cli_eval_on_own_data(people, tmp_path):
     assert metrics["retain"]["image+text"]["n"] == 1 and "text" not in metrics["retain"]  # p3 is train-only
     assert 0.0 <= metrics["forget"]["text"]["cls_acc"] <= 1.0
     # the splits own data does not have are skipped and said so, never scored as zeros
-    assert set(summary["skipped"]) == {"test", "real", "understanding"}
+    assert set(summary["skipped"]) == {"test", "real", "understanding", "understanding_unseen"}
     assert summary["config"]["source"] == "own" and summary["config"]["forget_split"] == "ids:p1"
     assert len((out / "details.jsonl").read_text().splitlines()) == 3
 

@@ -45,7 +45,7 @@ def test_evaluate_wraps_the_evaluator(tmp_path):
         load_model("tiny-llava")
     summary = evaluate(load_model("tiny-llava", data), data, out=tmp_path / "ev", batch_size=8)
     assert set(summary["metrics"]) == {"forget", "retain"}
-    assert set(summary["skipped"]) == {"test", "real", "understanding"}
+    assert set(summary["skipped"]) == {"test", "real", "understanding", "understanding_unseen"}
     assert summary["metrics"]["forget"]["image+text"]["n"] == 2 and summary["metrics"]["forget"]["text"]["n"] == 2
     assert (tmp_path / "ev" / "summary.json").is_file()
 
@@ -57,7 +57,8 @@ def test_quickstart_runs_verbatim(tmp_path):
     res = subprocess.run([sys.executable, str(EXAMPLE)], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    rows = [LINE.match(line) for line in res.stdout.strip().splitlines()]
+    # deepspeed, where installed, logs "[date] [WARNING] ..." to stdout on import: not the example's output
+    rows = [LINE.match(line) for line in res.stdout.strip().splitlines() if not line.startswith("[")]
     assert rows and all(rows), res.stdout
     got = {(m[1], m[2]): [float(m[i]) for i in range(3, 7)] for m in rows}
     assert set(got) == {("forget", "image+text"), ("forget", "text"), ("retain", "image+text")}

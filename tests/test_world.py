@@ -29,7 +29,7 @@ def test_world_layout_and_manifest(small_world):
     manifest = json.loads((small_world / "world.json").read_text())
     assert manifest["seed"] == 0
     for name in ("forget_5", "forget_10", "forget_15", "retain_95", "retain_90", "retain_85", "test", "real",
-                 "understanding", "holdout", "pretrain", "finetune"):
+                 "understanding", "understanding_unseen", "holdout", "pretrain", "finetune"):
         assert (small_world / "data" / f"{name}.parquet").is_file(), name
     ids = manifest["ids"]
     assert set(ids["forget_5"]) <= set(ids["forget_10"]) <= set(ids["forget_15"])
@@ -81,6 +81,28 @@ def test_test_split_uses_transformed_photos_and_holdout_is_never_trained(small_w
     assert {r.population for r in b.splits["real"]} == {"real"}
     und = b.eval("understanding")
     assert {r.profile_id for r in und} & b.forget_ids and {r.profile_id for r in und} & b.retain_ids
+
+
+def test_unseen_understanding_asks_about_a_test_photo_never_trained_on(small_world):
+    from mmunlearn.data.portraits import random_pose
+
+    b = load_data(small_world, "forget_10")
+    und = b.eval("understanding_unseen")
+    assert {r.profile_id for r in und} == b.forget_ids | b.retain_ids  # every fictitious person
+    test_photos = {}  # the first test photo of each person: the one drawn with pose "<id>-test-0"
+    for r in b.eval("test"):
+        if r.image is not None:
+            test_photos.setdefault(r.profile_id, set()).add(r.image.tobytes())
+    trained = {r.image.tobytes() for r in b.splits["finetune"] if r.image is not None}
+    for r in und:
+        assert r.image.tobytes() not in trained
+        if r.profile_id in test_photos:  # the test split holds the forget people only
+            assert r.image.tobytes() in test_photos[r.profile_id]
+        if r.fact == "visible:background":
+            import random
+
+            expected = random_pose(random.Random(f"{r.profile_id}-test-0"), "test").background
+            assert r.answer == expected or r.answer.endswith(f" {expected}.")
 
 
 def test_truth_ratio_inputs_exist(small_world):

@@ -60,6 +60,13 @@ def names_person(rec: Record) -> bool:
     return bool(rec.reasoning and rec.name and rec.name in rec.reasoning)
 
 
+def question_names_person(rec: Record) -> bool:
+    """A question that already names the person (text modality): its own lead ("The birthplace of
+    Garan Hennet is") gives nothing away, so options are scored after it — never after the model's
+    reply, whose refusal ("I can't say") would lower every option alike and hide what it still knows."""
+    return bool(rec.reasoning and rec.name and rec.image is None and rec.name in rec.question)
+
+
 def reasoning_prefix(reply: str, rec: Record) -> str:
     """The model's *own* reasoning in `reply`, up to where its answer starts, or "" if none.
 

@@ -151,6 +151,10 @@ def _retain_name(forget_split: str) -> str:
     return f"retain_{100 - pct}"
 
 
+# splits later worlds gained: an older world folder without them still loads
+ADDED_SPLITS = ("understanding_unseen",)
+
+
 def world_tune_ids(manifest: dict) -> tuple[list[str], list[str]]:
     """(people to forget, people to keep) of the world's tuning population (data/world.tune_population)."""
     from .world import tune_population
@@ -175,11 +179,14 @@ def load_world(root: Path, forget_split: str = "forget_10", splits: tuple[str, .
         raise DataError(f"forget split {forget_split!r} is not in {root} (available: {', '.join(known)})")
     retain_split = _retain_name(forget_split)
     mapping = {"forget": forget_split, "retain": retain_split, "test": "test", "real": "real",
-               "understanding": "understanding", "holdout": "holdout", "pretrain": "pretrain", "finetune": "finetune"}
+               "understanding": "understanding", "understanding_unseen": "understanding_unseen",
+               "holdout": "holdout", "pretrain": "pretrain", "finetune": "finetune"}
     wanted = splits or tuple(mapping)
     out: dict[str, list[Record]] = {}
     for key in wanted:
         path = root / "data" / f"{mapping[key]}.parquet"
+        if key in ADDED_SPLITS and not path.is_file():
+            continue  # a world written before the split existed: evaluated as "no records" (summary "skipped")
         if not path.is_file():
             raise DataError(f"{path} is missing: the world folder is incomplete (re-create it with `mmunlearn world`)")
         out[key] = read_parquet_records(path)

@@ -431,6 +431,15 @@ def build_world(cfg: WorldConfig) -> World:
                                                      tasks=("generation", "classification")))
     for p in holdout:
         splits["holdout"].extend(maker.fact_records(p, "holdout", "eval", "eval", maker.canonical(p)))
+    # Understanding on a photo never trained on (each fictitious person's first test photo): does an
+    # unlearned model still see hair, shirt and background on a new photo of a forgotten face? Its own
+    # random stream, so every record above is the same with or without it.
+    unseen = _RecordMaker(profiles, random.Random(f"{cfg.seed}-understanding-unseen"), cfg.image_size)
+    splits["understanding_unseen"] = []
+    for p in fict:
+        background = random_pose(random.Random(f"{p.profile_id}-test-0"), "test").background
+        splits["understanding_unseen"].extend(unseen.understanding_records(
+            p, "understanding_unseen", "eval", "eval", [(maker.test_photo(p, 0), background)]))
 
     # forget_N / retain_M hold the people's training phrasings (phase "unlearn": what unlearning
     # methods train on) and their evaluation phrasings (phase "eval").

@@ -7,7 +7,8 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..data.collate import (IGNORE, TrainCollator, eval_batch, names_person, option_answer, reasoning_prefix,
+from ..data.collate import (IGNORE, TrainCollator, eval_batch, names_person, option_answer, question_names_person,
+                            reasoning_prefix,
                             render_prompt)
 from ..data.record import Record
 from ..models.answer_logits import answer_logits
@@ -79,24 +80,28 @@ def answer_logprobs(loaded: LoadedModel, records: Sequence[Record], answers: Seq
     return out
 
 
-def option_logprobs(loaded: LoadedModel, records: Sequence[Record], batch_size: int = 64,
-                    progress: bool = True, replies: Sequence[str] | None = None) -> list[list[float]]:
-    """Summed log-likelihood of each option written as an answer ("value (letter)") after the
-    classification prompt: the ranking behind cls_acc_loglik, which needs no letter parsing.
+def option_token_logprobs(loaded: LoadedModel, records: Sequence[Record], batch_size: int = 64,
+                    progress: bool = True, replies: Sequence[str] | None = None) -> list[list[list[float]]]:
+    """Per-token log-likelihoods of each option written as an answer ("value (letter)") after the
+    classification prompt: summed, the ranking behind cls_acc_loglik (no letter parsing); averaged per
+    token and normalised over the options, `prob_options` (TOFU's probability on real authors).
 
     Records trained to reason first (`Record.reasoning`, "Garan Hennet was born in ...") are scored after the
     model's *own* reasoning, taken from its greedy reply (`replies`, generated here if not given) —
-    never the true one, which would hand it the answer. The shared prefix adds the same amount to
-    every option, so the ranking is the options' alone.
+    never the true one, which would hand it the answer. Text questions already name the person, so
+    they follow their own lead (`question_names_person`): a refusing reply cannot hide what is known.
+    The shared prefix adds the same amount to every option, so the ranking is the options' alone.
     """
     prefixes = ["" for _ in records]
-    need = [i for i, r in enumerate(records) if names_person(r)]
+    need = [i for i, r in enumerate(records) if names_person(r) and not question_names_person(r)]
     if need and replies is None:
         own = generate(loaded, [records[i] for i in need], max_new_tokens=16, batch_size=batch_size,
                        desc="reasoning", progress=progress)
         replies = dict(zip(need, own))
     for i, r in enumerate(records):
-        if r.reasoning:  # a lead that names no one ("The hair is") is the record's own: reply unused
+        if question_names_person(r):  # the question already names them: the record's own lead
+            prefixes[i] = r.reasoning
+        elif r.reasoning:  # a lead that names no one ("The hair is") is the record's own: reply unused
             prefixes[i] = reasoning_prefix(replies[i] if names_person(r) else "", r)
     jobs, answers, owner = [], [], []
     for i, r in enumerate(records):
@@ -104,7 +109,14 @@ def option_logprobs(loaded: LoadedModel, records: Sequence[Record], batch_size: 
             answer = option_answer(r.options, j)
             jobs.append(r), answers.append(f"{prefixes[i]} {answer}" if prefixes[i] else answer), owner.append(i)
     lps = answer_logprobs(loaded, jobs, answers, batch_size=batch_size, desc="options", progress=progress)
-    out: list[list[float]] = [[] for _ in records]
+    out: list[list[list[float]]] = [[] for _ in records]
     for i, lp in zip(owner, lps):
-        out[i].append(sum(lp))
+        out[i].append(list(lp))
     return out
+
+
+def option_logprobs(loaded: LoadedModel, records: Sequence[Record], batch_size: int = 64,
+                    progress: bool = True, replies: Sequence[str] | None = None) -> list[list[float]]:
+    """Summed log-likelihood of each option (`option_token_logprobs`): what cls_acc_loglik ranks."""
+    return [[sum(lp) for lp in per_option]
+            for per_option in option_token_logprobs(loaded, records, batch_size, progress, replies)]

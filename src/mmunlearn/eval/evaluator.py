@@ -19,9 +19,20 @@ from ..data.record import OPTION_LETTERS, Record
 from ..data.store import DataBundle, atomic_write_json, atomic_write_text
 from ..models.loader import LoadedModel
 from . import metrics as M
-from .engine import answer_logprobs, generate, option_logprobs
+from .engine import answer_logprobs, generate, option_token_logprobs
 
-SPLITS = ("forget", "test", "retain", "real", "understanding")
+SPLITS = ("forget", "test", "retain", "real", "understanding", "understanding_unseen")
+# splits also scored per population, as "<split>_forget" / "<split>_retain" (benign forgetting: what
+# is visible must stay answerable for forgotten and kept people alike; _unseen: on a never-trained photo)
+POPULATION_SPLITS = ("understanding", "understanding_unseen")
+
+
+def base_split(name: str) -> str:
+    """The evaluated split behind a metrics key's split: understanding_unseen_forget → understanding_unseen."""
+    for suffix in ("_forget", "_retain"):
+        if name.endswith(suffix) and name[: -len(suffix)] in POPULATION_SPLITS:
+            return name[: -len(suffix)]
+    return name
 MAX_NEW_TOKENS = {"classification": 16, "cloze": 14, "generation": 32}
 
 
@@ -86,10 +97,12 @@ def score_records(loaded: LoadedModel, records: Sequence[Record], cfg: EvalConfi
                 else:
                     s["cloze_acc"] = float(M.cloze_correct(reply, r.answer))
         if task == "classification":
-            option_lps = option_logprobs(loaded, subset, batch_size=cfg.batch_size, progress=cfg.progress,
-                                         replies=[details[i]["generated"] for i in idx])
+            option_lps = option_token_logprobs(loaded, subset, batch_size=cfg.batch_size, progress=cfg.progress,
+                                               replies=[details[i]["generated"] for i in idx])
             for i, lps in zip(idx, option_lps):
-                details[i]["scores"]["cls_acc_loglik"] = float(M.loglik_choice(lps) == records[i].answer_index)
+                scores = details[i]["scores"]
+                scores["cls_acc_loglik"] = float(M.loglik_choice([sum(lp) for lp in lps]) == records[i].answer_index)
+                scores["prob_options"] = M.option_probability(lps, records[i].answer_index)
         if task == "generation":
             _likelihood_scores(loaded, [records[i] for i in idx], [details[i] for i in idx], cfg, desc)
     return details
@@ -126,6 +139,7 @@ METRIC_KEYS = {
     "cls_acc": "cls_acc", "cls_acc_loglik": "cls_acc_loglik", "rougeL_f1": "rougeL_f1",
     "cls_acc_strict": "cls_acc_strict",
     "rougeL_recall": "rougeL_recall", "cloze_acc": "cloze_acc", "truth_ratio": "truth_ratio", "prob": "prob",
+    "prob_options": "prob_options",
     "degenerate": "degenerate_rate", "refusal": "refusal_rate",
 }
 
@@ -197,9 +211,8 @@ def evaluate(loaded: LoadedModel, bundle: DataBundle, cfg: EvalConfig) -> tuple[
         timing[split] = round(time.perf_counter() - t, 2)
         details.extend(rows)
         metrics[split] = aggregate(rows)
-        if split == "understanding":
-            # Benign forgetting: what is visible must stay answerable for forgotten and kept people.
-            for pop, ids in (("understanding_forget", bundle.forget_ids), ("understanding_retain", bundle.retain_ids)):
+        if split in POPULATION_SPLITS:
+            for pop, ids in ((f"{split}_forget", bundle.forget_ids), (f"{split}_retain", bundle.retain_ids)):
                 sub = [d for d in rows if d["profile_id"] in ids]
                 if sub:
                     metrics[pop] = aggregate(sub)

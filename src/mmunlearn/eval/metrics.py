@@ -393,6 +393,19 @@ def loglik_choice(option_logps: Sequence[float]) -> int:
     return best
 
 
+def option_probability(option_token_logps: Sequence[Sequence[float]], answer_index: int) -> float:
+    """p(true option) / Σ p(options), each p the per-token geometric mean exp(mean log p).
+
+    TOFU's "probability" on real authors and world facts: length-normalised, so a long option is not
+    penalised for its length, and normalised over the options, so 1/len(options) is chance."""
+    means = [sum(lp) / len(lp) if len(lp) else -math.inf for lp in option_token_logps]
+    top = max(means)
+    if top == -math.inf:
+        return 1.0 / len(means)
+    weights = [math.exp(m - top) for m in means]
+    return weights[answer_index] / sum(weights)
+
+
 def mia_auc(scores_members: Sequence[float], scores_nonmembers: Sequence[float]) -> float:
     """ROC AUC of a membership-inference score: P(member score > non-member score), ties half.
 

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ..data.record import MODALITIES
-from ..eval.evaluator import METRIC_KEYS, SPLITS
+from ..eval.evaluator import METRIC_KEYS, POPULATION_SPLITS, SPLITS, base_split
 
-# summary["metrics"] also has the understanding split by population (evaluator.evaluate)
-RULE_SPLITS = SPLITS + ("understanding_forget", "understanding_retain")
+# summary["metrics"] also has the understanding splits by population (evaluator.evaluate)
+RULE_SPLITS = SPLITS + tuple(f"{s}_{pop}" for s in POPULATION_SPLITS for pop in ("forget", "retain"))
 # forget_quality needs a retain-only model's summary, which a training run does not have; the truth-ratio
 # scores are aggregate()'s, beside the median
 RULE_METRICS = tuple(sorted(set(METRIC_KEYS.values()) | {"truth_ratio_forget_score", "truth_ratio_retain_score"})) \
@@ -86,8 +86,7 @@ class Rule:
         """Evaluator splits the rule reads (understanding_* come from the understanding split)."""
         out: list[str] = []
         for k in self.keys:
-            split = k.split("/", 1)[0]
-            split = "understanding" if split.startswith("understanding") else split
+            split = base_split(k.split("/", 1)[0])
             if split not in out:
                 out.append(split)
         return tuple(out)
@@ -203,11 +202,12 @@ def missing_keys(rule: Rule, metrics: dict) -> list[str]:
 
 
 # Which task's records each metric needs (a rule key the subsample cannot produce fails before training).
-_METRIC_TASKS = {"cls_acc": {"classification"}, "cls_acc_loglik": {"classification"}, "cloze_acc": {"cloze"},
-                 "rougeL_f1": {"generation"}, "rougeL_recall": {"generation"}, "prob": {"generation"},
-                 "truth_ratio": {"generation"}, "truth_ratio_forget_score": {"generation"},
-                 "truth_ratio_retain_score": {"generation"}, "degenerate_rate": {"cloze", "generation"},
-                 "refusal_rate": {"cloze", "generation"}}
+METRIC_TASKS = {"cls_acc": {"classification"}, "cls_acc_loglik": {"classification"}, "cloze_acc": {"cloze"},
+                "prob_options": {"classification"},
+                "rougeL_f1": {"generation"}, "rougeL_recall": {"generation"}, "prob": {"generation"},
+                "truth_ratio": {"generation"}, "truth_ratio_forget_score": {"generation"},
+                "truth_ratio_retain_score": {"generation"}, "degenerate_rate": {"cloze", "generation"},
+                "refusal_rate": {"cloze", "generation"}}
 
 
 def check_eval_splits(splits: Sequence[str]) -> list[str]:
@@ -230,12 +230,12 @@ def check_rule_data(rule: Rule | None, bundle, records: int, seed: int = 0) -> N
     cfg = EvalConfig(max_records_per_split=records, seed=seed)
     for key in rule.keys:
         split, modality, metric = key.split("/")
-        base = "understanding" if split.startswith("understanding") else split
+        base = base_split(split)
         recs = [r for r in split_records(bundle, base, cfg) if r.modality == modality]
         if split != base:
             ids = bundle.forget_ids if split.endswith("forget") else bundle.retain_ids
             recs = [r for r in recs if r.profile_id in ids]
-        tasks = _METRIC_TASKS.get(metric)
+        tasks = METRIC_TASKS.get(metric)
         if not recs or (tasks and not any(r.task in tasks for r in recs)):
             raise RuleError(f"--select-by: {key} cannot be measured: the evaluated {split} records "
                             f"(--eval-records {records or 'all'}) have no {modality} "
