@@ -52,3 +52,43 @@ def test_bench_runs_methods_and_seeds_and_writes_results(tuned_small, small_worl
     res = CliRunner().invoke(app, ["report", str(out / "results.json"), "--readme", str(readme)])
     assert res.exit_code == 0, res.output
     assert "| ga |" in readme.read_text()
+
+
+def test_bench_relearn_runs_the_floor_once_and_reports_the_gap_over_it(tuned_small, tmp_path):
+    """--floor-model: the floor's relearning runs once per bench folder; each row's "relearn over floor" is
+    the mean over ratios of its probe accuracy after relearning minus the floor's. With the vanilla model as
+    its own floor the same seeded relearning gives a gap of exactly 0."""
+    bundle, vanilla, _ = tuned_small
+    out = tmp_path / "bench"
+    cfg = BenchConfig(model=str(vanilla), methods=["ga"], seeds=[0], steps=20, max_records=60, attacks=True,
+                      relearn_ratios=(25.0, 50.0), relearn_steps=3, floor_model=str(vanilla), keep_models=True)
+    results = run_bench(bundle, cfg, out, progress=lambda msg: None)
+    floor = json.loads((out / "floor" / "relearn.json").read_text())
+    assert floor["model"] == str(vanilla) and floor["split"]["mode"] == "facts"
+    assert sorted(floor["after"]) == ["25", "50"]
+    rows = {r["method"]: r for r in results["rows"]}
+    assert rows["vanilla"]["relearn_over_floor"] == 0.0
+    ga = json.loads((out / "ga" / "seed0" / "attacks.json").read_text())["relearn"]
+    expected = ((ga["after"]["25"] - floor["after"]["25"]) + (ga["after"]["50"] - floor["after"]["50"])) / 2
+    assert rows["ga"]["relearn_over_floor"] == expected
+    assert rows["ga"]["AG"] == ga["AG"] and rows["ga"]["AG_gen"] == ga["AG_cls_acc"] is not None
+    # other relearn settings: the stored attack is rerun (its model was kept), the floor too
+    cfg.relearn_ratios = (50.0,)
+    again = run_bench(bundle, cfg, out, progress=lambda msg: None)
+    assert json.loads((out / "ga" / "seed0" / "attacks.json").read_text())["relearn"]["config"]["ratios"] == [50.0]
+    assert sorted(json.loads((out / "floor" / "relearn.json").read_text())["after"]) == ["50"]
+    assert {r["method"]: r for r in again["rows"]}["vanilla"]["relearn_over_floor"] == 0.0
+
+
+def test_bench_workers_run_each_method_and_seed_in_a_process_of_their_own(tuned_small, tmp_path):
+    import os
+
+    bundle, vanilla, _ = tuned_small
+    cfg = BenchConfig(model=str(vanilla), methods=["ga"], seeds=[0, 1], steps=4, max_records=24, workers=2)
+    results = run_bench(bundle, cfg, tmp_path / "bench", progress=lambda msg: None)
+    assert [(r["method"], r["seed"]) for r in results["rows"]] == [("vanilla", None), ("ga", 0), ("ga", 1)]
+    pids = {r["worker_pid"] for r in results["rows"][1:]}
+    assert pids and os.getpid() not in pids  # the runs ran in worker processes, not in this one
+    for seed in (0, 1):
+        log = json.loads((tmp_path / "bench" / "ga" / f"seed{seed}" / "unlearn_log.json").read_text())
+        assert log["config"]["seed"] == seed and log["config"]["steps"] == 4

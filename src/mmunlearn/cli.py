@@ -304,7 +304,7 @@ def eval_cmd(
     forget_ids: Optional[str] = FORGET_IDS,
     retain_ids: Optional[str] = RETAIN_IDS,
     reference_summary: Optional[Path] = typer.Option(None, help="summary.json of a retain-only model → forget_quality."),
-    splits: str = typer.Option(",".join(("forget", "test", "retain", "real", "understanding"))),
+    splits: str = typer.Option(",".join(("forget", "test", "retain", "real", "understanding", "understanding_unseen"))),
     batch_size: int = typer.Option(64),
     max_records: int = typer.Option(0, help="Subsample each split to this many records (0: all)."),
     dtype: str = typer.Option("auto", help="auto (the folder's dtype) | bf16 | fp16 | fp32."),
@@ -819,8 +819,14 @@ def bench(
     steps: Optional[int] = typer.Option(None, help="Override every method's step count."),
     max_records: int = typer.Option(0, help="Subsample each evaluation split (0: all)."),
     reference_summary: Optional[Path] = typer.Option(None, help="Retain-only model's summary.json → forget_quality."),
-    attacks: bool = typer.Option(False, "--attacks/--no-attacks", help="Add relearn AG, text-probe leak, MIA AUC."),
+    attacks: bool = typer.Option(False, "--attacks/--no-attacks", help="Add relearn AG, text-probe leak, MIA AUC, "
+                                 "identity rank."),
+    floor_model: Optional[Path] = typer.Option(None, "--floor-model", help="With --attacks: a retain-only model "
+                                               "(`mmunlearn retain-model`) relearned the same way → 'relearn over "
+                                               "floor' (what the attack data alone does not explain)."),
     readme: Optional[Path] = typer.Option(None, help="Also write the table into this README between bench markers."),
+    workers: int = typer.Option(1, "--workers", help="Runs side by side, each in a process of its own with one "
+                                "torch thread; e.g. 2 on 2 cores."),
     tuned: Optional[Path] = typer.Option(None, "--tuned", help="A tuned.json (`mmunlearn tune`): every method it "
                                          "tuned also gets 'METHOD (tuned)' rows, before the defaults."),
 ) -> None:
@@ -837,6 +843,12 @@ def bench(
     from .models.loader import adapter_for_folder
 
     adapter_for_folder(model)
+    if workers < 1:
+        _fail(f"--workers must be at least 1 (got {workers})")
+    if floor_model is not None:
+        if not attacks:
+            _fail("--floor-model needs --attacks (it is the relearning attack's floor)")
+        adapter_for_folder(floor_model)  # fail before the bench, not after its runs
     tuned_methods: dict[str, dict] = {}
     if tuned is not None:
         from .tune import read_tuned, tuned_settings
@@ -847,7 +859,8 @@ def bench(
             _fail(f"--seeds {seeds} includes the tuning seed {tuned_data['config']['seed']}: report on other seeds")
     cfg = BenchConfig(model=str(model), methods=chosen, seeds=seed_list, steps=steps, max_records=max_records,
                       reference_summary=str(reference_summary) if reference_summary else None, attacks=attacks,
-                      tuned=tuned_methods, tuned_from=str(tuned) if tuned else None)
+                      tuned=tuned_methods, tuned_from=str(tuned) if tuned else None,
+                      floor_model=str(floor_model) if floor_model else None, workers=workers)
     results = run_bench(bundle, cfg, out, progress=typer.echo)
     typer.echo(results["table_markdown"])
     typer.echo(f"results → {out / 'results.json'}, {out / 'results.csv'}")
@@ -865,7 +878,10 @@ def tune(
     methods_: str = typer.Option("all", "--methods", help="Comma-separated method names, or 'all'."),
     trials: int = typer.Option(16, "--trials", help="Trials per method (the same budget for every method)."),
     seed: int = typer.Option(100, help="The tuning seed (report with other seeds)."),
-    eval_records: int = typer.Option(96, "--eval-records", help="Records per split each trial is scored on."),
+    eval_records: int = typer.Option(64, "--eval-records", help="Questions each trial is scored on, per split, "
+                                     "modality and task the rule reads (seeded)."),
+    workers: int = typer.Option(1, "--workers", help="Processes tuning methods side by side (one torch thread "
+                                "each); e.g. 2 on 2 cores."),
     rule: Optional[str] = typer.Option(None, "--rule", help="Selection rule (default: tune.DEFAULT_RULE, see the "
                                        "README and docs/tuning.md); constraints may be relative to vanilla: >=0.95x."),
     tune_forget_ids: Optional[str] = typer.Option(None, "--tune-forget-ids", help="People to forget while tuning "
@@ -883,6 +899,8 @@ def tune(
     chosen = _chosen_methods(methods_)
     if trials < 1:
         _fail(f"--trials must be at least 1 (got {trials})")
+    if workers < 1:
+        _fail(f"--workers must be at least 1 (got {workers})")
     if (tune_forget_ids is None) != (tune_retain_ids is None):
         _fail("--tune-forget-ids and --tune-retain-ids go together")
     parse_rule(rule or DEFAULT_RULE, allow_relative=True)  # a typo costs one line, not a tune
@@ -892,7 +910,7 @@ def tune(
 
     adapter_for_folder(model)
     cfg = TuneConfig(model=str(model), methods=chosen, trials=trials, seed=seed, eval_records=eval_records,
-                     rule=rule or DEFAULT_RULE)
+                     rule=rule or DEFAULT_RULE, workers=workers)
     result = run_tune(data, cfg, out, parse_ids(tune_forget_ids, "forget"), parse_ids(tune_retain_ids, "retain"),
                       progress=typer.echo)
     typer.echo(f"tuned {len(result['methods'])} method(s) in {result['timing']['total_s']:.0f}s → {out / 'tuned.json'}")
@@ -916,6 +934,12 @@ def _write_readme_table(readme: Path, name: str, results: dict) -> None:
         note += f" Reference θ0 of {', '.join(readers)}: the vanilla model itself (a frozen copy, not a retain-only model)."
     if cfg.get("tuned_from"):
         note += f" `(tuned)` rows: the settings `mmunlearn tune` chose ({Path(cfg['tuned_from']).name}); the rest: defaults."
+    if cfg.get("attacks"):
+        ratios = "/".join(f"{r:g}" for r in cfg.get("relearn_ratios", ()))
+        note += (f" Relearning: {cfg.get('relearn_steps')} steps on {ratios} % of the forget people's QA, split "
+                 f"{cfg.get('relearn_split', 'phrasing')}; AG on log-likelihood and (gen) on generated letters"
+                 + (f"; floor: the retain-only model {Path(cfg['floor_model']).name}." if cfg.get("floor_model")
+                    else "."))
     update_readme(readme, name, note + "\n\n" + results["table_markdown"])
     typer.echo(f"table written into {readme}")
 
