@@ -28,6 +28,11 @@ computed once and kept on the device, in their own dtype, up to `teacher_cache_m
 recompute every step): after the first pass over the kept photos a step runs no teacher at all. Not
 under FSDP, where the teacher is sharded and every process must call it together.
 
+`augment` (ours, item 2 of "forget the person"): the forget photos of each step are redrawn with the
+kinds of transform the unseen `test` photos carry (rotation, scale, shift, brightness, noise; never the
+test photos themselves), so the ascent reaches the face rather than a handful of pixel arrays;
+`augment_kept` transforms the distilled photos the same way.
+
 Ablations: `vkd_weight=0` (no distillation), `mask=none`, and the engine's `--scope full`.
 *(reconstructed: distance = mean squared error per element by default, `vkd_distance=sq_l2` for the
 literal per-image squared norm; hook points configurable; the per-sample cap on the ascent is ours.)*
@@ -35,11 +40,13 @@ literal per-image squared norm; hook points configurable; the per-sample cap on 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 from PIL import Image
 
+from ..data.portraits import augment
 from ..data.record import Record
 from .base import Context, Method, MethodConfig, register
 from ..models.forward import AnswerLogits, VisualFeatures, feature_points
@@ -71,6 +78,10 @@ class VKDConfig(MethodConfig):
     mask_keep: float = 0.3  # fraction of V+P weights the mask keeps (exact top-k; seed sweep)
     mask_threshold: float = 0.0  # fisher only: > 0 keeps S_f/S_r ≥ threshold instead of a top fraction
     mask_batches: int = 4  # random batches of 8 per Fisher estimate (salun mask: 0 = whole forget set)
+    # ours, to forget the face and not only its photos: each forget photo of a step is redrawn with the
+    # test split's kinds of transform (rotation, scale, shift, brightness, noise) with this probability
+    augment: float = 0.0
+    augment_kept: bool = False  # the distilled photos too (their teacher features are then recomputed)
 
 
 @dataclass
@@ -92,6 +103,13 @@ def distinct_images(records: list[Record]) -> list[Image.Image]:
             seen.add(key)
             images.append(r.image)
     return images
+
+
+def augmented(records: list[Record], rng: np.random.Generator, geometric: float) -> list[Record]:
+    """Copies of photo records whose photo is transformed (`portraits.augment`: with probability
+    `geometric` as strongly as a test photo, else a light jitter); text-only records are kept."""
+    return [replace(r, image=augment(r.image, rng, geometric=geometric)) if r.image is not None else r
+            for r in records]
 
 
 def feature_distance(student: torch.Tensor, teacher: torch.Tensor, n_images: int, kind: str = "mse") -> torch.Tensor:
@@ -190,6 +208,8 @@ class VKD(Method):
             raise ValueError(f"vkd mask must be one of {MASKS}, got {cfg.mask!r}")
         if cfg.forget_cap < 0:
             raise ValueError(f"vkd forget_cap must be ≥ 0 (0: plain, uncapped ascent), got {cfg.forget_cap}")
+        if not 0 <= cfg.augment <= 1:
+            raise ValueError(f"vkd augment is a probability in [0, 1], got {cfg.augment}")
         if cfg.retain_batch < 0:
             raise ValueError(f"vkd retain_batch must be ≥ 0 (0: the forget batch size), got {cfg.retain_batch}")
         if cfg.keep_from not in KEEP_SOURCES:
@@ -259,6 +279,8 @@ class VKD(Method):
         cfg = self.cfg
         # Draw everything the step needs (global, the same on every process), then one model call.
         forget_recs = ctx.next_forget()
+        if cfg.augment:
+            forget_recs = augmented(forget_recs, self._augment_rng(ctx), cfg.augment)
         requests = {"forget": AnswerLogits(ctx.batch(forget_recs))}
         if cfg.vkd_weight:
             n = min(cfg.vkd_images, len(self._kept_images))
@@ -266,6 +288,9 @@ class VKD(Method):
             # distils its share
             picked = ctx.local(ctx.rng.sample(range(len(self._kept_images)), n))
             images = [self._kept_images[i] for i in picked]
+            if cfg.augment and cfg.augment_kept:
+                rng = self._augment_rng(ctx)
+                images = [augment(img, rng, geometric=cfg.augment) for img in images]
             pixels = ctx.pixel_inputs(images)
             requests["kept"] = VisualFeatures(pixels, cfg.vkd_points)
         if cfg.alpha:  # retain image+text QA, as many as the forget batch unless retain_batch says
@@ -274,7 +299,11 @@ class VKD(Method):
         out = ctx.run(**requests)
         loss, terms = self._forget_term(ctx, requests["forget"].batch, *out["forget"])
         if cfg.vkd_weight:
-            teacher = self._teacher_features(ctx, picked, images, pixels)
+            if cfg.augment and cfg.augment_kept:  # photos drawn anew every step: nothing to cache
+                teacher = ctx.reference_features(pixels, cfg.vkd_points)
+                self._cache_log["teacher_calls"] += 1
+            else:
+                teacher = self._teacher_features(ctx, picked, images, pixels)
             l_vkd = vkd_loss(out["kept"], teacher, len(images), cfg.vkd_distance)
             loss = loss + cfg.vkd_weight * l_vkd
             terms["vkd"] = l_vkd.detach()
@@ -284,6 +313,11 @@ class VKD(Method):
             loss = loss + cfg.alpha * nll_r
             terms["nll_retain"] = nll_r.detach()
         return {"loss": loss, **terms}
+
+    @staticmethod
+    def _augment_rng(ctx: Context) -> np.random.Generator:
+        """Drawn from the step's shared RNG: every process transforms the same photos the same way."""
+        return np.random.default_rng(ctx.rng.getrandbits(63))
 
     def _teacher_features(self, ctx: Context, picked: list[int], images: list, pixels: dict) -> dict[str, torch.Tensor]:
         """The teacher's features of the photos at kept-list positions `picked` (`pixels`: their encoding),
