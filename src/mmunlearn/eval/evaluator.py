@@ -33,6 +33,8 @@ def base_split(name: str) -> str:
         if name.endswith(suffix) and name[: -len(suffix)] in POPULATION_SPLITS:
             return name[: -len(suffix)]
     return name
+
+
 MAX_NEW_TOKENS = {"classification": 16, "cloze": 14, "generation": 32}
 
 
