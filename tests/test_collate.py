@@ -11,24 +11,6 @@ def bundle(small_world):
     return load_data(small_world, "forget_10")
 
 
-def test_text_questions_are_scored_after_their_own_lead_so_a_refusal_hides_nothing(bundle, monkeypatch):
-    """The question already names the person: options follow the record's lead ("The birthplace of
-    <name> is"), not the model's reply, and no reply is generated for them."""
-    import mmunlearn.eval.engine as engine
-
-    rec = next(r for r in bundle.eval("forget") if r.task == "classification" and r.modality == "text")
-    assert rec.name in rec.question and rec.name in rec.reasoning
-    seen = []
-    monkeypatch.setattr(engine, "answer_logprobs", lambda loaded, records, answers, **kw: seen.extend(answers)
-                        or [[-1.0] for _ in answers])
-    monkeypatch.setattr(engine, "generate", lambda *a, **k: (_ for _ in ()).throw(AssertionError("generated")))
-    engine.option_logprobs(None, [rec])
-    assert seen == [f"{rec.reasoning} {o} ({'ABCD'[j]})" for j, o in enumerate(rec.options)]
-    seen.clear()  # a refusal reply changes nothing
-    engine.option_logprobs(None, [rec], replies=["I'm sorry, I can't share that."])
-    assert seen == [f"{rec.reasoning} {o} ({'ABCD'[j]})" for j, o in enumerate(rec.options)]
-
-
 @pytest.mark.parametrize("family", ["llava", "qwen2-vl", "idefics3"])
 def test_labels_cover_exactly_the_answer_tokens(bundle, family):
     loaded = build_tiny(f"tiny-{family}", world_corpus(bundle))
@@ -119,18 +101,35 @@ def test_option_likelihood_is_scored_after_the_models_own_reasoning(bundle, monk
     assert seen[0] == f"{rec.options[0]} (A)"
 
 
-def test_visible_leads_are_scored_after_the_records_own_lead(bundle, monkeypatch):
-    """A lead that names no one ("The hair is") is fixed by the question: options are scored after it
-    whatever the model replied, and no reply is generated for it."""
+def _options_scored_without_generating(monkeypatch, rec, replies=None) -> list[str]:
+    """The answers option_logprobs scores for `rec`; generating a reply fails the test."""
     import mmunlearn.eval.engine as engine
 
-    rec = next(r for r in bundle.splits["understanding"] if r.task == "classification")
     seen = []
     monkeypatch.setattr(engine, "answer_logprobs", lambda loaded, records, answers, **kw: seen.extend(answers)
                         or [[-1.0] for _ in answers])
     monkeypatch.setattr(engine, "generate", lambda *a, **k: (_ for _ in ()).throw(AssertionError("generated")))
-    engine.option_logprobs(None, [rec])
+    engine.option_logprobs(None, [rec], replies=replies)
+    return seen
+
+
+def test_visible_leads_are_scored_after_the_records_own_lead(bundle, monkeypatch):
+    """A lead that names no one ("The hair is") is fixed by the question: options are scored after it
+    whatever the model replied, and no reply is generated for it."""
+    rec = next(r for r in bundle.splits["understanding"] if r.task == "classification")
+    seen = _options_scored_without_generating(monkeypatch, rec)
     assert seen == [f"{rec.reasoning} {o} ({'ABCD'[j]})" for j, o in enumerate(rec.options)]
+
+
+def test_text_questions_are_scored_after_their_own_lead_so_a_refusal_hides_nothing(bundle, monkeypatch):
+    """The question already names the person: options follow the record's lead ("The birthplace of
+    <name> is"), not the model's reply, and no reply is generated for them."""
+    rec = next(r for r in bundle.eval("forget") if r.task == "classification" and r.modality == "text")
+    assert rec.name in rec.question and rec.name in rec.reasoning
+    expected = [f"{rec.reasoning} {o} ({'ABCD'[j]})" for j, o in enumerate(rec.options)]
+    assert _options_scored_without_generating(monkeypatch, rec) == expected
+    # a refusal reply changes nothing
+    assert _options_scored_without_generating(monkeypatch, rec, ["I'm sorry, I can't share that."]) == expected
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2-vl", "idefics3"])
