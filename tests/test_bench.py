@@ -2,7 +2,7 @@ import json
 
 from typer.testing import CliRunner
 
-from mmunlearn.bench import BenchConfig, run_bench
+from mmunlearn.bench import BenchConfig, bench_jobs, run_bench
 from mmunlearn.cli import app
 from mmunlearn.report.tables import aggregate_rows, markdown_table, replace_between_markers
 
@@ -92,3 +92,23 @@ def test_bench_workers_run_each_method_and_seed_in_a_process_of_their_own(tuned_
     for seed in (0, 1):
         log = json.loads((tmp_path / "bench" / "ga" / f"seed{seed}" / "unlearn_log.json").read_text())
         assert log["config"]["seed"] == seed and log["config"]["steps"] == 4
+
+
+def test_bench_jobs_put_the_tuned_block_first_and_give_the_defaults_their_own_seeds(tmp_path):
+    """--default-seeds: the tuned rows run on every seed, the defaults' block on the seeds given (the budget's
+    choice); without it, both blocks run on --seeds."""
+    tuned = {"ga": {"lr": 1e-4, "steps": 15, "method_args": {}}}
+    cfg = BenchConfig(model="m", methods=["ga", "npo"], seeds=[0, 1, 2], tuned=tuned, default_seeds=[0])
+    jobs = [(label, folder.name, seed) for _, label, folder, _, seed in bench_jobs(cfg, tmp_path)]
+    assert jobs == [("ga (tuned)", "ga@tuned", 0), ("ga (tuned)", "ga@tuned", 1), ("ga (tuned)", "ga@tuned", 2),
+                    ("ga", "ga", 0), ("npo", "npo", 0)]
+    cfg.default_seeds = None
+    assert len(bench_jobs(cfg, tmp_path)) == 3 + 2 * 3
+
+
+def test_bench_cli_refuses_default_seeds_without_a_tune(tmp_path, small_world):
+    res = CliRunner().invoke(app, ["bench", "--model", "tiny-llava", "--data", str(small_world), "--out",
+                                   str(tmp_path / "b"), "--default-seeds", "0"])
+    assert res.exit_code == 2
+    assert "error: --default-seeds needs --tuned" in res.output
+    assert not (tmp_path / "b").exists()

@@ -44,6 +44,8 @@ class BenchConfig:
     tuned: dict[str, dict] = field(default_factory=dict)
     tuned_from: str | None = None
     workers: int = 1  # runs side by side, each in a process of its own with one torch thread
+    # the defaults' block on these seeds only (None: `seeds`), so that the tuned rows get the seeds the budget has
+    default_seeds: list[int] | None = None
 
 
 def _eval_cfg(cfg: BenchConfig) -> EvalConfig:
@@ -193,15 +195,22 @@ def _worker_run(cfg: BenchConfig, *job) -> dict:
     return {**row, "worker_pid": os.getpid()}
 
 
+def bench_jobs(cfg: BenchConfig, out: Path) -> list[tuple[str, str, Path, dict, int]]:
+    """(method, label, folder, settings, seed) of every run: the tuned block first, then the defaults'."""
+    tuned = [(m, f"{m} (tuned)", out / f"{m}@tuned", cfg.tuned[m], cfg.seeds) for m in cfg.methods if m in cfg.tuned]
+    default_seeds = cfg.seeds if cfg.default_seeds is None else cfg.default_seeds
+    defaults = [(m, m, out / m, {"method_args": cfg.method_args.get(m, {})}, default_seeds) for m in cfg.methods]
+    return [(method, label, folder, settings, seed)
+            for method, label, folder, settings, seeds in tuned + defaults for seed in seeds]
+
+
 def run_bench(bundle: DataBundle, cfg: BenchConfig, out: Path, progress=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     floor_after = _floor_after(bundle, cfg, out) if cfg.attacks else None
     rows = [_vanilla_row(bundle, cfg, out, floor_after)]
     progress(f"vanilla evaluated ({time.perf_counter() - t0:.0f}s)")
-    blocks = [(m, f"{m} (tuned)", out / f"{m}@tuned", cfg.tuned[m]) for m in cfg.methods if m in cfg.tuned]
-    blocks += [(m, m, out / m, {"method_args": cfg.method_args.get(m, {})}) for m in cfg.methods]
-    jobs = [(method, label, folder, settings, seed) for method, label, folder, settings in blocks for seed in cfg.seeds]
+    jobs = bench_jobs(cfg, out)
 
     def show(row: dict) -> None:
         shown = {k: "—" if row.get(k) is None else f"{row[k]:.2f}"

@@ -190,7 +190,9 @@ def bench_report(results_file: Path) -> Report:
     seeds = cfg.get("seeds") or []
     methods = [a["method"] for a in aggregated if a["method"] != "vanilla"]
     meta = [("bench folder", str(bench)), ("model", str(cfg.get("model", ""))), ("data", str(cfg.get("data", ""))),
-            ("forget split", str(cfg.get("forget_split", ""))), ("seeds", ", ".join(map(str, seeds))),
+            ("forget split", str(cfg.get("forget_split", ""))), ("seeds", ", ".join(map(str, seeds))
+                                    + (f" (defaults: {', '.join(map(str, cfg['default_seeds']))})"
+                                       if cfg.get("default_seeds") is not None else "")),
             ("methods", ", ".join(methods)),
             ("eval subsample", str(cfg.get("max_records") or "all records")),
             ("total time", f"{(results.get('timing') or {}).get('total_s', '—')} s")]
