@@ -26,7 +26,7 @@ README = ROOT / "README.md"
 GENERATED = {
     README: ("bench", "api-example"),
     DOCS / "benchmarks.md": ("bench",),
-    DOCS / "methods" / "seed-ablations.md": ("ablations", "sweep"),
+    DOCS / "methods" / "seed-ablations.md": ("ablations", "sweep", "sweep-face"),
     DOCS / "concepts" / "tiny-models.md": ("memorisation",),
     DOCS / "scale.md": ("scale", "scale-gpu"),
     DOCS / "tuning.md": ("tune",),
