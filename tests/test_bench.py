@@ -112,3 +112,21 @@ def test_bench_cli_refuses_default_seeds_without_a_tune(tmp_path, small_world):
     assert res.exit_code == 2
     assert "error: --default-seeds needs --tuned" in res.output
     assert not (tmp_path / "b").exists()
+
+
+def test_report_tuned_only_writes_vanilla_and_the_tuned_rows(tmp_path):
+    def cell(mean):
+        return {"mean": mean, "std": 0.0, "n": 1}
+
+    aggregated = [{"method": m, "n_seeds": 1, "forget_it": cell(v)}
+                  for m, v in (("vanilla", 0.97), ("ga (tuned)", 0.78), ("ga", 0.0))]
+    results = {"config": {"data": "w", "forget_split": "forget_10", "seeds": [0], "tuned_from": "t/tuned.json"},
+               "aggregated": aggregated, "table_markdown": markdown_table(aggregated), "rows": []}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- bench:start -->\n<!-- bench:end -->\n")
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "results.json"), "--readme", str(readme), "--tuned-only"])
+    assert res.exit_code == 0, res.output
+    text = readme.read_text()
+    assert "| ga (tuned) | 0.78 |" in text and "| vanilla | 0.97 |" in text
+    assert "| ga |" not in text and "defaults' rows are left out" in text

@@ -941,7 +941,9 @@ def _write_readme_table(readme: Path, name: str, results: dict) -> None:
     if readers:
         note += f" Reference θ0 of {', '.join(readers)}: the vanilla model itself (a frozen copy, not a retain-only model)."
     if cfg.get("tuned_from"):
-        note += f" `(tuned)` rows: the settings `mmunlearn tune` chose ({Path(cfg['tuned_from']).name}); the rest: defaults."
+        tuned_only = all(a["method"] == "vanilla" or a["method"].endswith("(tuned)") for a in results["aggregated"])
+        note += (f" `(tuned)` rows: the settings `mmunlearn tune` chose ({Path(cfg['tuned_from']).name})"
+                 + ("; the defaults' rows are left out here." if tuned_only else "; the rest: defaults."))
     if cfg.get("attacks"):
         ratios = "/".join(f"{r:g}" for r in cfg.get("relearn_ratios", ()))
         note += (f" Relearning: {cfg.get('relearn_steps')} steps on {ratios} % of the forget people's QA, split "
@@ -962,6 +964,8 @@ def report(
                                        "(table, trade-off, per-split bars, relearning and loss curves, per person)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="A tuned.json only: draw its trade-off (every trial, "
                                         "each method's choice) into this PNG."),
+    tuned_only: bool = typer.Option(False, "--tuned-only", help="With --readme: vanilla and the '(tuned)' rows "
+                                    "only (a short README; the full table goes elsewhere)."),
 ) -> None:
     """Print (or write into a README) the table of a bench results.json or a tune's tuned.json — from files
     only; --out: an HTML page (bench or run); --plot: a tune's trade-off PNG."""
@@ -1007,7 +1011,17 @@ def report(
     if out is not None and page is not None:
         typer.echo(f"report → {write_html(page, out)}")
     if readme is not None:
-        _write_readme_table(readme, name, data)
+        _write_readme_table(readme, name, _tuned_rows(data) if tuned_only else data)
+
+
+def _tuned_rows(results: dict) -> dict:
+    """The results with vanilla and the '(tuned)' rows only, their table redrawn from those rows."""
+    from .report.tables import markdown_table
+
+    kept = [a for a in results["aggregated"] if a["method"] == "vanilla" or a["method"].endswith("(tuned)")]
+    if len(kept) < 2:
+        _fail("--tuned-only: the bench has no '(tuned)' rows (run it with --tuned)")
+    return {**results, "aggregated": kept, "table_markdown": markdown_table(kept)}
 
 
 def main() -> None:
