@@ -10,8 +10,9 @@ the mean ± std over seeds and, for retain and real photos, the share of the van
 
 Runs are kept (OUT/VARIANT/seedN with unlearn_log.json and eval/summary.json) and reused when their
 summary exists. Where `mmunlearn attack rank --model OUT/VARIANT/seedN --data WORLD --out
-OUT/VARIANT/seedN/rank --retain-people 0` ran, the identity-ranking columns are filled (else "—"). With `--readme FILE` the table replaces the text between `<!-- sweep:start -->` and
-`<!-- sweep:end -->` in FILE (the published table lives in docs/methods/seed-ablations.md).
+OUT/VARIANT/seedN/rank --retain-people 0` ran, the identity-ranking columns are filled (else "—").
+With `--readme FILE` the table replaces the text between `<!-- MARKER:start -->` and `<!-- MARKER:end -->`
+in FILE (`--marker`, default `sweep`; the published tables live in docs/methods/seed-ablations.md).
 """
 
 from __future__ import annotations
@@ -120,10 +121,12 @@ def table(results: dict[str, list[dict]], vanilla: dict) -> str:
             if col in SHARE_OF_VANILLA and van[col]:
                 cell += f" ({100 * mean / van[col]:.0f} %)"
             cells.append(cell)
-        for key in ("top5", "median_rank"):  # identity ranking where `mmunlearn attack rank` ran on the run
-            vals = [r["rank"][key] for r in runs if r.get("rank")]
-            cells.append(f"{statistics.fmean(vals):.2f} ({len(vals)} seeds)" if key == "top5" and vals
-                         else f"{statistics.median(vals):.0f}" if vals else "—")
+        ranked = [r["rank"] for r in runs if r.get("rank")]  # where `mmunlearn attack rank` ran on the run
+        if ranked:
+            cells.append(f"{statistics.fmean(g['top5'] for g in ranked):.2f} ({len(ranked)} seeds)")
+            cells.append(f"{statistics.median(g['median_rank'] for g in ranked):.0f}")
+        else:
+            cells += ["—", "—"]
         cells.append(f"{statistics.fmean(r['log']['wall_time_s'] for r in runs):.1f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -941,7 +941,7 @@ def _write_readme_table(readme: Path, name: str, results: dict) -> None:
     if readers:
         note += f" Reference θ0 of {', '.join(readers)}: the vanilla model itself (a frozen copy, not a retain-only model)."
     if cfg.get("tuned_from"):
-        tuned_only = all(a["method"] == "vanilla" or a["method"].endswith("(tuned)") for a in results["aggregated"])
+        tuned_only = all(_vanilla_or_tuned(a["method"]) for a in results["aggregated"])
         note += (f" `(tuned)` rows: the settings `mmunlearn tune` chose ({Path(cfg['tuned_from']).name})"
                  + ("; the defaults' rows are left out here." if tuned_only else "; the rest: defaults."))
     if cfg.get("attacks"):
@@ -1014,11 +1014,16 @@ def report(
         _write_readme_table(readme, name, _tuned_rows(data) if tuned_only else data)
 
 
+def _vanilla_or_tuned(label: str) -> bool:
+    """A row that `report --tuned-only` keeps: vanilla or a 'METHOD (tuned)' row."""
+    return label == "vanilla" or label.endswith("(tuned)")
+
+
 def _tuned_rows(results: dict) -> dict:
     """The results with vanilla and the '(tuned)' rows only, their table redrawn from those rows."""
     from .report.tables import markdown_table
 
-    kept = [a for a in results["aggregated"] if a["method"] == "vanilla" or a["method"].endswith("(tuned)")]
+    kept = [a for a in results["aggregated"] if _vanilla_or_tuned(a["method"])]
     if len(kept) < 2:
         _fail("--tuned-only: the bench has no '(tuned)' rows (run it with --tuned)")
     return {**results, "aggregated": kept, "table_markdown": markdown_table(kept)}

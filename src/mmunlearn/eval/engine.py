@@ -8,8 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.collate import (IGNORE, TrainCollator, eval_batch, names_person, option_answer, question_names_person,
-                            reasoning_prefix,
-                            render_prompt)
+                            reasoning_prefix, render_prompt)
 from ..data.record import Record
 from ..models.answer_logits import answer_logits
 from ..models.loader import LoadedModel
@@ -81,7 +80,7 @@ def answer_logprobs(loaded: LoadedModel, records: Sequence[Record], answers: Seq
 
 
 def option_token_logprobs(loaded: LoadedModel, records: Sequence[Record], batch_size: int = 64,
-                    progress: bool = True, replies: Sequence[str] | None = None) -> list[list[list[float]]]:
+                          progress: bool = True, replies: Sequence[str] | None = None) -> list[list[list[float]]]:
     """Per-token log-likelihoods of each option written as an answer ("value (letter)") after the
     classification prompt: summed, the ranking behind cls_acc_loglik (no letter parsing); averaged per
     token and normalised over the options, `prob_options` (TOFU's probability on real authors).
