@@ -132,6 +132,55 @@ def test_vkd_augment_transforms_each_steps_forget_photos_and_bypasses_the_teache
                 tmp_path / "bad", loaded=load_model(vanilla))
 
 
+def test_vkd_keep_visible_trains_on_the_forget_peoples_visible_questions_and_nll_from_adds_real_people(
+        tuned_small, tmp_path, monkeypatch):
+    import mmunlearn.methods.vkd as vkd
+    from mmunlearn.methods.base import Context
+
+    bundle, vanilla, _ = tuned_small
+    forget_people = {r.profile_id for r in bundle.train("forget")}
+    visible = [r for r in bundle.train("forget") if r.fact.startswith("visible:") and r.image is not None]
+    assert visible  # the world asks about hair, shirt, background and accessory on training photos
+    transformed = []
+    real = vkd.augmented
+    monkeypatch.setattr(vkd, "augmented", lambda recs, rng, p: transformed.append((recs, real(recs, rng, p)))
+                        or transformed[-1][1])
+    result = unlearn(bundle, UnlearnConfig(method="vkd", steps=2, batch_size=4,
+                                           method_args={"augment": 1.0, "keep_visible": 1.0, "vkd_images": 4}),
+                     tmp_path / "v", loaded=load_model(vanilla))
+    assert result.log["vkd_visible_records"] == len(visible)
+    assert len(transformed) == 4  # per step: the ascent's forget photos, then the visible questions' photos
+    for k, (before, after) in enumerate(transformed):
+        assert all(a.image.tobytes() != b.image.tobytes() for b, a in zip(before, after))
+        # even calls: the ascent's records (never a visible question); odd calls: only visible questions
+        assert all(r.fact.startswith("visible:") == (k % 2 == 1) for r in before)
+        assert {r.profile_id for r in before} <= forget_people
+    assert "nll_visible" in result.log["losses"][-1]
+
+    drawn = []
+    real_batch = Context.batch
+    monkeypatch.setattr(Context, "batch", lambda self, records, *a, **kw: drawn.append(list(records))
+                        or real_batch(self, records, *a, **kw))
+    kept = {}
+    for source in ("retain", "retain+pretrain"):
+        drawn.clear()
+        result = unlearn(bundle, UnlearnConfig(method="vkd", steps=2, batch_size=4,
+                                               method_args={"nll_from": source, "retain_batch": 32,
+                                                            "vkd_weight": 0.0}),
+                         tmp_path / source, loaded=load_model(vanilla))
+        retain_nll = [r for batch in drawn if len(batch) == 32 for r in batch]
+        assert len(retain_nll) == 64
+        assert any(r.population == "real" for r in retain_nll) == (source == "retain+pretrain")
+        kept[source] = result.log["vkd_distinct_kept_images"]
+    # the distilled photos follow keep_from alone: the retain NLL's pool does not leak into them
+    assert kept["retain+pretrain"] == kept["retain"] == len({(r.profile_id, r.image.tobytes()) for r in
+                                                             bundle.train("retain") if r.image is not None})
+    for bad, match in (({"keep_visible": -1.0}, "keep_visible"), ({"nll_from": "everyone"}, "nll_from")):
+        with pytest.raises(ValueError, match=match):
+            unlearn(bundle, UnlearnConfig(method="vkd", steps=1, method_args=bad), tmp_path / "bad",
+                    loaded=load_model(vanilla))
+
+
 def test_vkd_forget_cap_stops_the_ascent_on_forgotten_samples(tuned_small, tmp_path):
     from mmunlearn.methods.losses import answer_nll, sample_nll
 

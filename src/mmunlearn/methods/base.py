@@ -54,6 +54,10 @@ class Context:
     # the earlier-learned population's training records (the world's `pretrain` split; empty for data
     # without one): kept knowledge too, for methods that can use more of it than the retain split
     pretrain_records: list[Record] = field(default_factory=list)
+    # the forget people's own questions about what their photos show (hair, shirt, background,
+    # accessory): not part of `forget_records` for a method that keeps them (`forget_visible` False),
+    # here for one that trains to keep them
+    forget_visible_records: list[Record] = field(default_factory=list)
     rank: int = 0
     world: int = 1
     module: Any = None  # models/forward.StepModule around `model`

@@ -31,7 +31,11 @@ under FSDP, where the teacher is sharded and every process must call it together
 `augment` (ours, item 2 of "forget the person"): the forget photos of each step are redrawn with the
 kinds of transform the unseen `test` photos carry (rotation, scale, shift, brightness, noise; never the
 test photos themselves), so the ascent reaches the face rather than a handful of pixel arrays;
-`augment_kept` transforms the distilled photos the same way.
+`augment_kept` transforms the distilled photos the same way. `keep_visible` (ours) adds an NLL on the
+forget people's own questions about what their photos show (hair, shirt, background, accessory: the
+identity lives in the face alone), on photos transformed as the ascent's, so the tower is told what
+to keep on the very photos it is pushed away from; `nll_from="retain+pretrain"` lets the retain NLL
+draw the real people's photo questions too.
 
 Ablations: `vkd_weight=0` (no distillation), `mask=none`, and the engine's `--scope full`.
 *(reconstructed: distance = mean squared error per element by default, `vkd_distance=sq_l2` for the
@@ -82,6 +86,10 @@ class VKDConfig(MethodConfig):
     # test split's kinds of transform (rotation, scale, shift, brightness, noise) with this probability
     augment: float = 0.0
     augment_kept: bool = False  # the distilled photos too (their teacher features are then recomputed)
+    # ours, for what the forget people's photos still show: weight of an NLL on their own visible-feature
+    # questions (hair, shirt, background, accessory), on photos transformed as the ascent's (0: off)
+    keep_visible: float = 0.0
+    nll_from: str = "retain"  # retain | retain+pretrain: whose photo questions the retain NLL draws
 
 
 @dataclass
@@ -214,10 +222,20 @@ class VKD(Method):
             raise ValueError(f"vkd retain_batch must be ≥ 0 (0: the forget batch size), got {cfg.retain_batch}")
         if cfg.keep_from not in KEEP_SOURCES:
             raise ValueError(f"vkd keep_from must be one of {KEEP_SOURCES}, got {cfg.keep_from!r}")
-        self._retain_vqa = photo_questions(ctx.retain_records)  # the retain NLL's records
-        # the photos V+P must keep: distilled, and the keep side of the Fisher mask
-        self._kept_vqa = self._retain_vqa + (photo_questions(ctx.pretrain_records)
-                                             if cfg.keep_from == "retain+pretrain" else [])
+        if cfg.nll_from not in KEEP_SOURCES:
+            raise ValueError(f"vkd nll_from must be one of {KEEP_SOURCES}, got {cfg.nll_from!r}")
+        if cfg.keep_visible < 0:
+            raise ValueError(f"vkd keep_visible is a loss weight ≥ 0 (0: off), got {cfg.keep_visible}")
+        self._visible_vqa = photo_questions(ctx.forget_visible_records)
+        if cfg.keep_visible and not self._visible_vqa:
+            raise ValueError("vkd keep_visible needs the forget people's visible-feature photo questions "
+                             "(hair, shirt, background: the synthetic world has them), and this data has none")
+        ctx.extra_log["vkd_visible_records"] = len(self._visible_vqa) if cfg.keep_visible else 0
+        retain_vqa, pretrain_vqa = photo_questions(ctx.retain_records), photo_questions(ctx.pretrain_records)
+        # the retain NLL's records
+        self._retain_vqa = retain_vqa + (pretrain_vqa if cfg.nll_from == "retain+pretrain" else [])
+        # the photos V+P must keep: distilled, and the keep side of the Fisher mask (each record once)
+        self._kept_vqa = retain_vqa + (pretrain_vqa if cfg.keep_from == "retain+pretrain" else [])
         self._kept_images = distinct_images(self._kept_vqa)
         if cfg.vkd_weight and not self._kept_images:
             raise ValueError("VKD distillation needs retain image+text records")
@@ -296,6 +314,11 @@ class VKD(Method):
         if cfg.alpha:  # retain image+text QA, as many as the forget batch unless retain_batch says
             recs = [ctx.rng.choice(self._retain_vqa) for _ in range(cfg.retain_batch or len(forget_recs))]
             requests["retain"] = AnswerLogits(ctx.batch(recs))
+        if cfg.keep_visible:  # the forget people's own visible-feature questions, on photos moved as the ascent's
+            recs = [ctx.rng.choice(self._visible_vqa) for _ in range(len(forget_recs))]
+            if cfg.augment:
+                recs = augmented(recs, self._augment_rng(ctx), cfg.augment)
+            requests["visible"] = AnswerLogits(ctx.batch(recs))
         out = ctx.run(**requests)
         loss, terms = self._forget_term(ctx, requests["forget"].batch, *out["forget"])
         if cfg.vkd_weight:
@@ -312,6 +335,10 @@ class VKD(Method):
             nll_r = answer_nll(*out["retain"])
             loss = loss + cfg.alpha * nll_r
             terms["nll_retain"] = nll_r.detach()
+        if cfg.keep_visible:
+            nll_v = answer_nll(*out["visible"])
+            loss = loss + cfg.keep_visible * nll_v
+            terms["nll_visible"] = nll_v.detach()
         return {"loss": loss, **terms}
 
     @staticmethod
