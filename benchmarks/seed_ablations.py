@@ -107,34 +107,35 @@ def tables(results: dict[str, dict], vanilla: dict) -> str:
                              + f" | {_f(deg)} | {log['wall_time_s']:.1f} | {log['trainable_params']:,} |")
         lines.append("")
     if any(k.startswith("smfa") for k in results):
-        lines += ["**SMFA** (refusal = share of forget replies that refuse; understanding on forget people's photos):", "",
-                  "| run | forget refusal (img) | forget refusal (txt) | forget img | forget txt | underst. forget | "
-                  "retain img | retain txt | real img | real txt | masked share |",
-                  "|---|" + "---:|" * 10]
+        smfa_cols = [("forget refusal (img)", "forget", "image+text", "refusal_rate"),
+                     ("forget refusal (txt)", "forget", "text", "refusal_rate"),
+                     ("test refusal (img)", "test", "image+text", "refusal_rate"),  # unseen photos
+                     ("forget img", "forget", "image+text", "cls_acc"), ("forget txt", "forget", "text", "cls_acc"),
+                     ("test img", "test", "image+text", "cls_acc"),
+                     ("underst. forget", "understanding_forget", "image+text", "cls_acc"),
+                     ("retain img", "retain", "image+text", "cls_acc"), ("retain txt", "retain", "text", "cls_acc"),
+                     ("real img", "real", "image+text", "cls_acc"), ("real txt", "real", "text", "cls_acc")]
+        lines += ["**SMFA** (refusal = share of forget replies that refuse; test = unseen photos of the forget "
+                  "people; understanding on forget people's photos):", "",
+                  "| run | " + " | ".join(c[0] for c in smfa_cols) + " | masked share |",
+                  "|---|" + "---:|" * (len(smfa_cols) + 1)]
+        lines.append("| vanilla | " + " | ".join(_f(_m(vanilla, *c[1:])) for c in smfa_cols) + " | — |")
         for name in ("smfa-mfa-only", "smfa-conflict", "smfa-magnitude", "smfa"):
             if name in results:
                 s, log = results[name]["summary"], results[name]["log"]
-                masked = log.get("smfa_masked_fraction")
-                lines.append(
-                    f"| {name} | {_f(_m(s, 'forget', 'image+text', 'refusal_rate'))} | {_f(_m(s, 'forget', 'text', 'refusal_rate'))} | "
-                    f"{_f(_m(s, 'forget', 'image+text'))} | {_f(_m(s, 'forget', 'text'))} | "
-                    f"{_f(_m(s, 'understanding_forget', 'image+text'))} | {_f(_m(s, 'retain', 'image+text'))} | "
-                    f"{_f(_m(s, 'retain', 'text'))} | {_f(_m(s, 'real', 'image+text'))} | {_f(_m(s, 'real', 'text'))} | "
-                    f"{_f(masked)} |")
-        lines.append("| vanilla | 0.00 | 0.00 | " + " | ".join(_f(_m(vanilla, s, m)) for s, m in (
-            ("forget", "image+text"), ("forget", "text"), ("understanding_forget", "image+text"), ("retain", "image+text"),
-            ("retain", "text"), ("real", "image+text"), ("real", "text"))) + " | — |")
+                lines.append(f"| {name} | " + " | ".join(_f(_m(s, *c[1:])) for c in smfa_cols)
+                             + f" | {_f(log.get('smfa_masked_fraction'))} |")
         lines.append("")
     if "viker" in results:
-        s = results["viker"]["summary"]
-        lines += ["**ViKeR**:", "", "| run | forget img | forget txt | retain img | retain txt | degenerate (forget) |",
-                  "|---|---:|---:|---:|---:|---:|",
-                  "| vanilla | " + " | ".join(_f(_m(vanilla, a, b)) for a, b in (("forget", "image+text"), ("forget", "text"),
-                                                                                ("retain", "image+text"), ("retain", "text")))
-                  + " | " + _f(_m(vanilla, "forget", "image+text", "degenerate_rate")) + " |",
-                  "| viker | " + " | ".join(_f(_m(s, a, b)) for a, b in (("forget", "image+text"), ("forget", "text"),
-                                                                        ("retain", "image+text"), ("retain", "text")))
-                  + " | " + _f(_m(s, "forget", "image+text", "degenerate_rate")) + " |", ""]
+        viker_cols = [("forget", "image+text"), ("forget", "text"), ("test", "image+text"), ("retain", "image+text"),
+                      ("retain", "text")]
+        lines += ["**ViKeR** (test = unseen photos of the forget people):", "",
+                  "| run | forget img | forget txt | test img | retain img | retain txt | degenerate (forget) |",
+                  "|---|" + "---:|" * 6]
+        for name, s in (("vanilla", vanilla), ("viker", results["viker"]["summary"])):
+            lines.append(f"| {name} | " + " | ".join(_f(_m(s, a, b)) for a, b in viker_cols)
+                         + " | " + _f(_m(s, "forget", "image+text", "degenerate_rate")) + " |")
+        lines.append("")
     return "\n".join(lines)
 
 
