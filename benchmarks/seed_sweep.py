@@ -86,9 +86,7 @@ VARIANTS: dict[str, list[tuple[str, str, dict, dict]]] = {
         # the higher cap with a lighter visible term
         ("vkd defaults + augment 1.0, cap 1.0, visible kept (1)", "vkd", {},
          {"augment": 1.0, "forget_cap": 1.0, "keep_visible": 1.0}),
-    ],
-    # first run while the Fisher mask's keep side counted the real people twice (fixed), not rerun yet
-    "vkd-face-next": [
+        # with the real people kept too, then a higher cap still
         ("vkd defaults + augment 1.0, cap 1.0, visible kept (1), real people in the NLL and kept", "vkd", {},
          {"augment": 1.0, "forget_cap": 1.0, "keep_visible": 1.0, "nll_from": "retain+pretrain",
           "keep_from": "retain+pretrain"}),
