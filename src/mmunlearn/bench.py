@@ -8,6 +8,7 @@ from those files only (report/tables.py), and written atomically as results.json
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -26,6 +27,7 @@ class BenchConfig:
     methods: list[str]
     seeds: list[int] = field(default_factory=lambda: [0])
     steps: int | None = None  # None: each method's default
+    batch_size: int = 8  # per process (cut to what the forget records fill: train/unlearn.fit_batch)
     max_records: int = 0  # per eval split (0: all)
     reference_summary: str | None = None
     attacks: bool = False
@@ -46,6 +48,7 @@ class BenchConfig:
     workers: int = 1  # runs side by side, each in a process of its own with one torch thread
     # the defaults' block on these seeds only (None: `seeds`), so that the tuned rows get the seeds the budget has
     default_seeds: list[int] | None = None
+    log_with: str | None = None  # each run's losses to this tracker, under its own OUT/METHOD/seedN/logs
 
 
 def _eval_cfg(cfg: BenchConfig) -> EvalConfig:
@@ -141,8 +144,8 @@ def _write_run_record(run: Path, bundle: DataBundle, cfg: BenchConfig, method: s
     options = {"method": method, "model": str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model,
                "data": str(Path(bundle.root).resolve()), "forget_split": bundle.forget_split,
                "forget_ids": ",".join(sorted(bundle.forget_ids)), "retain_ids": ",".join(sorted(bundle.retain_ids)),
-               "steps": steps, "lr": settings.get("lr"), "seed": seed,
-               "set_": [f"{k}={v}" for k, v in (settings.get("method_args") or {}).items()]}
+               "steps": steps, "lr": settings.get("lr"), "seed": seed, "batch_size": cfg.batch_size,
+               "set_items": [f"{k}={v}" for k, v in (settings.get("method_args") or {}).items()]}
     record = run_record("unlearn", options, {"steps": log.get("config", {}).get("steps"),
                                              "lr": log.get("config", {}).get("lr")})
     atomic_write_json(run / "run.json", record)
@@ -161,7 +164,8 @@ def bench_run(bundle: DataBundle, cfg: BenchConfig, method: str, label: str, fol
         if run.exists():
             shutil.rmtree(run)
         result = unlearn(bundle, UnlearnConfig(method=method, model=cfg.model, steps=steps, seed=seed,
-                                               lr=settings.get("lr"),
+                                               lr=settings.get("lr"), batch_size=cfg.batch_size,
+                                               log_with=cfg.log_with,
                                                method_args=dict(settings.get("method_args") or {})),
                          run, loaded=load_model(cfg.model))
         summary, details = evaluate(result.loaded, bundle, _eval_cfg(cfg))
@@ -204,7 +208,10 @@ def bench_jobs(cfg: BenchConfig, out: Path) -> list[tuple[str, str, Path, dict, 
             for method, label, folder, settings, seeds in tuned + defaults for seed in seeds]
 
 
-def run_bench(bundle: DataBundle, cfg: BenchConfig, out: Path, progress=print) -> dict:
+def run_bench(bundle: DataBundle, cfg: BenchConfig, out: Path, progress=None) -> dict:
+    """Every run of the bench (reusing finished ones) → results.json, results.csv; `progress`: where each
+    run's line goes (default: the `mmunlearn` logger, INFO)."""
+    progress = progress or logging.getLogger("mmunlearn").info
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     floor_after = _floor_after(bundle, cfg, out) if cfg.attacks else None

@@ -73,7 +73,7 @@ _RESOLVED_NAMES = {"method_config": "method settings used"}
 
 def _flag(option: str) -> str:
     """A command's parameter name as its command-line flag (set_ → --set, eval_after → --eval)."""
-    return {"eval_after": "--eval"}.get(option, "--" + option.rstrip("_").replace("_", "-"))
+    return {"eval_after": "--eval", "set_items": "--set"}.get(option, "--" + option.rstrip("_").replace("_", "-"))
 
 
 def _value(v: Any) -> str:

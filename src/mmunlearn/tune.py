@@ -20,6 +20,7 @@ The result, `tuned.json`, holds every trial and each method's choice; `bench --t
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -178,10 +179,12 @@ class TuneContext:
 
 
 def run_tune(data: str | Path, cfg: TuneConfig, out: Path, tune_forget: list[str] | None = None,
-             tune_retain: list[str] | None = None, progress: Callable[[str], None] = print) -> dict:
-    """Tune every method of `cfg.methods`; writes OUT/tuned.json (atomically, after each method)."""
+             tune_retain: list[str] | None = None, progress: Callable[[str], None] | None = None) -> dict:
+    """Tune every method of `cfg.methods`; writes OUT/tuned.json (atomically, after each method).
+    `progress`: where each line goes (default: the `mmunlearn` logger, INFO)."""
     from .models.loader import load_model
 
+    progress = progress or logging.getLogger("mmunlearn").info
     rule = parse_rule(cfg.rule, allow_relative=True)
     train_bundle, score_bundle = tuning_bundles(data, tune_forget, tune_retain)
     score_bundle = scoring_sample(score_bundle, rule, cfg.eval_records, cfg.seed)
@@ -270,7 +273,7 @@ def _expected_cost(name: str) -> float:
     return float(spec[2]) if spec else 0.0
 
 
-def tune_method(name: str, ctx: TuneContext, progress: Callable[[str], None] = print) -> dict:
+def tune_method(name: str, ctx: TuneContext, progress: Callable[[str], None] | None = None) -> dict:
     """One method's search: `ctx.cfg.trials` optuna trials, then the rule's choice among them."""
     import optuna
 
@@ -280,6 +283,7 @@ def tune_method(name: str, ctx: TuneContext, progress: Callable[[str], None] = p
     from .train.unlearn import UnlearnConfig, unlearn
 
     cfg, out = ctx.cfg, ctx.out
+    progress = progress or logging.getLogger("mmunlearn").info
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = get_method(name).tuning_space()
     trials: list[dict] = []

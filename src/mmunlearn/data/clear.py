@@ -67,8 +67,8 @@ the CLEAR authors report apart stay apart (split × modality):
 from __future__ import annotations
 
 import json
+import logging
 import re
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -662,4 +662,4 @@ def load_clear(folder: str | Path, forget_split: str = "forget10", tofu: str | P
 def print_warnings(warnings: list[str]) -> None:
     """One line per warning on stderr (``warning: ...``)."""
     for w in warnings:
-        print("warning: " + " ".join(w.split()), file=sys.stderr)
+        logging.getLogger("mmunlearn").warning("warning: " + " ".join(w.split()))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import plots
-from .tables import COLUMNS, aggregate_rows, cell_text, mean_std, numbers_from_summary
+from .tables import COLUMNS, aggregate_rows, cell_text, mean_std, nothing_to_forget, numbers_from_summary
 
 LEAK = 0.5  # a forget person whose accuracy stays above this (chance 0.25) still leaks
 SUMMARY_METRICS = ("cls_acc", "cls_acc_loglik", "rougeL_f1", "rougeL_recall", "refusal_rate", "degenerate_rate",
@@ -199,6 +199,9 @@ def bench_report(results_file: Path) -> Report:
     report = Report(title=f"mmunlearn bench — {bench.name}", source=str(bench), kind="bench", meta=meta,
                     columns=_columns(aggregated), table=aggregated)
     vanilla = next((a for a in aggregated if a["method"] == "vanilla"), None)
+    warning = nothing_to_forget(vanilla)
+    if warning:
+        report.sections.append(Section("Warning: nothing to forget", warning[0].upper() + warning[1:]))
 
     trials = _trials(bench)
     report.sections.append(Section(

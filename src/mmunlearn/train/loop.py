@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import logging
 import random
 import shutil
 import time
@@ -66,9 +67,10 @@ class LoopResult:
 
 
 def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    """Python's, NumPy's and torch's generators (every device's) from one seed: accelerate's set_seed."""
+    from accelerate.utils import set_seed
+
+    set_seed(seed)
 
 
 def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1, log_with: str | None = None,
@@ -237,7 +239,8 @@ def run_loop(
     start, log = 0, []
     if resume and ckpt and (ckpt / "loop_state.json").is_file():
         start, log = _load_checkpoint(ckpt, inner, optimizer, scheduler, rank, world, set_rng_state)
-        accelerator.print(f"resuming {cfg.desc} from step {start}")
+        if accelerator.is_main_process:
+            logging.getLogger("mmunlearn").info(f"resuming {cfg.desc} from step {start}")
 
     prepared.train()
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Experiment tracking (`--log-with tensorboard|trackio`) through accelerate's trackers.
+"""Experiment tracking (`--log-with tensorboard|wandb|mlflow|trackio|...`) through accelerate's trackers.
 
 The loop (train/loop.py) calls `accelerator.log` with every loss term and the learning rate each step,
 and the engine logs its periodic evaluations the same way; without `--log-with` the Accelerator has no
@@ -14,21 +14,33 @@ import os
 import sys
 from pathlib import Path
 
-TRACKERS = {"tensorboard": "tensorboard", "trackio": "trackio"}  # --log-with name → package it needs
 LOG_DIR = "logs"
+# pip packages of the trackers whose package name is not the tracker's
+PACKAGES = {"comet_ml": "comet-ml", "aim": "aim", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab"}
+
+
+def known_trackers() -> list[str]:
+    """Every tracker accelerate can log to (its LOGGER_TYPE_TO_CLASS): tensorboard, wandb, mlflow, trackio..."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    return list(LOGGER_TYPE_TO_CLASS)
 
 
 def check_tracker(name: str | None) -> str | None:
-    """The tracker name, or None; ValueError (one `error:` line in the CLI) for an unknown name or a
-    tracker whose package is missing, before anything is loaded or written."""
+    """The tracker name, or None; ValueError (one `error:` line in the CLI) for a name accelerate does not know
+    or a tracker whose package is missing, before anything is loaded or written."""
     if name is None or name == "" or name == "none":
         return None
-    if name not in TRACKERS:
-        raise ValueError(f"--log-with must be one of {', '.join(TRACKERS)} (got {name!r})")
-    package = TRACKERS[name]
-    if importlib.util.find_spec(package) is None:
+    known = known_trackers()
+    if name not in known:
+        raise ValueError(f"--log-with must be one of accelerate's trackers: {', '.join(known)} (got {name!r})")
+    from accelerate.tracking import get_available_trackers
+
+    if name not in {str(getattr(t, "value", t)) for t in get_available_trackers()}:
+        package = PACKAGES.get(name, name)
+        extra = " (or pip install 'mmunlearn[track]')" if name == "tensorboard" else ""
         raise ValueError(f"--log-with {name} needs the {package} package, which is not installed: "
-                         f"pip install 'mmunlearn[track]' (or pip install {package})")
+                         f"pip install {package}{extra}")
     return name
 
 
