@@ -466,11 +466,30 @@ def _copy(r: Record, **changes) -> Record:
     return replace(r, options=list(r.options), perturbed_answers=list(r.perturbed_answers), **changes)
 
 
+def fingerprint(world: World) -> str:
+    """A hash of what a model trained on the world learns from: every record's text fields and its photo's
+    pixels, split by split (not the parquet bytes, which carry library versions and PNG encoder choices).
+    Shipped weights name the fingerprint of the world they were fitted on (mmunlearn/demo.py)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(world.splits):
+        digest.update(name.encode() + b"\0")
+        for r in world.splits[name]:
+            fields = (r.id, r.profile_id, r.question, r.answer, "|".join(r.options), str(r.answer_index), r.task,
+                      r.modality, r.phase)
+            digest.update("\x1f".join(str(f) for f in fields).encode() + b"\0")
+            if r.image is not None:
+                digest.update(f"{r.image.mode}{r.image.size}".encode() + r.image.tobytes())
+    return digest.hexdigest()
+
+
 def manifest(world: World) -> dict:
     cfg = world.config
     return {
         "format": "mmunlearn-world/1",
         "seed": cfg.seed,
+        "fingerprint": fingerprint(world),
         "config": cfg.__dict__,
         "counts": {
             "profiles": {pop: sum(p.population == pop for p in world.profiles) for pop in ("fictitious", "real", "holdout")},
