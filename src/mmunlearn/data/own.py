@@ -73,6 +73,14 @@ def _read_table(path: Path) -> list[dict[str, Any]]:
 
     datasets.disable_progress_bars()
     builder = FILE_SUFFIXES[path.suffix.lower()]
+    try:
+        if not path.read_bytes().strip():
+            raise DataError(f"{path}: the file is empty (expected one row per question: person_id, question, "
+                            "answer)")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the file ({exc})") from None
+    if path.suffix.lower() == ".jsonl":
+        _check_json_lines(path)
     kwargs: dict[str, Any] = {}
     if builder == "csv":
         try:
@@ -93,6 +101,21 @@ def _read_table(path: Path) -> list[dict[str, Any]]:
     if builder == "csv":
         rows = [{k: (None if v == "" else v) for k, v in r.items()} for r in rows]
     return rows
+
+
+def _check_json_lines(path: Path) -> None:
+    """Each non-empty line of a JSON-lines file is one JSON object: the first that is not is named by its line
+    number (the reader behind `datasets` reports only that some row failed)."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path} line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path} line {number}: expected a JSON object {{...}}, got {type(row).__name__}")
 
 
 def _text(row: dict, key: str, where: str, required: bool = False) -> str:

@@ -25,23 +25,32 @@ from .record import Record, RecordError, records_to_dataset
 WORLD_MANIFEST = "world.json"
 
 
-def check_out_dir(out: str | Path, overwrite: bool = False, resume: bool = False) -> Path:
-    """Refuse an --out that is a file, or a non-empty folder without --overwrite/--resume (changes nothing)."""
+def check_out_dir(out: str | Path, overwrite: bool = False, resume: bool = False, resumable: bool = False) -> Path:
+    """Refuse an --out that is a file, or a non-empty folder without --overwrite/--resume (changes nothing).
+    `resumable`: the command has --resume (the message offers it only then)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not overwrite and not resume:
-        raise DataError(f"--out {out} is not empty; pass --overwrite to replace it (or --resume to continue a run)")
+        raise DataError(f"--out {out} is not empty; pass --overwrite to replace it"
+                        + (" (or --resume to continue the run)" if resumable else ""))
     return out
 
 
-def prepare_out_dir(out: str | Path, overwrite: bool = False, resume: bool = False) -> Path:
+def prepare_out_dir(out: str | Path, overwrite: bool = False, resume: bool = False, resumable: bool = False) -> Path:
     """A run folder is created fresh: a non-empty one is refused unless --overwrite/--resume."""
-    out = check_out_dir(out, overwrite=overwrite, resume=resume)
+    out = check_out_dir(out, overwrite=overwrite, resume=resume, resumable=resumable)
     if out.exists() and any(out.iterdir()) and overwrite:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, then setting it back: the only way POSIX offers)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -50,6 +59,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file 0600; results are for everyone the umask lets read them, as open() would make
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         os.replace(tmp, path)

@@ -228,6 +228,9 @@ def adapter_chain(path: str | Path) -> tuple[Path, list[Path]]:
 def adapter_for_folder(path: str | Path) -> FamilyAdapter:
     path, _ = adapter_chain(path)
     config = path / "config.json"
+    if path.exists() and not path.is_dir():
+        raise ModelLoadError(f"{path} is a file, not a model folder (give the Hugging Face folder that holds "
+                             "config.json and the weights, or a tiny builder name such as tiny-llava)")
     if not path.is_dir():
         raise ModelLoadError(f"model folder {path} does not exist (give an HF folder or a tiny builder name such as tiny-llava)")
     if not config.is_file():

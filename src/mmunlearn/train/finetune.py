@@ -22,7 +22,8 @@ from ..models.forward import AnswerLogits, StepModule
 from ..models.base import TinySize
 from ..models.loader import LoadedModel, build_tiny, is_tiny, load_model
 from .loop import LoopConfig, make_accelerator, run_loop, seed_everything
-from .defaults import BATCH_SIZE, LR, STAGE1_STEPS, STAGE2_STEPS, VISION_WARMUP_STEPS
+from .defaults import (BATCH_SIZE, CHECKPOINT_EVERY, LR, MIN_STAGE2_STEPS, SCHEDULE_EPOCHS, STAGE1_STEPS,
+                       STAGE2_STEPS, VISION_WARMUP_STEPS)
 from .sampling import RecordSampler
 from .saving import save_run_model
 from .tracking import check_tracker, start_tracking, stop_tracking, tracker_kwargs
@@ -41,7 +42,7 @@ class FinetuneConfig:
     replay: float = 0.15  # share of stage-2 batches drawn from stage-1 records
     length_group: int = 4  # batches sorted by length together (train/sampling.py): 29 % fewer padded tokens
     seed: int = 0
-    checkpoint_every: int = 500
+    checkpoint_every: int = CHECKPOINT_EVERY
     tiny: TinySize = field(default_factory=TinySize)
     exclude_ids: list[str] = field(default_factory=list)  # retain-only reference: never see these people
     vision_warmup_steps: int = VISION_WARMUP_STEPS  # stage 0, tiny models only (a loaded checkpoint already sees)
@@ -74,6 +75,41 @@ def world_corpus(bundle: DataBundle):
         yield describe(random_look(rng), rng.choice(backgrounds))
 
 
+def stage_records(bundle: DataBundle, exclude_ids: list[str] | None = None) -> tuple[list[Record], list[Record]]:
+    """(stage 1, stage 2) training records: the "real" people's, then the fictitious (or your own) people's,
+    without `exclude_ids` (the retain-only reference never sees the forget people)."""
+    stage1: list[Record] = bundle.splits.get("pretrain", [])
+    stage2: list[Record] = bundle.splits.get("finetune", [])
+    if not stage2:
+        stage2 = bundle.train("forget") + bundle.train("retain")
+    if exclude_ids:
+        excluded = set(exclude_ids)
+        stage2 = [r for r in stage2 if r.profile_id not in excluded]
+    return stage1, stage2
+
+
+def scaled_schedule(bundle: DataBundle, batch_size: int, exclude_ids: list[str] | None = None,
+                    stage0_steps: int | None = None, stage1_steps: int | None = None,
+                    stage2_steps: int | None = None) -> dict[str, int]:
+    """Each stage's steps: the value given, or the default world's recipe scaled to the data.
+
+    The default world's stages (900 / 400 / 5,000 steps) are caps; a smaller data set gets SCHEDULE_EPOCHS
+    passes over its records, stage 2 at least MIN_STAGE2_STEPS. Stage 0 (tiny models only: describing random
+    portraits, so the model can see before it learns people) is no longer than stage 2. Three people in
+    a JSON-lines file: 200 + 200 steps, not 900 + 5,000."""
+    import math
+
+    stage1, stage2 = stage_records(bundle, exclude_ids)
+
+    def epochs(n: int) -> int:
+        return math.ceil(SCHEDULE_EPOCHS * n / max(1, min(batch_size, len(stage2))))
+
+    s2 = stage2_steps if stage2_steps is not None else min(STAGE2_STEPS, max(MIN_STAGE2_STEPS, epochs(len(stage2))))
+    s1 = stage1_steps if stage1_steps is not None else (min(STAGE1_STEPS, epochs(len(stage1))) if stage1 else 0)
+    s0 = stage0_steps if stage0_steps is not None else min(VISION_WARMUP_STEPS, s2)
+    return {"vision_warmup_steps": s0, "stage1_steps": s1, "stage2_steps": s2}
+
+
 def prepare_model(spec: str, bundle: DataBundle, seed: int, tiny: TinySize) -> LoadedModel:
     if is_tiny(spec):
         return build_tiny(spec, world_corpus(bundle), size=tiny, seed=seed)
@@ -90,22 +126,17 @@ def finetune(bundle: DataBundle, cfg: FinetuneConfig, out: Path, resume: bool = 
 
         warmup_log = warmup_vision(loaded.model, loaded.processor, loaded.adapter, steps=cfg.vision_warmup_steps,
                                    image_size=_image_size(bundle, cfg), seed=cfg.seed)
-    stage1: list[Record] = bundle.splits.get("pretrain", [])
-    stage2: list[Record] = bundle.splits.get("finetune", [])
-    if not stage2:
-        stage2 = bundle.train("forget") + bundle.train("retain")
-    if cfg.exclude_ids:
-        excluded = set(cfg.exclude_ids)
-        stage2 = [r for r in stage2 if r.profile_id not in excluded]
+    stage1, stage2 = stage_records(bundle, cfg.exclude_ids)
     if not stage2:
         raise ValueError("no training records: the data has neither a finetune split nor forget/retain training QA")
     stage1_steps = cfg.stage1_steps if stage1 else 0
     accelerator = make_accelerator(**tracker_kwargs(check_tracker(cfg.log_with), out))
     tracking = start_tracking(accelerator, "finetune", asdict(cfg))
     rank, world = accelerator.process_index, accelerator.num_processes
+    batch_size = fit_finetune_batch(cfg.batch_size, len(stage2), world)
     grouping = dict(length=approx_length, group=cfg.length_group)
-    s1 = RecordSampler(stage1, cfg.batch_size, cfg.seed, rank, world, **grouping) if stage1 else None
-    s2 = RecordSampler(stage2, cfg.batch_size, cfg.seed + 1, rank, world, **grouping)
+    s1 = RecordSampler(stage1, batch_size, cfg.seed, rank, world, **grouping) if stage1 else None
+    s2 = RecordSampler(stage2, batch_size, cfg.seed + 1, rank, world, **grouping)
     # Every stream is the same on every process (seed strings as single-process runs always had them);
     # each process encodes its share of the global batch.
     replay_rng = random.Random(f"replay-{cfg.seed}-0")
@@ -121,7 +152,7 @@ def finetune(bundle: DataBundle, cfg: FinetuneConfig, out: Path, resume: bool = 
     def step_loss(step: int, prepared: torch.nn.Module) -> dict[str, torch.Tensor]:
         draw = replay_rng.random()
         if draw < captions:
-            records = caption_records(caption_rng, cfg.batch_size * world, image_size)
+            records = caption_records(caption_rng, batch_size * world, image_size)
         elif step < stage1_steps or (s1 is not None and draw < captions + cfg.replay):
             records = s1.next()
         else:
@@ -168,7 +199,8 @@ def finetune(bundle: DataBundle, cfg: FinetuneConfig, out: Path, resume: bool = 
         "threads": torch.get_num_threads(),
         "parameters": sum(p.numel() for p in model.parameters()),
         "processes": world,
-        "global_batch": cfg.batch_size * world,
+        "batch_size": batch_size,  # per process, after fitting it to the data (fit_finetune_batch)
+        "global_batch": batch_size * world,
         "steps_run": result.steps_run,
         "log": result.log,
         **({"tracking": tracking} if tracking else {}),
@@ -180,6 +212,22 @@ def finetune(bundle: DataBundle, cfg: FinetuneConfig, out: Path, resume: bool = 
 
         shutil.rmtree(out / "checkpoint", ignore_errors=True)
     return {"loaded": loaded, "train_log": train_log}
+
+
+def fit_finetune_batch(batch_size: int, records: int, processes: int) -> int:
+    """The per-process batch, no larger than the stage-2 records fill in one global batch (a batch of 16 on
+    12 records would repeat records within a step); a warning says so when it is cut."""
+    if records < processes:
+        raise ValueError(f"{records} training record(s) cannot fill a global batch on {processes} processes: "
+                         "use fewer processes")
+    fitted = min(batch_size, records // processes)
+    if fitted < batch_size:
+        import logging
+
+        logging.getLogger("mmunlearn").warning(
+            f"--batch-size {batch_size} is more than the {records} training records fill on {processes} "
+            f"process(es): using {fitted}")
+    return fitted
 
 
 def _image_size(bundle: DataBundle, cfg: FinetuneConfig) -> int:

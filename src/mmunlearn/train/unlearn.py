@@ -101,15 +101,31 @@ def forget_records(bundle: DataBundle, method: type[Method] | Method) -> list:
             and (method.forget_visible or not r.is_visible_fact)]
 
 
-def check_launch(bundle: DataBundle, method: type[Method] | Method, cfg: UnlearnConfig, processes: int) -> None:
-    """Refuse, before anything is written, a run whose global batch the forget set cannot fill."""
-    if cfg.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1 (got {cfg.batch_size})")
+def fit_batch(bundle: DataBundle, method: type[Method] | Method, batch_size: int, processes: int,
+              warn: bool = True) -> int:
+    """The per-process batch, cut to what the forget records fill in one global batch (own data may hold a
+    handful of records: a batch of 8 on 4 would repeat records within a step); a warning says so."""
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1 (got {batch_size})")
     n = len(forget_records(bundle, method))
-    if n and cfg.batch_size * processes > n:
-        raise ValueError(f"{processes} processes × batch {cfg.batch_size} = {cfg.batch_size * processes} forget "
-                         f"records per step, but the forget split has {n} for {method.name}: use fewer processes "
-                         "or a smaller --batch-size")
+    if not n:
+        return batch_size
+    if n < processes:
+        raise ValueError(f"the forget split has {n} training record(s) for {method.name}, fewer than the "
+                         f"{processes} processes: use fewer processes")
+    fitted = min(batch_size, n // processes)
+    if fitted < batch_size and warn:
+        import logging
+
+        logging.getLogger("mmunlearn").warning(
+            f"--batch-size {batch_size} is more than the {n} forget records fill on {processes} process(es) "
+            f"for {method.name}: using {fitted}")
+    return fitted
+
+
+def check_launch(bundle: DataBundle, method: type[Method] | Method, cfg: UnlearnConfig, processes: int) -> None:
+    """Refuse, before anything is written, a run whose global batch the forget set cannot fill at all."""
+    fit_batch(bundle, method, cfg.batch_size, processes, warn=False)
 
 
 def check_selection(cfg: UnlearnConfig, method: type[Method] | Method, processes: int) -> Rule | None:
@@ -147,7 +163,7 @@ def unlearn(bundle: DataBundle, cfg: UnlearnConfig, out: Path, loaded: LoadedMod
                          f"in split {bundle.forget_split!r}")
     if method.needs_retain and not retain:
         raise ValueError(f"{cfg.method} needs retain records but the retain split is empty")
-    check_launch(bundle, method, cfg, world)
+    batch_size = fit_batch(bundle, method, cfg.batch_size, world)
     rule = check_selection(cfg, method, world)
     if resume and cfg.eval_every and (Path(out) / "checkpoint" / "loop_state.json").is_file():
         raise ValueError("--resume cannot continue an --eval-every run: the evaluations and kept weights "
@@ -173,9 +189,9 @@ def unlearn(bundle: DataBundle, cfg: UnlearnConfig, out: Path, loaded: LoadedMod
     reference = build_reference(method.reference_kind(), model, loaded.adapter, module, accelerator,
                                 loaded_reference)
 
-    samplers = {"forget": RecordSampler(forget, cfg.batch_size, cfg.seed, rank, world)}
+    samplers = {"forget": RecordSampler(forget, batch_size, cfg.seed, rank, world)}
     if retain:
-        samplers["retain"] = RecordSampler(retain, cfg.batch_size, cfg.seed + 1, rank, world)
+        samplers["retain"] = RecordSampler(retain, batch_size, cfg.seed + 1, rank, world)
     collate = TrainCollator(loaded.adapter, loaded.processor, shuffle_options=True, seed=cfg.seed)
     # One stream on every process (its seed string is the one single-process runs always used).
     rng = random.Random(f"method-{cfg.seed}-0")
@@ -236,7 +252,8 @@ def unlearn(bundle: DataBundle, cfg: UnlearnConfig, out: Path, loaded: LoadedMod
         "records": {"forget": len(forget), "retain": len(retain)},
         "processes": world,
         "distributed_type": result.distributed_type if result else str(accelerator.distributed_type).split(".")[-1],
-        "global_batch": cfg.batch_size * world * cfg.grad_accum,
+        "batch_size": batch_size,  # per process, after fitting it to the forget records (fit_batch)
+        "global_batch": batch_size * world * cfg.grad_accum,
         "mixed_precision": cfg.mixed_precision,
         "reference": reference.kind if reference is not None else None,
         "reference_params": parameter_count(reference),

@@ -62,7 +62,9 @@ GROUPS = ("forget", "retain", "holdout")
 
 @dataclass
 class RankConfig:
-    photos: str = "test"  # split whose image+text records give the forget and retain people's photos
+    # split whose image+text records give the forget and retain people's photos; None: "test" (unseen photos)
+    # where the data has it, else the forget and retain splits' own photos (own data: trained photos)
+    photos: str | None = None
     question: str | None = None  # None: the world's evaluation name question
     answer_template: str | None = None  # "{name}" is replaced; None: the world's name answer, "{name}" elsewhere
     retain_people: int = 10  # retain people ranked (a seeded sample; 0: none, -1: all)
@@ -130,16 +132,37 @@ def _distinct_photos(records: Sequence[Record], group: str) -> list[Photo]:
     return out
 
 
+def photo_splits(bundle: DataBundle, cfg: RankConfig) -> tuple[str, ...]:
+    """The splits whose photos are ranked: --photos, or "test" (photos no run trained on) where the data has
+    it, else forget + retain (your own data has only those: the ranking is then on trained photos)."""
+    if cfg.photos is not None:
+        if cfg.photos not in bundle.splits:
+            raise DataError(f"--photos {cfg.photos!r} is not a split of {bundle.root} "
+                            f"(available: {', '.join(sorted(bundle.splits))})")
+        return (cfg.photos,)
+    if "test" in bundle.splits:
+        return ("test",)
+    return tuple(s for s in ("forget", "retain") if s in bundle.splits)
+
+
+def photos_note(bundle: DataBundle, cfg: RankConfig) -> str | None:
+    """Why the ranking is not on unseen photos, when it is not."""
+    names = photo_splits(bundle, cfg)
+    if names == ("test",):
+        return None
+    return (f"the photos ranked are from {' + '.join(names)}, which the model was trained on (the data has no "
+            "unseen photos): a forgotten person here is a forgotten photo, not necessarily a forgotten face")
+
+
 def photo_sets(bundle: DataBundle, cfg: RankConfig) -> dict[str, list[Photo]]:
     """The photos each group ranks: forget and (a sample of) retain people from `cfg.photos`, and the
     holdout people's photos (never trained: their every photo is unseen)."""
-    if cfg.photos not in bundle.splits:
-        raise DataError(f"--photos {cfg.photos!r} is not a split of {bundle.root} "
-                        f"(available: {', '.join(sorted(bundle.splits))})")
-    recs = [r for r in bundle.splits[cfg.photos] if r.modality == "image+text"]
+    names = photo_splits(bundle, cfg)
+    recs = [r for name in names for r in bundle.splits[name] if r.modality == "image+text"]
     forget = _distinct_photos([r for r in recs if r.profile_id in bundle.forget_ids], "forget")
     if not forget:
-        raise DataError(f"split {cfg.photos!r} has no photos of the forget people ({bundle.forget_split})")
+        raise DataError(f"{'split ' + names[0] if len(names) == 1 else 'the data'} has no photos of the forget "
+                        f"people ({bundle.forget_split}): the identity ranking needs image+text records")
     retain_ids = sorted({r.profile_id for r in recs if r.profile_id in bundle.retain_ids})
     if 0 <= cfg.retain_people < len(retain_ids):
         retain_ids = sorted(random.Random(f"{cfg.seed}-rank-retain").sample(retain_ids, cfg.retain_people))
@@ -347,7 +370,8 @@ def run_rank(loaded: LoadedModel, bundle: DataBundle, cfg: RankConfig | None = N
     summary = {
         "attack": "rank",
         "forget_split": bundle.forget_split,
-        "photos": cfg.photos,
+        "photos": "+".join(photo_splits(bundle, cfg)),
+        "photos_note": photos_note(bundle, cfg),
         "question": question,
         "answer_template": template,
         "n_candidates": len(names),
