@@ -51,6 +51,9 @@ class ViKeRConfig(MethodConfig):
     # ours: ascent only while p_θ(y_i) > p̂_i(y_i) (False: the literal −NLL_f over every answer token)
     ascent_floor: bool = True
     kl_tokens: str = "ordinary"  # ordinary: each token's KL weighted by p̂_i(y_i) (ours) | all (paper)
+    # how the ascent's token NLLs are averaged: token (a global token mean: ours, the bench's rows) | sample
+    # ((1/|y|) Σ_i per answer, as the KL: the paper's, where λ = γ cancels the ascent on ordinary tokens)
+    ascent_mean: str = "token"
     k: int = 5  # irrelevant images per sample (fewer is unstable)
     irrelevant: str = "others"  # others (ours) | scenes | noise (images that show no person: the paper's)
     noise_std: float = 64.0  # "noise": pixel σ around grey
@@ -63,6 +66,7 @@ class ViKeRPaperConfig(ViKeRConfig):
     alpha: float = 1.0
     ascent_floor: bool = False
     kl_tokens: str = "all"
+    ascent_mean: str = "sample"
     irrelevant: str = "scenes"
 
 
@@ -99,18 +103,25 @@ def ideal_distribution(reference: Callable[[dict], tuple[torch.Tensor, torch.Ten
 
 
 def forget_terms(logits: torch.Tensor, p_hat: torch.Tensor, ids: torch.Tensor, owner: torch.Tensor, n: int,
-                 kl_tokens: str = "ordinary", ascent_floor: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 kl_tokens: str = "ordinary", ascent_floor: bool = True,
+                 ascent_mean: str = "token") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(NLL to ascend, KL term, share of tokens still ascending) over the answer tokens (N, V) of a batch.
 
-    The ascent is the mean token NLL; with `ascent_floor` a token whose p_θ(y_i) has fallen to p̂_i(y_i)
-    or below stops contributing. The KL is per sample (1/|y|) Σ_i KL(p̂_i ‖ p_θ,i), each token weighted
-    by p̂_i(y_i) when `kl_tokens="ordinary"`.
+    The KL is per sample (1/|y|) Σ_i KL(p̂_i ‖ p_θ,i), each token weighted by p̂_i(y_i) when
+    `kl_tokens="ordinary"`. The ascent is the NLL of the answer tokens, averaged the same way
+    (`ascent_mean="sample"`: the paper's (1/|y|) Σ_i, so with λ = γ the two terms cancel on a token whose p̂ is
+    its own answer, whatever the answers' lengths: the gradient on token i of sample s is (onehot(y_i) − p̂_i)/(B|y_s|))
+    or as a global token mean (`"token"`, ours). With `ascent_floor` a token whose p_θ(y_i) has fallen to
+    p̂_i(y_i) or below stops contributing.
     """
     logp_y = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     p_hat_y = p_hat.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     above = (logp_y > torch.log(p_hat_y.clamp_min(1e-12))).detach()
     keep = above if ascent_floor else torch.ones_like(above)
-    ascent = -(logp_y * keep).sum() / token_count(torch.ones_like(ids))  # global token mean (losses.py)
+    if ascent_mean == "sample":
+        ascent = per_sample_mean(-(logp_y * keep), owner, n)
+    else:
+        ascent = -(logp_y * keep).sum() / token_count(torch.ones_like(ids))  # global token mean (losses.py)
     token_kls = token_kl(p_hat, logits)
     if kl_tokens == "ordinary":
         token_kls = token_kls * p_hat_y
@@ -200,6 +211,8 @@ class ViKeR(Method):
         cfg = self.cfg
         if cfg.kl_tokens not in ("all", "ordinary"):
             raise ValueError(f"viker kl_tokens must be all or ordinary, got {cfg.kl_tokens!r}")
+        if cfg.ascent_mean not in ("token", "sample"):
+            raise ValueError(f"viker ascent_mean must be token or sample, got {cfg.ascent_mean!r}")
         if cfg.k < 1:
             raise ValueError(f"viker k must be ≥ 1, got {cfg.k}")
         self.pool = IrrelevantPool(cfg.irrelevant, ctx.retain_records, cfg.noise_std)
@@ -255,7 +268,7 @@ class ViKeR(Method):
         nll_f = answer_nll(logits, labels)
         ids, owner = answer_targets(labels)
         ascent, kl, share = forget_terms(answer_positions(logits, labels), p_hat, ids, owner, labels.shape[0],
-                                         cfg.kl_tokens, cfg.ascent_floor)
+                                         cfg.kl_tokens, cfg.ascent_floor, cfg.ascent_mean)
         terms = {"nll_forget": nll_f.detach(), "kl_ideal": kl.detach(), "ascending_share": share}
         loss = -cfg.gamma * ascent + cfg.kl_weight * kl
         if cfg.alpha:
