@@ -388,7 +388,9 @@ def demo(
                       max_records=max_records, overwrite=overwrite)
     log = logging.getLogger("mmunlearn")
     log.info(stage_table(result))
-    log.info(f"vanilla model: {'shipped with the package' if result['vanilla'] == 'shipped' else 'fine-tuned here'}")
+    where = {"shipped": "the weights shipped with the package", "fitted": "fine-tuned here",
+             "reused": f"reused from the earlier demo in {out}"}
+    log.info(f"vanilla model: {where[result['vanilla']]}")
     log.info(f"demo report (open it in a browser) → {result['report']}")
 
 

@@ -126,7 +126,8 @@ def _check_plan(out: Path, plan: DemoPlan, overwrite: bool) -> None:
 def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, refit: bool = False,
              methods: list[str] | None = None, max_records: int | None = None, overwrite: bool = False,
              progress: Callable[[str], None] | None = None) -> dict:
-    """Run the demo into `out` → {"stages": {stage: seconds}, "report": path, "vanilla": "shipped" | "fitted"}.
+    """Run the demo into `out` → {"stages": {stage: seconds}, "report": path, "vanilla": "shipped" | "fitted" |
+    "reused"}.
 
     Whatever an earlier demo in `out` finished (world, vanilla model, bench runs) is reused, so an interrupted
     demo continues where it stopped."""
@@ -173,11 +174,12 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, refit: bool 
         else:
             if not plan.quick:
                 say(f"vanilla: fine-tuning ({why}; about 17 minutes on 2 cores)")
+            resume = (vanilla / "checkpoint" / "loop_state.json").is_file()  # an interrupted refit continues
             finetune_run(data=world_dir, out=vanilla, model="tiny-llava", forget_split=plan.forget_split,
-                         checkpoint_every=0 if plan.quick else 500, eval_after=False, overwrite=True,
-                         resume=False, **plan.finetune)
-    elif (vanilla / PROVENANCE).is_file():
-        source = "shipped"
+                         checkpoint_every=0 if plan.quick else 500, eval_after=False, overwrite=not resume,
+                         resume=resume, **plan.finetune)
+    else:
+        source = "reused"  # an earlier demo in OUT finished it (shipped or fitted: provenance.json says which)
     stages["vanilla model"] = time.perf_counter() - t
 
     # The vanilla row of the bench, evaluated before the methods run so that a vanilla which never learned the
