@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 # The public API (mmunlearn/api.py), imported on first use: `import mmunlearn` (and so the CLI's start)
 # must not pay for torch, transformers and datasets.
 _API = ("load_data", "load_model", "finetune", "unlearn", "evaluate", "attack_relearn", "attack_probe",
-        "attack_rank", "Record", "DataBundle", "DataError", "LoadedModel")
+        "attack_rank", "Record", "DataBundle", "DataError", "LoadedModel", "ModelLoadError")
 __all__ = ["__version__", *_API]
 
 

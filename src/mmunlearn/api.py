@@ -29,11 +29,12 @@ from .data.store import DataBundle
 from .data.store import load_data as _load_data
 from .data.store import parse_ids
 from .eval.evaluator import SPLITS
+from .models.base import ModelLoadError
 from .models.loader import LoadedModel
 
 __all__ = [
-    "DataBundle", "DataError", "LoadedModel", "Record", "attack_probe", "attack_rank", "attack_relearn", "evaluate",
-    "finetune", "load_data", "load_model", "unlearn",
+    "DataBundle", "DataError", "LoadedModel", "ModelLoadError", "Record", "attack_probe", "attack_rank",
+    "attack_relearn", "evaluate", "finetune", "load_data", "load_model", "unlearn",
 ]
 
 PathLike = Union[str, Path]
@@ -102,19 +103,22 @@ def _run_dir(out: PathLike | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def finetune(data: DataSource, model: str = "tiny-llava", *, steps: int = 5000, batch_size: int = 16,
+def finetune(data: DataSource, model: str = "tiny-llava", *, steps: int | None = None, batch_size: int = 16,
              lr: float = 2e-3, seed: int = 0, out: PathLike | None = None, **config: Any) -> LoadedModel:
     """Teach a model the people of `data` (everyone, forget and retain alike, as benchmarks do before
-    unlearning) → the fine-tuned model. `steps`: steps on the fictitious people (stage 2); `config`:
-    any other `train.finetune.FinetuneConfig` field (stage1_steps, vision_warmup_steps, warmup_steps…).
+    unlearning) → the fine-tuned model. `steps`: steps on the fictitious or your own people (stage 2; default:
+    the default world's 5,000 scaled to the data, as `mmunlearn finetune` does); `config`: any other
+    `train.finetune.FinetuneConfig` field (stage1_steps, vision_warmup_steps, warmup_steps…).
     `out`: where the HF folder and train_log.json are saved (default: a temporary folder)."""
-    from .train.finetune import FinetuneConfig
+    from .train.finetune import FinetuneConfig, scaled_schedule
     from .train.finetune import finetune as _finetune
 
     _check_fields(FinetuneConfig, config, "finetune")
     bundle = _bundle(data)
+    schedule = scaled_schedule(bundle, batch_size, config.get("exclude_ids"), config.pop("vision_warmup_steps", None),
+                               config.pop("stage1_steps", None), steps)
     config = {"checkpoint_every": 0, **config}  # no resumable checkpoints unless asked: a script reruns
-    cfg = FinetuneConfig(model=str(model), stage2_steps=steps, batch_size=batch_size, lr=lr, seed=seed, **config)
+    cfg = FinetuneConfig(model=str(model), batch_size=batch_size, lr=lr, seed=seed, **schedule, **config)
     with _run_dir(out) as run:
         return _finetune(bundle, cfg, run)["loaded"]
 

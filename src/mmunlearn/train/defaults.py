@@ -14,6 +14,7 @@ BATCH_SIZE = 16
 LR = 2e-3
 SCHEDULE_EPOCHS = 40  # passes over a small data set's records before the caps above apply
 MIN_STAGE2_STEPS = 200  # even a handful of records gets this many steps (memorising takes steps, not data)
-# A resumable checkpoint every N optimiser steps, the same on every command that trains (HF Trainer's
-# save_steps); 0: never. An unlearning run's checkpoints are removed when it finishes.
-CHECKPOINT_EVERY = 500
+# A resumable checkpoint every N optimiser steps, the same on every command that trains; 0 (the default): never.
+# Off by default because a full-scope 7B checkpoint (weights + AdamW state) is ~84 GB and DeepSpeed runs refuse
+# them; `--checkpoint-every N` makes `--resume` possible. An unlearning run's checkpoints go when it finishes.
+CHECKPOINT_EVERY = 0

@@ -225,7 +225,7 @@ def fit_finetune_batch(batch_size: int, records: int, processes: int) -> int:
         import logging
 
         logging.getLogger("mmunlearn").warning(
-            f"--batch-size {batch_size} is more than the {records} training records fill on {processes} "
+            f"batch size {batch_size} is more than the {records} training records fill on {processes} "
             f"process(es): using {fitted}")
     return fitted
 

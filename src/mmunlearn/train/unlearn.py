@@ -118,7 +118,7 @@ def fit_batch(bundle: DataBundle, method: type[Method] | Method, batch_size: int
         import logging
 
         logging.getLogger("mmunlearn").warning(
-            f"--batch-size {batch_size} is more than the {n} forget records fill on {processes} process(es) "
+            f"batch size {batch_size} is more than the {n} forget records fill on {processes} process(es) "
             f"for {method.name}: using {fitted}")
     return fitted
 
