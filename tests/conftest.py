@@ -5,6 +5,40 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
+# The suite runs on two pytest-xdist workers (pyproject's addopts), each at one torch thread: on 2 cores that
+# is faster than one process at two threads (tiny models keep a second thread half idle).
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+# Torch's thread count changes the order of floating-point reductions, so a fine-tune on 1 thread and on 2
+# lands on different weights (issue #33). Every test process runs at one pinned count (the fixture's cache key
+# holds it): 1 on the workers, 2 in a single process (`-p no:xdist` or `-n 0`); MMUNLEARN_TEST_THREADS=N sets
+# it. Verdicts must hold on both.
+TEST_THREADS = int(os.environ.get("MMUNLEARN_TEST_THREADS") or (1 if WORKERS > 1 else 2))
+# Files whose tests share a session fixture beyond the fine-tuned model run on one worker (one VKD run for both).
+SHARED_GROUPS = {"test_seed_methods": "vkd", "test_rank_attack": "vkd"}
+
+
+def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(TEST_THREADS)
+
+
+def pytest_report_header(config):
+    return f"mmunlearn tests: torch threads pinned to {TEST_THREADS} (MMUNLEARN_TEST_THREADS)"
+
+
+def pytest_collection_modifyitems(config, items):
+    """One xdist group per file (module fixtures are built once), and the files that need no fine-tuned model
+    first: while one worker fine-tunes the fixture, the other runs them."""
+    groups: dict[str, list] = {}
+    for item in items:
+        stem = item.path.stem
+        group = SHARED_GROUPS.get(stem, stem)
+        item.add_marker(pytest.mark.xdist_group(group))
+        groups.setdefault(group, []).append(item)
+    needs = {g: any("tuned_small" in i.fixturenames for i in its) for g, its in groups.items()}
+    items[:] = [i for g, its in sorted(groups.items(), key=lambda kv: needs[kv[0]]) for i in its]
+
 
 @pytest.fixture(scope="session")
 def small_world(tmp_path_factory):
@@ -26,35 +60,63 @@ SMALL_WORLD = dict(profiles=6, real=4, holdout=3, seed=0, train_phrasings=3)
 SMALL_FINETUNE = dict(stage1_steps=200, stage2_steps=1600, batch_size=16, lr=2e-3, warmup_steps=30, checkpoint_every=0)
 
 
+def fixture_settings() -> dict:
+    """What the fine-tuned fixture depends on besides the sources and library versions: its recipe, its world
+    and the thread count it was trained at."""
+    return {"finetune": SMALL_FINETUNE, "world": SMALL_WORLD, "threads": TEST_THREADS}
+
+
 @pytest.fixture(scope="session")
 def tuned_small(small_world, tmp_path_factory):
     """A tiny LLaVA fine-tuned on the small world: (bundle, run folder, train_log).
 
-    Set MMUNLEARN_TEST_CACHE=DIR to keep it between pytest runs while developing (CI builds it fresh).
+    Set MMUNLEARN_TEST_CACHE=DIR to keep it between pytest runs while developing (CI builds it fresh);
+    MMUNLEARN_TEST_FIXTURE=DIR uses one finished fine-tune as it is, whatever the sources (editing tests only).
     """
     import json
     from pathlib import Path
 
     from mmunlearn.data.store import load_data
-    from mmunlearn.train.finetune import FinetuneConfig, finetune
 
     import torch
     import transformers
 
     import mmunlearn
-    from helpers import fixture_cache_key
+    from helpers import fine_tuned_fixture
 
     bundle = load_data(small_world, "forget_15")
-    cache = os.environ.get("MMUNLEARN_TEST_CACHE")
-    if cache:  # keyed by what made it: a changed recipe, source file or library builds a new one
-        key = fixture_cache_key({"finetune": SMALL_FINETUNE, "world": SMALL_WORLD},
-                                Path(mmunlearn.__file__).parent, (torch.__version__, transformers.__version__))
-        out = Path(cache) / f"tuned_small-{key}"
-    else:
-        out = tmp_path_factory.mktemp("tuned") / "vanilla"
-    if not (out / "train_log.json").is_file():
-        finetune(bundle, FinetuneConfig(**SMALL_FINETUNE), out)
-    return bundle, out, json.loads((out / "train_log.json").read_text())
+    pinned = os.environ.get("MMUNLEARN_TEST_FIXTURE")
+    if pinned:  # a fine-tuned folder used as it is, unkeyed: quick iteration on tests only, never in CI
+        out = Path(pinned)
+        if not (out / "train_log.json").is_file():
+            pytest.exit(f"MMUNLEARN_TEST_FIXTURE={pinned} holds no finished fine-tune (train_log.json)", 2)
+        return bundle, out, json.loads((out / "train_log.json").read_text())
+    # MMUNLEARN_TEST_CACHE: keyed by what made it (tests/test_fixture_cache.py proves the reuse and the rebuild).
+    # Without it the run is built once per pytest run: in the folder every xdist worker shares, under a lock
+    # (the first worker fine-tunes, the others wait and reuse it).
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if WORKERS > 1:
+        shared = shared.parent
+    with FileLock(str(shared / "tuned_small.lock")):
+        out, log = fine_tuned_fixture(bundle, os.environ.get("MMUNLEARN_TEST_CACHE"), fixture_settings(),
+                                      Path(mmunlearn.__file__).parent,
+                                      (torch.__version__, transformers.__version__), shared / "tuned")
+    return bundle, out, log
+
+
+@pytest.fixture(scope="session")
+def vkd_forgotten(tuned_small, tmp_path_factory):
+    """The fixture after VKD at its defaults with forget_cap 2.0 (480 steps, ~80 s): one run shared by the VKD
+    forgetting test (tests/test_seed_methods.py) and the identity-ranking test that the retain people keep
+    their names while the forget person loses theirs (tests/test_rank_attack.py)."""
+    from mmunlearn.models.loader import load_model
+    from mmunlearn.train.unlearn import UnlearnConfig, unlearn
+
+    bundle, vanilla, _ = tuned_small
+    return unlearn(bundle, UnlearnConfig(method="vkd", method_args={"forget_cap": 2.0}),
+                   tmp_path_factory.mktemp("vkd") / "run", loaded=load_model(vanilla))
 
 
 @pytest.fixture(scope="session")

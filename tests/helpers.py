@@ -43,6 +43,19 @@ def both_accuracies(loaded, bundle, split: str) -> dict[str, float]:
     return {"loglik": cls_acc(loaded, recs), "generated": generated_cls_acc(loaded, recs)}
 
 
+def reply_rates(loaded, records) -> dict[str, float]:
+    """Shares of refusing and of degenerate replies (32 new tokens, as the evaluator) to the generation
+    questions among `records`: what a method that keeps these people must not produce for them."""
+    from mmunlearn.eval.engine import generate
+    from mmunlearn.eval.metrics import is_degenerate, is_refusal
+
+    gen = [r for r in records if r.task == "generation"]
+    assert gen, "no generation records"
+    replies = generate(loaded, gen, max_new_tokens=32, progress=False)
+    return {"refusal": sum(map(is_refusal, replies)) / len(gen),
+            "degenerate": sum(map(is_degenerate, replies)) / len(gen)}
+
+
 def fixture_cache_key(settings: dict, package_root, versions: tuple[str, ...] = ()) -> str:
     """What a cached test fixture is keyed by: its settings, every source file of the package that made
     it (path and bytes) and the library versions. Any change gives a new key, so a stale fixture is
@@ -57,6 +70,27 @@ def fixture_cache_key(settings: dict, package_root, versions: tuple[str, ...] = 
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     digest.update("|".join(versions).encode())
     return digest.hexdigest()[:16]
+
+
+def fine_tuned_fixture(bundle, cache_dir, settings: dict, package_root, versions: tuple[str, ...], tmp_dir,
+                       finetune_fn=None):
+    """The body of conftest's `tuned_small` (a plain function, so a test can prove the cache is reused):
+    with `cache_dir` a finished run (train_log.json) at CACHE/tuned_small-KEY is taken as it is and anything
+    else is fine-tuned there; without one it is fine-tuned in `tmp_dir`. The recipe is settings["finetune"];
+    `finetune_fn` defaults to mmunlearn.train.finetune.finetune, looked up at call time.
+    Returns (run folder, train log)."""
+    import importlib
+    import json
+    from pathlib import Path
+
+    ft = importlib.import_module("mmunlearn.train.finetune")
+    if cache_dir:  # keyed by what made it: a changed recipe, thread count, source file or library builds anew
+        out = Path(cache_dir) / f"tuned_small-{fixture_cache_key(settings, package_root, versions)}"
+    else:
+        out = Path(tmp_dir) / "vanilla"
+    if not (out / "train_log.json").is_file():
+        (finetune_fn or ft.finetune)(bundle, ft.FinetuneConfig(**settings["finetune"]), out)
+    return out, json.loads((out / "train_log.json").read_text())
 
 
 def assert_masks_agree_and_hold(out, before: dict, after: dict) -> None:

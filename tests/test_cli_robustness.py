@@ -260,24 +260,3 @@ def test_real_process_prints_one_line(small_world, model_dir, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "forget_77" in proc.stderr and "Traceback" not in proc.stderr
-
-
-def test_demo_wires_world_finetune_and_bench(tmp_path, monkeypatch, runner):
-    """The demo's own steps (fine-tune and bench are long, so they are recorded, not run)."""
-    import mmunlearn.cli as cli
-
-    from test_html_report import make_bench
-
-    calls = {}
-    monkeypatch.setattr(cli, "finetune", lambda **kw: calls.setdefault("finetune", kw))
-    # the bench's files written by hand, so the demo's last step, the HTML report, has something to read
-    monkeypatch.setattr(cli, "bench", lambda **kw: (calls.setdefault("bench", kw), make_bench(kw["out"])))
-    res = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--profiles", "4"])
-    assert res.exit_code == 0, res.output
-    assert (tmp_path / "demo" / "report.html").is_file() and str(tmp_path / "demo" / "report.html") in res.output
-    manifest = json.loads((tmp_path / "demo" / "world" / "world.json").read_text())
-    assert manifest["counts"]["profiles"]["fictitious"] == 4
-    assert manifest["config"]["train_phrasings"] == 3  # the world's default, not a typer placeholder
-    assert calls["finetune"]["data"] == tmp_path / "demo" / "world" and calls["finetune"]["model"] == "tiny-llava"
-    assert calls["bench"]["model"] == tmp_path / "demo" / "vanilla"
-    assert set(calls["bench"]["methods_"].split(",")) == set(cli.DEMO_METHODS)

@@ -1,9 +1,9 @@
 """DeepSpeed ZeRO-2/3 under the engine's loop (train/zero.py).
 
-Without the `deepspeed` extra (CI installs `.[dev]`) the config files, the extras, the mask slicing on
-hand-made partitioned gradients and the refusal lines are still checked. With it, two CPU processes
-(gloo, `DS_ACCELERATOR=cpu`) run ZeRO-2 and ZeRO-3 for real, checked against one process holding the
-union of their batches (as tests/test_distributed.py does for DDP and FSDP2).
+The config files, the extras, the mask slicing on hand-made partitioned gradients and the refusal lines need
+no DeepSpeed. The rest needs the `deepspeed` extra (CI installs `.[dev,deepspeed]`) and fails without it: two
+CPU processes (gloo, `DS_ACCELERATOR=cpu`) run ZeRO-2 and ZeRO-3 for real, checked against one process holding
+the union of their batches (as tests/test_distributed.py does for DDP and FSDP2).
 """
 
 from __future__ import annotations
@@ -27,6 +27,15 @@ ROOT = Path(__file__).parents[1]
 CONFIGS = ROOT / "configs" / "accelerate"
 DRIVER = Path(__file__).with_name("deepspeed_driver.py")
 LR = 1e-3
+
+
+def needs_deepspeed() -> None:
+    """The ZeRO tests fail, not skip, without DeepSpeed: CI installs the `deepspeed` extra, and a skipped
+    equivalence test would pass for a broken ZeRO path."""
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        pytest.fail("deepspeed is not installed: pip install -e '.[deepspeed]' (CI installs it)")
 
 
 # --- without deepspeed --------------------------------------------------------------------------------
@@ -176,7 +185,7 @@ def _launch(stage: int, world_dir: Path, model_dir: Path, out: Path) -> subproce
 
 @pytest.fixture(scope="module")
 def zero_runs(small_world, untrained_llava, tmp_path_factory):
-    pytest.importorskip("deepspeed")
+    needs_deepspeed()
     runs = {}
     for stage in (2, 3):
         out = tmp_path_factory.mktemp(f"zero{stage}")
@@ -189,7 +198,7 @@ def zero_runs(small_world, untrained_llava, tmp_path_factory):
 @pytest.fixture(scope="module")
 def union_runs(small_world, untrained_llava, tmp_path_factory):
     """One process, the union of both processes' batches (batch 4 = 2 processes × 2)."""
-    pytest.importorskip("deepspeed")
+    needs_deepspeed()
     from mmunlearn.data.store import load_data
     from mmunlearn.models.loader import load_model
     from mmunlearn.train.unlearn import UnlearnConfig, unlearn
@@ -264,7 +273,7 @@ def test_masked_weights_stay_byte_identical_under_zero(zero_runs, untrained_llav
 
 def test_cpu_zero3_config_file_launches_two_processes_through_the_cli(small_world, untrained_llava, tmp_path):
     """The repo's CPU ZeRO-3 launch file, the real CLI: two processes, θ0 partitioned, one folder."""
-    pytest.importorskip("deepspeed")
+    needs_deepspeed()
     from helpers import launch_two_process_npo
     from mmunlearn.models.loader import load_model
 

@@ -141,7 +141,7 @@ def _cli(args, env=None):
     (["--dtype", "bf17"], "unknown dtype 'bf17'"),
     (["--mixed-precision", "fp9"], "unknown mixed precision 'fp9'"),
     (["--grad-accum", "0"], "gradient accumulation must be at least 1"),
-    (["--batch-size", "5000"], "forget records per step"),
+    (["--batch-size", "0"], "--batch-size must be greater than 0"),
 ])
 def test_bad_launch_settings_are_one_error_line_and_nothing_written(untrained_llava, small_world, tmp_path, extra,
                                                                     message):

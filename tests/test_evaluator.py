@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 from typer.testing import CliRunner
@@ -77,17 +78,32 @@ def test_results_are_written_atomically(tmp_path, monkeypatch):
 
 
 def test_eval_cli_with_forget_quality(tuned_small, small_world, tmp_path):
+    """forget_quality against a hand-written reference whose text truth ratios (1000, 2000, 3000) lie above every
+    one of the run's: two fully separated samples of n and m, whose exact two-sided KS p-value is 2 / C(n + m, m)
+    (of the C(n + m, m) equally likely orderings only "all of one, then all of the other" reach D = 1)."""
     _, vanilla, _ = tuned_small
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    reference = [1000.0, 2000.0, 3000.0]
+    rows = [{"split": "forget", "modality": "text", "scores": {"truth_ratio": v}} for v in reference]
+    rows.append({"split": "retain", "modality": "image+text", "scores": {"truth_ratio": 0.5}})  # not forget: unread
+    (ref / "details.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (ref / "summary.json").write_text(json.dumps({"metrics": {}, "config": {"truth_ratio_mean": "geometric"}}))
     runner = CliRunner()
     args = ["eval", "--model", str(vanilla), "--data", str(small_world), "--forget-split", "forget_15",
-            "--splits", "forget,retain"]
-    first = runner.invoke(app, args + ["--out", str(tmp_path / "a")])
-    assert first.exit_code == 0, first.output
-    ref = tmp_path / "a" / "summary.json"
-    second = runner.invoke(app, args + ["--out", str(tmp_path / "b"), "--reference-summary", str(ref)])
-    assert second.exit_code == 0, second.output
+            "--splits", "forget", "--out", str(tmp_path / "b")]
+    res = runner.invoke(app, args + ["--reference-summary", str(ref / "summary.json")])
+    assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "b" / "summary.json").read_text())
-    # the same model as its own reference: identical truth-ratio distributions, KS p-value 1
-    assert summary["metrics"]["forget"]["text"]["forget_quality"] == pytest.approx(1.0)
-    again = runner.invoke(app, args + ["--out", str(tmp_path / "b")])
+    details = [json.loads(line) for line in (tmp_path / "b" / "details.jsonl").read_text().splitlines()]
+    mine = [d["scores"]["truth_ratio"] for d in details
+            if d["split"] == "forget" and d["modality"] == "text" and "truth_ratio" in d["scores"]]
+    # the samples are separated: measured 6 ratios of 0.08-2.9 (a paraphrased answer is not always preferred),
+    # 340 times below the reference's least
+    assert mine and max(mine) < min(reference), mine
+    n, m = len(mine), len(reference)  # measured n = 6: 2 / C(9, 3) = 1/42
+    assert summary["metrics"]["forget"]["text"]["forget_quality"] == pytest.approx(2 / math.comb(n + m, m))
+    # the reference has no image+text truth ratios: no forget_quality there rather than a made-up one
+    assert "forget_quality" not in summary["metrics"]["forget"].get("image+text", {})
+    again = runner.invoke(app, args)
     assert again.exit_code != 0 and "not empty" in again.output

@@ -7,7 +7,6 @@ import math
 import random
 
 import pytest
-from scipy.stats import ks_2samp
 
 from mmunlearn.data.refusals import REFUSALS, sample_refusal
 from mmunlearn.eval.metrics import (
@@ -330,15 +329,32 @@ def test_forget_quality_shifted_samples():
     assert forget_quality(a, b) < 0.01
 
 
-def test_forget_quality_same_as_on_reciprocals():
-    # open-unlearning tests 1/TR; KS is invariant under monotone maps.
-    rng = random.Random(3)
-    a = [rng.uniform(0.1, 2.0) for _ in range(40)]
-    b = [rng.uniform(0.3, 3.0) for _ in range(40)]
-    ref = ks_2samp([1 / x for x in a], [1 / x for x in b]).pvalue
-    assert forget_quality(a, b) == pytest.approx(ref)
+def test_forget_quality_known_p_values_by_hand():
+    """Exact two-sided KS p-values counted by hand: of the C(n+m, n) equally likely orderings of two samples,
+    the share whose empirical CDFs differ at least as much as the observed ones (D)."""
+    # fully separated (D = 1): only the two orderings aaabbb and bbbaaa reach it, 2 of C(6, 3) = 20
+    assert forget_quality([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]) == pytest.approx(0.1)
+    assert forget_quality([4.0, 5.0, 6.0], [1.0, 2.0, 3.0]) == pytest.approx(0.1)
+    # unequal sizes, separated: 2 of C(6, 2) = 15
+    assert forget_quality([1.0, 2.0], [3.0, 4.0, 5.0, 6.0]) == pytest.approx(2 / 15)
+    # one overlap (a a b a b b: D = 2/3): the orderings that stay within 1/3 are the 2^3 made of ab / ba pairs,
+    # so 20 - 8 = 12 of 20 reach 2/3
+    assert forget_quality([1.0, 2.0, 4.0], [3.0, 5.0, 6.0]) == pytest.approx(0.6)
+    # interleaved (a b a b a b: D = 1/3, which every ordering reaches)
+    assert forget_quality([1.0, 3.0, 5.0], [2.0, 4.0, 6.0]) == pytest.approx(1.0)
+
+
+def test_forget_quality_same_as_on_reciprocals_and_drops_nan():
+    # open-unlearning tests 1/TR; KS is invariant under monotone maps: the hand values above, on 1/x
+    assert forget_quality([1.0, 1 / 2, 1 / 3], [1 / 4, 1 / 5, 1 / 6]) == pytest.approx(0.1)
+    assert forget_quality([1.0, 1 / 2, 1 / 4], [1 / 3, 1 / 5, 1 / 6]) == pytest.approx(0.6)
+    # a NaN truth ratio is dropped, not counted as a value: still 3 vs 3, fully separated
+    assert forget_quality([1.0, 2.0, 3.0, math.nan], [4.0, 5.0, 6.0]) == pytest.approx(0.1)
+    assert forget_quality([1.0, 2.0, 3.0], [math.nan, 4.0, 5.0, 6.0]) == pytest.approx(0.1)
     with pytest.raises(ValueError):
         forget_quality([], [1.0])
+    with pytest.raises(ValueError):
+        forget_quality([math.nan], [1.0])
 
 
 # ----------------------------------------------------------------- log-lik choice, MIA, min-k

@@ -263,3 +263,67 @@ def test_forget_ids_on_clear(tmp_path):
         assert sorted(r.id for r in bundle.splits[side]) == sorted(r.id for r in pooled if r.profile_id == person)
         assert person not in {r.profile_id for r in bundle.splits[other]}
     assert bundle.splits["forget"] and bundle.splits["forget_faces"]
+
+
+# ---- any size: schedules and batches fitted to the data (issue #28) ------------------------------------------
+
+def _bundle_of(stage1: int, stage2: int):
+    """A bundle with `stage1` "real" records and `stage2` fine-tune records (their content does not matter)."""
+    from mmunlearn.data.record import Record
+    from mmunlearn.data.store import DataBundle
+
+    def recs(n, split):
+        return [Record(id=f"{split}{i}", profile_id=f"p{i % 3}", question="q?", answer="a.", task="generation",
+                       modality="text", split=split) for i in range(n)]
+
+    splits = {"finetune": recs(stage2, "finetune")}
+    if stage1:
+        splits["pretrain"] = recs(stage1, "pretrain")
+    return DataBundle("world", Path("."), "forget_10", splits)
+
+
+def test_the_schedule_is_the_default_worlds_recipe_scaled_to_the_records():
+    from mmunlearn.train.finetune import scaled_schedule
+
+    # the default world (world.json: 3,962 pretrain and 13,188 finetune records) reaches every cap
+    assert scaled_schedule(_bundle_of(3962, 13188), 16) == {"vision_warmup_steps": 900, "stage1_steps": 400,
+                                                            "stage2_steps": 5000}
+    # 300 records at batch 16: 40 passes = ceil(40 × 300 / 16) = 750 steps; stage 0 no longer than stage 2
+    assert scaled_schedule(_bundle_of(0, 300), 16) == {"vision_warmup_steps": 750, "stage1_steps": 0,
+                                                       "stage2_steps": 750}
+    # 5 records (examples/people.jsonl): the batch is 5, 40 passes = 40 steps, raised to the floor of 200
+    assert scaled_schedule(_bundle_of(0, 5), 16) == {"vision_warmup_steps": 200, "stage1_steps": 0,
+                                                     "stage2_steps": 200}
+    # 100 real-people records at batch 16: ceil(40 × 100 / 16) = 250 stage-1 steps; values given are kept
+    assert scaled_schedule(_bundle_of(100, 300), 16, stage0_steps=0, stage2_steps=7) == {
+        "vision_warmup_steps": 0, "stage1_steps": 250, "stage2_steps": 7}
+
+
+def test_batches_are_cut_to_what_the_records_fill():
+    from mmunlearn.train.finetune import fit_finetune_batch
+
+    assert fit_finetune_batch(16, 13188, 1) == 16
+    assert fit_finetune_batch(16, 5, 1) == 5
+    assert fit_finetune_batch(16, 5, 2) == 2  # two processes: 2 records each, 4 per global batch
+    with pytest.raises(ValueError, match="cannot fill a global batch on 4 processes"):
+        fit_finetune_batch(16, 3, 4)
+
+
+def test_own_data_journey_fits_its_batches_and_labels_the_forget_people(people, tmp_path, untrained_llava):
+    """`finetune --forget-ids` labels who the forget people are (its eval has a forget row); unlearning with a
+    batch the forget records cannot fill runs with the batch they fill, says so, and logs it."""
+    out = tmp_path / "mine"
+    res = CliRunner().invoke(app, ["finetune", "--data", str(people), "--forget-ids", "p1", "--out", str(out),
+                                   "--stage0-steps", "0", "--stage2-steps", "2", "--max-records", "8"])
+    assert res.exit_code == 0, res.output
+    log = json.loads((out / "train_log.json").read_text())
+    # 3 training rows (p2's is eval-only): batch 16 cut to 3; the schedule as given
+    assert log["batch_size"] == 3 and log["stage2_steps"] == 2 and log["vision_warmup"] is None
+    assert "forget" in json.loads((out / "eval" / "summary.json").read_text())["metrics"]
+    run = tmp_path / "forgot"
+    res = CliRunner().invoke(app, ["unlearn", "--method", "ga", "--model", str(untrained_llava), "--data",
+                                   str(people), "--forget-ids", "p1", "--out", str(run), "--steps", "1", "--no-eval"])
+    assert res.exit_code == 0, res.output
+    # p1 has 2 training records (both modalities GA forgets): batch 8 → 2
+    assert "batch size 8 is more than the 2 forget records fill on 1 process(es) for ga: using 2" in res.stderr
+    assert json.loads((run / "unlearn_log.json").read_text())["batch_size"] == 2

@@ -65,8 +65,14 @@ def test_quickstart_runs_verbatim(tmp_path):
     assert all(0.0 <= v <= 1.0 for vals in got.values() for v in vals)
     # the fine-tune taught everyone; unlearning took the forget people's answers and kept p3's
     assert all(rouge_before >= 0.8 for rouge_before, *_ in got.values()), got
-    forget_p = [got[k][3] for k in got if k[0] == "forget"]
-    assert max(forget_p) < min(got[k][2] for k in got if k[0] == "forget"), got
+    # forgetting is a decisive drop, not any drop: each forget p(answer) (length-normalised) fell below a tenth of
+    # its value before, and below a tenth of the kept person's after. Measured with the example's 200-step
+    # fine-tune and 30 GradDiff steps (before -> after; retain after), 1 thread: 0.991 -> 0.001 and 0.992 -> 0.000,
+    # retain 0.698; 2 threads: 0.992 -> 0.000 and 0.992 -> 0.000, retain 0.833 (at 10 steps the 1-thread run kept
+    # 0.795 on photos; at 20 the 2-thread run lost retain ROUGE-L to 0.59)
+    for key in (("forget", "image+text"), ("forget", "text")):
+        _, _, p_before, p_after = got[key]
+        assert p_after <= p_before / 10 and p_after <= got[("retain", "image+text")][3] / 10, (key, got)
     assert got[("retain", "image+text")][1] >= 0.8, got
     assert list(tmp_path.iterdir()) == []  # nothing written
 

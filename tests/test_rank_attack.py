@@ -4,6 +4,7 @@ after gradient ascent, leave retain people where a retain-keeping method leaves 
 as answer log-likelihoods summed by hand do."""
 
 import json
+import statistics
 
 import pytest
 from typer.testing import CliRunner
@@ -120,15 +121,26 @@ def test_gradient_ascent_loses_the_true_name(tuned_small, vanilla_rank, tmp_path
     assert sum(forget) > sum(_ranks(vanilla_rank[1], "forget")), forget
 
 
-def test_retain_ranks_unchanged_by_a_method_that_keeps_retain(tuned_small, vanilla_rank, tmp_path):
-    bundle, vanilla_dir, _ = tuned_small
-    vkd = unlearn(bundle, UnlearnConfig(method="vkd", steps=10), tmp_path / "vkd",
-                  loaded=load_model(vanilla_dir)).loaded
-    _, details = run_rank(vkd, bundle, RankConfig(holdout=False))
-    before = {(d["profile_id"], d["photo"]): d["rank"] for d in vanilla_rank[1] if d["group"] == "retain"}
-    after = {(d["profile_id"], d["photo"]): d["rank"] for d in details if d["group"] == "retain"}
-    assert len(after) == RETAIN_PHOTOS
-    assert after == before
+def test_vkd_moves_the_forget_names_and_leaves_the_retain_ranks_within_their_spread(tuned_small, vanilla_rank,
+                                                                                    vkd_forgotten):
+    """VKD (defaults, forget_cap 2.0) keeps the retain people's names and loses the forget person's, judged on the
+    ranks' spread, not rank for rank (a retain photo's name moving from rank 1 to 2 is noise between CPUs).
+
+    Measured, fixture built at 1 / 2 threads (13 candidates; vanilla: forget ranks 1, 1, 1, retain top-1 14 of
+    15, median 1): after VKD, forget ranks 7, 10, 9 / 10, 9, 1; retain top-1 14 / 15 of 15, median 1 / 1.
+    Bounds: retain top-1 at most 3 photos below vanilla's and the median at most 1 rank worse; the forget
+    person's median rank at least 4 (measured 9 and 9) and at most one of the three photos still at rank 1."""
+    bundle = tuned_small[0]
+    _, details = run_rank(vkd_forgotten.loaded, bundle, RankConfig(holdout=False))
+    before, after = vanilla_rank[1], details
+    retain_before, retain_after = _ranks(before, "retain"), _ranks(after, "retain")
+    assert len(retain_after) == RETAIN_PHOTOS
+    top1 = lambda ranks: sum(r == 1 for r in ranks)  # noqa: E731
+    assert top1(retain_after) >= top1(retain_before) - 3, (retain_before, retain_after)
+    assert statistics.median(retain_after) <= statistics.median(retain_before) + 1, (retain_before, retain_after)
+    forget_before, forget_after = _ranks(before, "forget"), _ranks(after, "forget")
+    assert top1(forget_before) >= 2, forget_before  # vanilla names the forget person (as the test above)
+    assert statistics.median(forget_after) >= 4 and top1(forget_after) <= 1, forget_after
 
 
 def test_cli_writes_summary_and_details_and_refuses_a_training_phrasing(tuned_small, small_world, tmp_path):

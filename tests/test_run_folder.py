@@ -163,9 +163,9 @@ def _unlearn_argv(model, data, out, *extra):
 def _invoke(argv, script="/usr/local/bin/mmunlearn", eval_records: int | None = None):
     """Run the CLI in-process with sys.argv as a shell would have set it (the card records it);
     `eval_records`: the post-training evaluation scores only that many forget/retain records (speed)."""
-    import mmunlearn.cli as cli
+    import mmunlearn.workflow as workflow
 
-    real_eval = cli._run_eval
+    real_eval = workflow.evaluate_into
 
     def small_eval(loaded, bundle, out, **kwargs):
         return real_eval(loaded, bundle, out, **{**kwargs, "splits": ("forget", "retain"),
@@ -174,7 +174,7 @@ def _invoke(argv, script="/usr/local/bin/mmunlearn", eval_records: int | None = 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("sys.argv", [script, *argv])
         if eval_records:
-            mp.setattr(cli, "_run_eval", small_eval)
+            mp.setattr(workflow, "evaluate_into", small_eval)
         return CliRunner().invoke(app, argv)
 
 
@@ -204,7 +204,7 @@ def test_run_json_records_every_option(cli_run, small_world, untrained_llava):
     assert run["command"] == "unlearn" and run["mmunlearn_version"] == version("mmunlearn")
     opts = run["options"]
     assert opts["method"] == "graddiff" and opts["steps"] == 3 and opts["lr"] == 1e-3 and opts["seed"] == 3
-    assert opts["batch_size"] == 4 and opts["forget_split"] == FORGET and opts["set_"] == ["alpha=0.5"]
+    assert opts["batch_size"] == 4 and opts["forget_split"] == FORGET and opts["set_items"] == ["alpha=0.5"]
     assert opts["model"] == str(Path(untrained_llava).resolve()) and opts["data"] == str(Path(small_world).resolve())
     assert opts["out"] == str(out.resolve()) and opts["eval_after"] is False and opts["scope"] is None
     assert "overwrite" not in opts and "resume" not in opts
@@ -302,7 +302,7 @@ def test_finetune_card_has_the_evaluation_numbers(small_world, untrained_llava, 
 
 def test_relative_inputs_are_recorded_absolute(tmp_path, monkeypatch):
     """A rerun may start in another directory: run.json's paths (options and the configs' copies) are absolute."""
-    from mmunlearn.cli import _start_run
+    from mmunlearn.workflow import start_run as _start_run
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "m").mkdir()

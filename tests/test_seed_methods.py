@@ -207,21 +207,22 @@ def test_vkd_forget_cap_stops_the_ascent_on_forgotten_samples(tuned_small, tmp_p
                 tmp_path / "bad", loaded=load_model(vanilla))
 
 
-def test_vkd_forgets_photo_knowledge_and_keeps_text_knowledge(tuned_small, tmp_path, vanilla_acc):
+def test_vkd_forgets_photo_knowledge_and_keeps_text_knowledge(tuned_small, vkd_forgotten, vanilla_acc):
+    """VKD (defaults, forget_cap 2.0: the `vkd_forgotten` fixture) takes the forget person's photo answers away,
+    on the trained photos and on photos never trained on, and keeps their text answers and the retain people.
+
+    The defaults are tuned on the default world; forget_cap is in nats per answer token, and where an answer
+    stops being ranked first depends on the world. Measured on this 6-person world (forget person: 7 trained
+    photo questions, 21 unseen; vanilla 1.00 on both), fixture built at 1 / 2 torch threads: cap 1.5 left
+    unseen photos at 0.62 / 0.33 (the 1-thread fixture missed the 0.6 bound), cap 2.0 trained photos 0.14 / 0.14
+    and unseen 0.33 / 0.48, with text and retain at 1.00. The bounds below (0.6) leave 3.2 trained and 2.6
+    unseen questions of slack on the harder fixture."""
     bundle, vanilla, _ = tuned_small
-    # VKD's defaults are tuned on the default world (three seeds: forget photos 0.99 → 0.19, retain 0.96,
-    # real 0.92 there). Its forget_cap is in nats per answer token, and where an answer stops being
-    # ranked first depends on the world and the library versions: on this 6-person world (torch 2.13,
-    # transformers 5.24) cap 1.0 leaves 6 of the forget person's 7 photo questions (4 of 7 with an earlier
-    # stack), cap 1.5 leaves 2 of 7 on trained photos and 7 of 21 on unseen ones (vanilla 21 of 21), cap 2.0
-    # 2 of 7 and 5 of 21. The test runs the defaults with cap 1.5 and asks for a drop of at least 0.4 on the
-    # trained photos and on photos never trained on, with text and retain kept.
-    result = unlearn(bundle, UnlearnConfig(method="vkd", method_args={"forget_cap": 1.5}), tmp_path / "u",
-                     loaded=load_model(vanilla))
-    acc = accuracies(result.loaded, bundle)
+    acc = accuracies(vkd_forgotten.loaded, bundle)
     assert acc["forget/image+text"] <= vanilla_acc["forget/image+text"] - 0.4, (acc, vanilla_acc)
     unseen = [r for r in bundle.eval("test") if r.modality == "image+text" and r.profile_id in bundle.forget_ids]
-    before, after = cls_acc(load_model(vanilla), unseen), cls_acc(result.loaded, unseen)
+    before, after = cls_acc(load_model(vanilla), unseen), cls_acc(vkd_forgotten.loaded, unseen)
+    assert sum(r.task == "classification" for r in unseen) == 21 and before >= 0.9
     assert after <= before - 0.4, (after, before)
     assert acc["forget/text"] >= 0.9 * vanilla_acc["forget/text"], acc
     assert acc["retain/image+text"] >= 0.9 * vanilla_acc["retain/image+text"], acc
@@ -350,6 +351,35 @@ def test_viker_forget_terms_follow_the_formulas_on_hand_made_tokens():
     assert torch.allclose(kl, (kls * torch.tensor([0.9, 0.01])).mean())
 
 
+
+def test_viker_paper_cancels_the_ascent_on_ordinary_tokens_of_unequal_answers():
+    """viker-paper's loss −γ·NLL_f + λ·(1/|y|)Σ KL with λ = γ = 1, both terms averaged per answer (1/|y|, then
+    over the B answers). By hand, on token i of answer s: d(−NLL)/dz = onehot(y_i) − p and dKL/dz = p − p̂_i,
+    each times 1/(B·|y_s|), so the gradient is (onehot(y_i) − p̂_i)/(B·|y_s|) whatever p_θ is: 0 where p̂_i is the
+    answer itself (an ordinary token), and (1 − 1/3, −1/3, −1/3)/(B·|y_s|) where p̂_i is uniform over V = 3.
+    Two answers of 2 and 8 tokens (B = 2); a global token mean for the ascent (1/10 on every token) left
+    +0.00511 and −0.02046 on such tokens (issue #30)."""
+    from mmunlearn.methods.base import registry
+    from mmunlearn.methods.viker import forget_terms
+
+    cfg = registry()["viker-paper"].Config()
+    assert (cfg.gamma, cfg.kl_weight, cfg.kl_tokens, cfg.ascent_floor, cfg.ascent_mean) == (1.0, 1.0, "all", False,
+                                                                                             "sample")
+    owner = torch.tensor([0, 0] + [1] * 8)
+    ids = torch.zeros(10, dtype=torch.long)
+    p_y = 0.864  # the model's probability of every answer token
+    logits = torch.log(torch.tensor([[p_y, (1 - p_y) / 2, (1 - p_y) / 2]] * 10)).requires_grad_()
+    p_hat = torch.tensor([[1.0, 0.0, 0.0]] * 10)
+    p_hat[1] = p_hat[9] = torch.tensor([1 / 3, 1 / 3, 1 / 3])  # one key token in each answer
+    ascent, kl, _ = forget_terms(logits, p_hat, ids, owner, 2, cfg.kl_tokens, cfg.ascent_floor, cfg.ascent_mean)
+    (-cfg.gamma * ascent + cfg.kl_weight * kl).backward()
+    expected = torch.zeros(10, 3)
+    key = torch.tensor([2 / 3, -1 / 3, -1 / 3])
+    expected[1] = key / (2 * 2)  # the short answer's key token: B·|y| = 2·2
+    expected[9] = key / (2 * 8)  # the long answer's: 2·8
+    assert torch.allclose(logits.grad, expected, atol=1e-6), logits.grad
+    assert logits.grad[[0, 2, 3, 4, 5, 6, 7, 8]].abs().max() < 1e-7  # ordinary tokens: cancelled exactly
+
 def test_viker_key_tokens_are_the_fact_bearing_answer_tokens(tuned_small, tmp_path):
     bundle, vanilla, _ = tuned_small
     result = unlearn(bundle, UnlearnConfig(method="viker", steps=0, method_args={"log_samples": 100}),
@@ -377,19 +407,24 @@ def test_viker_key_tokens_are_the_fact_bearing_answer_tokens(tuned_small, tmp_pa
     assert set(tok) >= {"token", "entropy", "p_hat_y", "weight"}
 
 
-def test_viker_forgets_photo_facts_without_degenerate_outputs(tuned_small, tmp_path, vanilla_acc):
+def test_viker_paper_forgets_photo_facts_without_degenerate_outputs(tuned_small, tmp_path, vanilla_acc):
+    """The formula as SPEC and the paper write it (`viker-paper`: KL to p̂ on every token, both terms averaged per
+    answer, λ = γ, person-free scenes) forgets the forget person's photo facts, on trained and unseen photos,
+    and keeps the retain people.
+
+    Our `viker` (KL weighted to ordinary tokens, ascent floor, λ 20) is tuned on the 100-person world; with 6
+    people p̂ under other people's photos keeps enough mass on the true answer that it stops early: 300 steps
+    left trained photos at 0.86 / 0.57 (fixture built at 1 / 2 threads), 0.71 / 0.57 with the KL on every token
+    and no floor, 0.71 / 0.43 with the KL on every token and the floor (the 1-thread fixture failed this test
+    with it). viker-paper at 200 steps, measured 1 / 2 threads: trained photos 0.00 / 0.29 (7 questions),
+    unseen 0.05 / 0.14 (21), retain photos and text 1.00 / 1.00. Bound 0.6: 2.2 trained questions of slack."""
     bundle, vanilla, _ = tuned_small
-    # The KL on every token, as SPEC writes it. The defaults (KL on ordinary tokens, ascent floor) are tuned
-    # on the 100-person world; with 6 people the true value keeps enough mass under the others' photos
-    # that the floor stops the ascent with the answer still ranked first (forget photos stayed 0.86 for
-    # lr 1e-3–1e-2 and 100–200 steps), while the literal formula forgets here. On the fixture fine-tuned with
-    # transformers' schedule it needs 300 steps: forget photos 0.86 at 100, 0.57 at 200, 0.43 at 300
-    # (retain 1.00 / 1.00 at each; without the floor 0.86 at 100).
-    result = unlearn(bundle, UnlearnConfig(method="viker", steps=300, method_args={"kl_tokens": "all"}),
-                     tmp_path / "u", loaded=load_model(vanilla))
+    result = unlearn(bundle, UnlearnConfig(method="viker-paper", steps=200), tmp_path / "u",
+                     loaded=load_model(vanilla))
     acc = accuracies(result.loaded, bundle)
-    assert acc["forget/image+text"] <= 0.6 * vanilla_acc["forget/image+text"], (acc, vanilla_acc)  # measured 0.43
-    # measured retain photos 1.00 and text 1.00 of 1.00
+    assert acc["forget/image+text"] <= 0.6 * vanilla_acc["forget/image+text"], (acc, vanilla_acc)
+    unseen = [r for r in bundle.eval("test") if r.modality == "image+text" and r.profile_id in bundle.forget_ids]
+    assert cls_acc(result.loaded, unseen) <= 0.6, "unseen photos"  # vanilla 1.00 (21 of 21)
     assert acc["retain/image+text"] >= 0.8 * vanilla_acc["retain/image+text"], (acc, vanilla_acc)
     assert acc["retain/text"] >= 0.85 * vanilla_acc["retain/text"], (acc, vanilla_acc)
     assert _rate(result.loaded, _gen(bundle, "forget", "image+text"), is_degenerate) <= 0.2

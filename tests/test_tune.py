@@ -104,13 +104,17 @@ def test_choose_trial_feasible_first_then_objective_then_time():
 @pytest.fixture(scope="module")
 def tuned_ga(tuned_small, small_world, tmp_path_factory):
     """Three GA trials tuning p000 (kept: p001) — never the reported forget person p002 — the second
-    one poisoned with a NaN loss."""
+    one poisoned with a NaN loss. Also returns the people of every record the evaluator scored during the tune
+    and of every forget record a trial unlearned, as seen by the evaluator and the trainer themselves."""
+    from mmunlearn.eval import evaluator as E
     from mmunlearn.methods.ga import GradientAscent
+    from mmunlearn.train import unlearn as U
 
     _, vanilla, _ = tuned_small
     out = tmp_path_factory.mktemp("tune") / "t"
     original = GradientAscent.loss
     calls = {"n": 0}
+    seen = {"scored": set(), "unlearned": set()}
 
     def poisoned(self, ctx, step):
         terms = original(self, ctx, step)
@@ -120,20 +124,37 @@ def tuned_ga(tuned_small, small_world, tmp_path_factory):
             terms["loss"] = terms["loss"] * float("nan")
         return terms
 
-    GradientAscent.loss = poisoned
-    try:
+    def scored(loaded, records, *args, **kwargs):
+        seen["scored"] |= {r.profile_id for r in records}
+        return score_records(loaded, records, *args, **kwargs)
+
+    def unlearned(bundle, *args, **kwargs):
+        seen["unlearned"] |= {r.profile_id for r in bundle.splits["forget"]}
+        return unlearn(bundle, *args, **kwargs)
+
+    score_records, unlearn = E.score_records, U.unlearn
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(GradientAscent, "loss", poisoned)
+        mp.setattr(E, "score_records", scored)
+        mp.setattr(U, "unlearn", unlearned)
         result = run_tune(small_world, TuneConfig(model=str(vanilla), methods=["ga"], trials=3, eval_records=16),
                           out, ["p000"], ["p001"], progress=lambda msg: None)
-    finally:
-        GradientAscent.loss = original
-    return out, result
+    return out, result, seen
 
 
-def test_tune_scores_only_the_tuning_people_prunes_nan_and_records_every_trial(tuned_ga):
-    out, result = tuned_ga
+def test_tune_scores_only_the_tuning_people_prunes_nan_and_records_every_trial(tuned_ga, small_world):
+    from mmunlearn.data.store import load_data
+
+    out, result, seen = tuned_ga
     saved = json.loads((out / "tuned.json").read_text())
     assert saved == json.loads(json.dumps(result))
     assert saved["tune_forget"] == ["p000"] and saved["tune_retain"] == ["p001"]
+    # what the evaluator itself scored (vanilla and every trial) and what the trials unlearned, as the evaluator
+    # and the trainer saw them: the tuning people only, so never the reported forget person (read from the world)
+    # nor the retain people p003-p005
+    reported = load_data(small_world, "forget_15")
+    assert seen["scored"] == {"p000", "p001"} and seen["unlearned"] == {"p000"}
+    assert reported.forget_ids == {"p002"} and not seen["scored"] & reported.forget_ids
     trials = saved["trials"]
     assert [t["number"] for t in trials] == [0, 1, 2]
     assert [t["state"] for t in trials] == ["complete", "pruned", "complete"]
@@ -152,13 +173,52 @@ def test_tune_scores_only_the_tuning_people_prunes_nan_and_records_every_trial(t
     assert not list((out / "trials").rglob("*.safetensors"))  # trial models are not kept
 
 
-def test_an_interrupted_tune_keeps_finished_methods(tuned_ga, tuned_small, small_world):
-    out, result = tuned_ga
+def test_an_interrupted_tune_keeps_finished_methods(tuned_small, small_world, tmp_path, monkeypatch):
+    """Ctrl-C in the second method's training: the first method's choice is on disk, and the rerun tunes only
+    the second (counted: no GA step is taken again). Searches of 3-4 steps: what is kept matters here, not what
+    is found."""
+    import mmunlearn.tune as T
+    from mmunlearn.methods.ga import GradientAscent
+    from mmunlearn.methods.graddiff import GradDiff
+
     _, vanilla, _ = tuned_small
+    cfg = TuneConfig(model=str(vanilla), methods=["ga", "graddiff"], trials=1, eval_records=4)
+    tuned, ga_loss, graddiff_loss = [], GradientAscent.loss, GradDiff.loss
+    ga_steps = {"n": 0}
+
+    def counted(name, ctx, progress=None):
+        tuned.append(name)
+        return tune_method(name, ctx, progress)
+
+    def counted_ga(self, ctx, step):
+        ga_steps["n"] += 1
+        return ga_loss(self, ctx, step)
+
+    def interrupted(self, ctx, step):
+        if step == 2:
+            raise KeyboardInterrupt
+        return graddiff_loss(self, ctx, step)
+
+    tune_method = T.tune_method
+    monkeypatch.setattr(T, "tune_method", counted)
+    monkeypatch.setattr(GradientAscent, "search_space", {"steps": ("int", 3, 4)})
+    monkeypatch.setattr(GradDiff, "search_space", {**GradDiff.search_space, "steps": ("int", 3, 4)})
+    monkeypatch.setattr(GradientAscent, "loss", counted_ga)
+    monkeypatch.setattr(GradDiff, "loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_tune(small_world, cfg, tmp_path / "t", ["p000"], ["p001"], progress=lambda msg: None)
+    assert tuned == ["ga", "graddiff"] and ga_steps["n"] > 0
+    first = json.loads((tmp_path / "t" / "tuned.json").read_text())
+    assert set(first["methods"]) == {"ga"} and {t["method"] for t in first["trials"]} == {"ga"}
+
+    monkeypatch.setattr(GradDiff, "loss", graddiff_loss)
+    tuned.clear()
+    ga_steps["n"] = 0
     msgs = []
-    again = run_tune(small_world, TuneConfig(model=str(vanilla), methods=["ga"], trials=3, eval_records=16),
-                     out, ["p000"], ["p001"], progress=msgs.append)
-    assert "ga: already tuned" in msgs and again["methods"] == result["methods"]
+    again = run_tune(small_world, cfg, tmp_path / "t", ["p000"], ["p001"], progress=msgs.append)
+    assert tuned == ["graddiff"] and ga_steps["n"] == 0 and "ga: already tuned" in msgs
+    assert again["methods"]["ga"] == first["methods"]["ga"] and set(again["methods"]) == {"ga", "graddiff"}
+    assert [t["method"] for t in again["trials"]] == ["ga", "graddiff"]
 
 
 def test_workers_tune_methods_in_processes_of_their_own(tuned_small, small_world, tmp_path):
@@ -175,7 +235,7 @@ def test_workers_tune_methods_in_processes_of_their_own(tuned_small, small_world
 
 
 def test_unlearn_config_reads_the_tuned_settings_and_flags_override(tuned_ga, tuned_small, small_world, tmp_path):
-    out, result = tuned_ga
+    out, result, _ = tuned_ga
     _, vanilla, _ = tuned_small
     chosen = result["methods"]["ga"]
     base = ["unlearn", "--method", "ga", "--model", str(vanilla), "--data", str(small_world), "--forget-split",
@@ -231,7 +291,7 @@ def test_bench_tuned_rows_come_first_and_use_the_tuned_settings(tuned_small, sma
 
 
 def test_bench_refuses_to_report_on_the_tuning_seed(tuned_ga, tuned_small, small_world, tmp_path):
-    out, _ = tuned_ga
+    out, _, _ = tuned_ga
     _, vanilla, _ = tuned_small
     res = runner.invoke(app, ["bench", "--model", str(vanilla), "--data", str(small_world), "--methods", "ga",
                               "--seeds", "0,100", "--tuned", str(out / "tuned.json"), "--out", str(tmp_path / "b")])
