@@ -116,6 +116,15 @@ def test_results_follow_the_umask(untrained_llava, small_world, tmp_path, umask,
     assert res.exit_code == 0, res.output
     for name in ("summary.json", "details.jsonl"):
         assert stat.S_IMODE((out / name).stat().st_mode) == mode, name
+    run = tmp_path / "run"  # a trained model too: safetensors writes its file 0600 whatever the umask
+    old = os.umask(umask)
+    try:
+        res = _unlearn(untrained_llava, small_world, run, "--steps", "1", "--batch-size", "2")
+    finally:
+        os.umask(old)
+    assert res.exit_code == 0, res.output
+    for name in ("model.safetensors", "run.json", "config.json"):
+        assert stat.S_IMODE((run / name).stat().st_mode) == mode, name
 
 
 def test_debug_shows_the_traceback_anywhere_on_the_line(small_world, tmp_path, monkeypatch):

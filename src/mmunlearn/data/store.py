@@ -53,6 +53,15 @@ def _umask() -> int:
     return mask
 
 
+def honour_umask(folder: str | Path) -> None:
+    """Give the weight files a save left at 0600 the mode the umask allows (safetensors writes through a
+    private temporary file): a run folder is shared as a whole, its model included."""
+    mode = 0o666 & ~_umask()
+    for path in Path(folder).rglob("*.safetensors"):
+        if path.stat().st_mode & 0o777 == 0o600 and mode != 0o600:
+            path.chmod(mode)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write via a temp file + rename, so a reader never sees a half-written results file."""
     path = Path(path)

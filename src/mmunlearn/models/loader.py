@@ -33,6 +33,9 @@ class LoadedModel:
             model = model.merge_and_unload()
         model.save_pretrained(out, safe_serialization=True)
         self.processor.save_pretrained(out)
+        from ..data.store import honour_umask
+
+        honour_umask(out)
 
 
 def tiny_names() -> list[str]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.store import honour_umask
 from ..models.loader import LoadedModel
 
 
@@ -40,6 +41,7 @@ def save_run_model(accelerator, model: torch.nn.Module, loaded: LoadedModel, out
         out.mkdir(parents=True, exist_ok=True)
         plain.save_pretrained(out, safe_serialization=True)
         loaded.processor.save_pretrained(out)
+        honour_umask(out)
     accelerator.wait_for_everyone()
     return model
 
