@@ -6,7 +6,7 @@ default recipe (what `mmunlearn demo --refit` runs); the script refuses anything
 folder needs are copied (weights, config, tokenizer, processor, the run's train_log.json, run.json and card).
 
     mmunlearn world --out runs/world
-    mmunlearn finetune --data runs/world --out runs/vanilla            # 17 min on 2 cores
+    mmunlearn finetune --data runs/world --out runs/vanilla            # 13 min on 2 cores
     python benchmarks/ship_vanilla.py --world runs/world --vanilla runs/vanilla
 """
 

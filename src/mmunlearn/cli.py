@@ -368,7 +368,7 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out"),
     quick: bool = typer.Option(False, "--quick", help="A 6-person world, short schedules and four methods: every "
                                "stage and file of the demo in about 3 minutes (what CI runs)."),
-    refit: bool = typer.Option(False, "--refit", help="Fine-tune the vanilla model (17 min on 2 cores) instead of "
+    refit: bool = typer.Option(False, "--refit", help="Fine-tune the vanilla model (13 min on 2 cores) instead of "
                                "using the weights shipped for the default world."),
     methods_: Optional[str] = typer.Option(None, "--methods", help="Methods the demo bench runs (default: ga, "
                                            "graddiff, npo, idk, vkd, smfa, viker; quick: ga, graddiff, npo, vkd)."),

@@ -3,8 +3,8 @@
 world → vanilla model → its evaluation → a bench of several methods → one HTML page.
 
 The vanilla model of the full demo is shipped with the package (src/mmunlearn/assets/vanilla-default/, 6.5 MB):
-fitting it is a 17-minute fine-tune on 2 CPU cores (docs/concepts/tiny-models.md), the demo's budget is 10
-minutes. The folder's provenance.json names the world fingerprint (data/world.fingerprint) and the fine-tune
+fitting it is a 13-minute fine-tune on 2 CPU cores (provenance.json's fine_tune_wall_time_s), the demo's budget
+is 10 minutes. The folder's provenance.json names the world fingerprint (data/world.fingerprint) and the fine-tune
 recipe it was made from; the demo uses the shipped weights only when both match the world it just built and
 the recipe it would run, else it fine-tunes (`--refit` always does). `--quick` is a small world and short
 schedules (what CI runs): every stage, the same files, in about 3 minutes.
@@ -173,7 +173,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, refit: bool 
             say(f"vanilla: the shipped weights ({why}) → {vanilla}")
         else:
             if not plan.quick:
-                say(f"vanilla: fine-tuning ({why}; about 17 minutes on 2 cores)")
+                say(f"vanilla: fine-tuning ({why}; about 13 minutes on 2 cores)")
             resume = (vanilla / "checkpoint" / "loop_state.json").is_file()  # an interrupted refit continues
             finetune_run(data=world_dir, out=vanilla, model="tiny-llava", forget_split=plan.forget_split,
                          checkpoint_every=0 if plan.quick else 500, eval_after=False, overwrite=not resume,
