@@ -174,7 +174,9 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, refit: bool 
         else:
             if not plan.quick:
                 say(f"vanilla: fine-tuning ({why}; about 13 minutes on 2 cores)")
-            resume = (vanilla / "checkpoint" / "loop_state.json").is_file()  # an interrupted refit continues
+            from .train.finetune import resume_point
+
+            resume = resume_point(vanilla, True)  # an interrupted refit continues from its checkpoint
             finetune_run(data=world_dir, out=vanilla, model="tiny-llava", forget_split=plan.forget_split,
                          checkpoint_every=0 if plan.quick else 500, eval_after=False, overwrite=not resume,
                          resume=resume, **plan.finetune)

@@ -53,10 +53,15 @@ def _umask() -> int:
     return mask
 
 
+def _file_mode() -> int:
+    """The mode open() gives a new file under the process's umask."""
+    return 0o666 & ~_umask()
+
+
 def honour_umask(folder: str | Path) -> None:
     """Give the weight files a save left at 0600 the mode the umask allows (safetensors writes through a
     private temporary file): a run folder is shared as a whole, its model included."""
-    mode = 0o666 & ~_umask()
+    mode = _file_mode()
     for path in Path(folder).rglob("*.safetensors"):
         if path.stat().st_mode & 0o777 == 0o600 and mode != 0o600:
             path.chmod(mode)
@@ -69,7 +74,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         # mkstemp makes the file 0600; results are for everyone the umask lets read them, as open() would make
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         os.replace(tmp, path)
