@@ -50,6 +50,9 @@ def main() -> None:
                              loaded=load_model(model_dir))
             report[name] = {"reference": result.log["reference"], "global_batch": result.log["global_batch"]}
     if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+        from dist_driver import crash_then_resume
+
+        report["resume"] = crash_then_resume(bundle, model_dir, out, "zero3")
         try:
             unlearn(bundle, UnlearnConfig(method="graddiff", scope="lora", steps=1, batch_size=2), out / "lora",
                     loaded=load_model(model_dir))

@@ -48,13 +48,51 @@ def salun_keeping_masks(bundle, model_dir: Path, out: Path, rank: int, steps: in
         SalUn.prepare = original_prepare
 
 
-def one_step(bundle, model_dir: Path, out: Path, method: str, **extra):
+def one_step(bundle, model_dir: Path, out: Path, method: str, steps: int = 1, vkd_images: int = 8, **extra):
     from mmunlearn.models.loader import load_model
     from mmunlearn.train.unlearn import UnlearnConfig, unlearn
 
-    args = {"vkd_images": 8} if method == "vkd" else {}
-    cfg = UnlearnConfig(method=method, steps=1, batch_size=2, lr=1e-3, method_args=args, **extra)
+    args = {"vkd_images": vkd_images} if method == "vkd" else {}
+    cfg = UnlearnConfig(method=method, steps=steps, batch_size=2, lr=1e-3, method_args=args, **extra)
     return unlearn(bundle, cfg, out, loaded=load_model(model_dir))
+
+
+def crash_then_resume(bundle, model_dir: Path, out: Path, tag: str) -> dict:
+    """GradDiff 4 steps straight into OUT/straight-TAG; the same run with a checkpoint every 2 steps,
+    stopped by an exception at step 3 into OUT/resumed-TAG, then resumed in this very process. Returns
+    what the checkpoint held (its format, which files each process wrote) and the resumed run's steps_run."""
+    import torch.distributed as dist
+
+    from mmunlearn.methods.graddiff import GradDiff
+    from mmunlearn.models.loader import load_model
+    from mmunlearn.train.unlearn import UnlearnConfig, unlearn
+
+    cfg = UnlearnConfig(method="graddiff", steps=4, batch_size=2, lr=1e-3, checkpoint_every=2)
+    unlearn(bundle, cfg, out / f"straight-{tag}", loaded=load_model(model_dir))
+    original_loss = GradDiff.loss
+
+    def crash(self, ctx, step):
+        if step == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return original_loss(self, ctx, step)
+
+    GradDiff.loss = crash
+    try:
+        unlearn(bundle, cfg, out / f"resumed-{tag}", loaded=load_model(model_dir))
+        crashed = False
+    except KeyboardInterrupt:
+        crashed = True
+    finally:
+        GradDiff.loss = original_loss
+    dist.barrier()
+    ckpt = out / f"resumed-{tag}" / "checkpoint"
+    seen = {"crashed": crashed, "loop_state": json.loads((ckpt / "loop_state.json").read_text()),
+            "files": sorted(str(f.relative_to(ckpt)) for f in ckpt.rglob("*") if f.is_file())}
+    dist.barrier()
+    result = unlearn(bundle, cfg, out / f"resumed-{tag}", loaded=load_model(model_dir), resume=True)
+    seen["steps_run"] = result.log["steps_run"]
+    seen["processes"] = result.log["processes"]
+    return seen
 
 
 def main() -> None:
@@ -73,7 +111,15 @@ def main() -> None:
         for method in ("graddiff", "npo", "vkd"):
             result = one_step(bundle, model_dir, out / f"{mode}-{method}", method)
             report[method] = {"distributed_type": result.log["distributed_type"], "processes": result.log["processes"],
-                              "global_batch": result.log["global_batch"], "reference": result.log["reference"]}
+                              "global_batch": result.log["global_batch"], "reference": result.log["reference"],
+                              "losses": result.log["losses"], "peaks": result.log["peak_memory_mb_per_process"]}
+        # VKD distilling one photo a step on two processes (one process has none of the draw: it used to
+        # crash in the vision forward), two steps so the distillation term is not zero (θ = θ0 at step 0)
+        result = one_step(bundle, model_dir, out / f"{mode}-vkd-1", "vkd", steps=2, vkd_images=1)
+        report["vkd-1"] = {"processes": result.log["processes"], "losses": result.log["losses"]}
+
+    if mode == "fsdp":  # a sharded checkpoint, and a resume that skips the steps it holds
+        report["resume"] = crash_then_resume(bundle, model_dir, out, "fsdp")
 
     if mode == "ddp":
         from mmunlearn.train.sampling import RecordSampler

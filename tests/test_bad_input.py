@@ -48,6 +48,8 @@ def _unlearn(model, data, out, *extra, ids=("--forget-split", "forget_15")):
     (["--max-records", "-3"], "--max-records must be 0 or more (got -3)"),
     (["--set", "beta"], "--set expects KEY=VALUE"),
     (["--log-with", "nosuchtracker"], "--log-with must be one of accelerate's trackers"),
+    (["--preset", "huge"], "--preset must be one of auto, tiny, real (got 'huge')"),
+    (["--mixed-precision", "fp8"], "unknown mixed precision 'fp8'"),
 ])
 def test_unlearn_refuses_bad_options_before_out_exists(untrained_llava, small_world, tmp_path, extra, needle):
     out = tmp_path / "run"

@@ -114,16 +114,6 @@ def test_missing_deepspeed_package_names_the_extra(monkeypatch):
         zero.check_available()
 
 
-def test_deepspeed_checkpoints_are_refused_before_anything_is_prepared(tmp_path):
-    from mmunlearn.train.loop import LoopConfig, run_loop
-
-    fake = SimpleNamespace(device=torch.device("cpu"), is_fsdp2=False, distributed_type="DistributedType.DEEPSPEED")
-    module = torch.nn.Linear(2, 2)
-    with pytest.raises(ValueError, match="checkpoints and --resume are not supported under DeepSpeed yet"):
-        run_loop(module, lambda step, m: {}, LoopConfig(steps=1, checkpoint_every=1), accelerator=fake,
-                 checkpoint_root=tmp_path)
-
-
 def test_a_single_process_deepspeed_launch_is_one_error_line(untrained_llava, small_world, tmp_path):
     """No extra: the line names it. With it: DeepSpeed needs a distributed launch."""
     from typer.testing import CliRunner
@@ -269,6 +259,21 @@ def test_masked_weights_stay_byte_identical_under_zero(zero_runs, untrained_llav
     before = {n: p.detach().clone() for n, p in load_model(untrained_llava).model.named_parameters()}
     after = {n: p.detach().clone() for n, p in load_model(out / "salun").model.named_parameters()}
     assert_masks_agree_and_hold(out, before, after)
+
+
+def test_zero3_checkpoint_is_partitioned_and_resume_runs_only_the_remaining_steps(zero_runs):
+    """ZeRO-3 on 2 processes: the engine's own checkpoint, one optimiser partition per process (no process
+    gathered the model), and the resumed run took steps 2 and 3 only and ends where the straight run ends."""
+    out, (r0, r1) = zero_runs[3]
+    for report in (r0, r1):
+        seen = report["resume"]
+        assert seen["crashed"] and seen["loop_state"]["format"] == "deepspeed" and seen["loop_state"]["step"] == 2
+        assert seen["processes"] == 2 and seen["steps_run"] == 2
+    partitions = [f for f in r0["resume"]["files"] if f.startswith("state/") and "optim_states" in f]
+    assert len(partitions) == 2, r0["resume"]["files"]  # one per process
+    straight, resumed = _weights(out / "straight-zero3"), _weights(out / "resumed-zero3")
+    for name in straight:
+        assert torch.allclose(straight[name], resumed[name], atol=1e-6), name
 
 
 def test_cpu_zero3_config_file_launches_two_processes_through_the_cli(small_world, untrained_llava, tmp_path):

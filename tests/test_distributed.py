@@ -82,7 +82,35 @@ def union_runs(small_world, untrained_llava, tmp_path_factory):
         args = {"vkd_images": 8} if method == "vkd" else {}
         unlearn(bundle, UnlearnConfig(method=method, steps=1, batch_size=4, lr=LR, method_args=args),
                 out / method, loaded=load_model(untrained_llava))
+    unlearn(bundle, UnlearnConfig(method="vkd", steps=2, batch_size=4, lr=LR, method_args={"vkd_images": 1}),
+            out / "vkd-1", loaded=load_model(untrained_llava))
     return out
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_logged_losses_are_the_global_batch_s_not_rank_0_s(ddp_run, union_runs, method):
+    """Every logged term is reduced over the processes: both ranks log the one-process union run's value
+    (rank 0's own share alone differs from it), and the log keeps each process's peak memory."""
+    _, (r0, r1) = ddp_run
+    one = read_log(union_runs / method)["losses"][0]
+    for report in (r0, r1):
+        row = report[method]["losses"][0]
+        for term, value in one.items():
+            if term not in ("step", "lr", "time_s"):
+                assert row[term] == pytest.approx(value, rel=1e-4, abs=1e-6), (method, term)
+        assert len(report[method]["peaks"]) == 2 and min(report[method]["peaks"]) > 0
+
+
+def test_vkd_distils_one_photo_on_two_processes_like_one_process(ddp_run, union_runs, untrained_llava):
+    """vkd_images=1 on 2 processes: runs (rank 1 holds none of the draw; it pads with the photo at weight 0)
+    and its second step's distillation term — no longer 0 once the student moved — equals one process's."""
+    out, (r0, _) = ddp_run
+    assert r0["vkd-1"]["processes"] == 2
+    one = read_log(union_runs / "vkd-1")["losses"]
+    two = r0["vkd-1"]["losses"]
+    assert one[-1]["vkd"] > 0
+    assert two[-1]["vkd"] == pytest.approx(one[-1]["vkd"], rel=1e-3)
+    assert_same_step(weights(out / "ddp-vkd-1"), weights(union_runs / "vkd-1"), "vkd-1")
 
 
 def test_two_processes_really_run(ddp_run):
@@ -167,6 +195,23 @@ def test_fsdp2_step_equals_the_union_step_and_saves_one_loadable_folder(fsdp_run
     reloaded = load_model(out / f"fsdp-{method}")  # a gathered, plain HF folder, strictly loaded
     assert reloaded.model is not None
     assert_same_step(weights(out / f"fsdp-{method}"), weights(union_runs / method), method)
+
+
+def test_fsdp2_checkpoint_is_written_in_shards_and_resume_runs_only_the_remaining_steps(fsdp_run):
+    """Under FSDP2 on 2 processes: the checkpoint is a torch.distributed.checkpoint with one shard file per
+    process (no process gathered the model), and the resumed run took steps 2 and 3 only and ends on the
+    weights of the uninterrupted run."""
+    out, (r0, r1) = fsdp_run
+    for report in (r0, r1):
+        seen = report["resume"]
+        assert seen["crashed"] and seen["loop_state"]["format"] == "dcp" and seen["loop_state"]["step"] == 2
+        assert seen["processes"] == 2 and seen["steps_run"] == 2
+    files = r0["resume"]["files"]
+    assert "state/.metadata" in files and "state/__0_0.distcp" in files and "state/__1_0.distcp" in files
+    assert "rng_0.pt" in files and "rng_1.pt" in files
+    straight, resumed = weights(out / "straight-fsdp"), weights(out / "resumed-fsdp")
+    for name in straight:
+        assert torch.allclose(straight[name], resumed[name], atol=1e-6), name
 
 
 def test_accelerate_config_file_launches_two_fsdp2_processes_through_the_cli(small_world, untrained_llava, tmp_path):

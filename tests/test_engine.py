@@ -98,7 +98,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tuned_small, tmp_path
     with pytest.raises(NonFiniteLossError, match="step 5"):
         unlearn(bundle, UnlearnConfig(method="graddiff", steps=10, checkpoint_every=2), tmp_path / "u",
                 loaded=load_model(vanilla))
-    assert (tmp_path / "u" / "checkpoint" / "trainable.pt").is_file()
+    assert (tmp_path / "u" / "checkpoint" / "state" / ".metadata").is_file()  # a torch.distributed.checkpoint
     assert not (tmp_path / "u" / "model.safetensors").exists()
 
 
@@ -128,3 +128,47 @@ def test_unknown_schedule_is_one_clear_error():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     with pytest.raises(ValueError, match="unknown schedule 'step'"):
         make_scheduler(opt, LoopConfig(schedule="step"))
+
+
+class _TwoLayers(torch.nn.Module):
+    """Layer b has no gradient before step 2: it has no AdamW state when the checkpoint (at step 2) is written."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.model = torch.nn.ModuleDict({"a": torch.nn.Linear(2, 1), "b": torch.nn.Linear(2, 1)})
+
+
+def _two_layer_loss(crash_at: int | None = None):
+    def step_loss(step, module):
+        if step == crash_at:
+            raise KeyboardInterrupt("simulated crash")
+        x = torch.ones(1, 2)
+        out = module.model["a"](x).sum()
+        if step >= 2:
+            out = out + 3 * module.model["b"](x).sum()
+        return {"loss": out}
+    return step_loss
+
+
+def test_resume_gives_a_parameter_that_had_no_optimiser_state_none(tmp_path):
+    """Straight: b's AdamW state starts at its first gradient (step 2), so its first move is lr·g/|g| = ±lr.
+    A resume that left b the state the fresh optimiser was given to read into (step 1, zero moments) would
+    move it by lr·0.744 instead (bias corrections for t = 2: (0.1/0.19) / sqrt(0.001/0.001999)). The
+    resumed run must run steps 2 and 3 only and end on the straight run's weights."""
+    from mmunlearn.train.loop import LoopConfig, run_loop
+
+    cfg = LoopConfig(steps=4, lr=0.1, checkpoint_every=2, grad_clip=0.0)
+    straight = _TwoLayers()
+    run_loop(straight, _two_layer_loss(), cfg, checkpoint_root=tmp_path / "straight")
+    crashed = _TwoLayers()
+    with pytest.raises(KeyboardInterrupt):
+        run_loop(crashed, _two_layer_loss(crash_at=3), cfg, checkpoint_root=tmp_path / "resumed")
+    resumed = _TwoLayers()
+    result = run_loop(resumed, _two_layer_loss(), cfg, checkpoint_root=tmp_path / "resumed", resume=True)
+    assert result.steps_run == 2
+    start = _TwoLayers().model["b"].weight.detach()
+    # b moved twice (steps 2, 3) by -lr each (a gradient of +3 on every weight): -0.2 exactly as straight
+    assert torch.allclose(straight.model["b"].weight.detach() - start, torch.full((1, 2), -0.2), atol=1e-4)
+    for name, p in straight.named_parameters():
+        assert torch.allclose(p, dict(resumed.named_parameters())[name], atol=1e-6), name

@@ -299,7 +299,13 @@ def unlearn(
     lora_alpha: int = typer.Option(16),
     checkpoint_every: int = typer.Option(CHECKPOINT_EVERY, help=CHECKPOINT_HELP),
     dtype: str = typer.Option("auto", help="Weights as loaded: auto (the folder's) | bf16 | fp16 | fp32."),
-    mixed_precision: str = typer.Option("no", "--mixed-precision", help="Autocast: no | bf16 | fp16."),
+    mixed_precision: Optional[str] = typer.Option(None, "--mixed-precision", help="Autocast: no | bf16 | fp16 "
+                                                  "(default: the launcher's config, else the weights' half dtype, "
+                                                  "else no)."),
+    pure_bf16: bool = typer.Option(False, "--pure-bf16", help="Train bf16 weights in bf16 (no fp32 master copy: "
+                                   "less memory, updates below 2^-8 of a weight are lost)."),
+    preset: str = typer.Option("auto", "--preset", help="Default lr/steps: auto (by model size) | tiny | real "
+                               "(the method's paper setting; docs/scale.md)."),
     grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimiser step."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing",
                                                 help="Recompute activations in the backward pass (less memory)."),
@@ -332,13 +338,16 @@ def unlearn(
 def methods(
     space: bool = typer.Option(False, "--space", help="Also show what `mmunlearn tune` searches per method."),
 ) -> None:
-    """List the unlearning methods: scope, learning rate, steps and every option (--set KEY=VALUE) with its default."""
+    """List the unlearning methods: scope, learning rate and steps of both presets (tiny builds; real checkpoints,
+    with the source of the setting) and every option (--set KEY=VALUE) with its default."""
     from dataclasses import fields
 
     from .methods.base import registry
 
     for name, cls in registry().items():
-        typer.echo(f"{name:12s} {cls.summary}  [scope {cls.default_scope}, lr {cls.default_lr:g}, steps {cls.default_steps}]")
+        typer.echo(f"{name:12s} {cls.summary}  [scope {cls.default_scope}; tiny preset: lr {cls.default_lr:g}, "
+                   f"steps {cls.default_steps}; real preset: lr {cls.real_lr:g}, {cls.real_epochs:g} epoch(s)]")
+        typer.echo(f"{'':12s}   real preset from {cls.real_source}")
         options = ", ".join(f"{f.name}={getattr(cls.Config(), f.name)!r}" for f in fields(cls.Config))
         if options:
             typer.echo(f"{'':12s}   --set {options}")

@@ -172,6 +172,24 @@ class TuneContext:
     resolved: Rule  # the rule with vanilla's numbers in place of the `x` constraints
     train_bundle: DataBundle
     score_bundle: DataBundle  # already cut to the rule's questions (scoring_sample)
+    parameters: int = 0  # the model's size: a real-size model is searched around the real preset
+
+    def space(self, name: str) -> dict[str, tuple]:
+        """The method's search space, centred on the preset the model's size picks (train/presets.py):
+        a 7B model is never searched around the tiny builds' learning rates."""
+        from types import SimpleNamespace
+
+        from .methods.base import get_method
+        from .train.presets import REAL_SIZE_PARAMS, epochs_to_steps
+        from .train.unlearn import forget_records
+
+        cls = get_method(name)
+        if self.parameters < REAL_SIZE_PARAMS:
+            return cls.tuning_space()
+        method = cls(cls.make_config({}))
+        steps = method.steps_for_epochs(cls.real_epochs, forget_records(self.train_bundle, cls),
+                                        self.train_bundle.train("retain"), self.cfg.batch_size)
+        return cls.tuning_space(cls.real_lr, steps)
 
     @property
     def eval_cfg(self) -> EvalConfig:
@@ -191,8 +209,12 @@ def run_tune(data: str | Path, cfg: TuneConfig, out: Path, tune_forget: list[str
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     cpu0 = _cpu_seconds()
-    ctx = TuneContext(str(data), cfg, out, rule, rule, train_bundle, score_bundle)
-    vanilla, _ = evaluate(load_model(cfg.model), score_bundle, ctx.eval_cfg)
+    from .train.presets import REAL_SIZE_PARAMS, model_parameters
+
+    model = load_model(cfg.model)
+    ctx = TuneContext(str(data), cfg, out, rule, rule, train_bundle, score_bundle, model_parameters(model.model))
+    vanilla, _ = evaluate(model, score_bundle, ctx.eval_cfg)
+    del model
     ctx.resolved = resolve_relative(rule, vanilla["metrics"])
     progress(f"vanilla on the tuning people: {json.dumps(summary_numbers(vanilla['metrics'], rule))}")
     questions = {split: len(recs) for split, recs in score_bundle.splits.items()}
@@ -200,7 +222,8 @@ def run_tune(data: str | Path, cfg: TuneConfig, out: Path, tune_forget: list[str
         "format": TUNED_FORMAT, "config": asdict(cfg), "data": str(data), "rule": cfg.rule,
         "rule_resolved": str(ctx.resolved), "tune_forget": sorted(train_bundle.forget_ids),
         "tune_retain": sorted(score_bundle.retain_ids), "questions": questions,
-        "vanilla": summary_numbers(vanilla["metrics"], rule), "methods": {}, "trials": [], "timing": {}}
+        "vanilla": summary_numbers(vanilla["metrics"], rule), "methods": {}, "trials": [], "timing": {},
+        "preset": "real" if ctx.parameters >= REAL_SIZE_PARAMS else "tiny"}
     previous = out / "tuned.json"
     if previous.is_file():  # an interrupted tune continues: finished methods are kept
         old = json.loads(previous.read_text())
@@ -285,7 +308,7 @@ def tune_method(name: str, ctx: TuneContext, progress: Callable[[str], None] | N
     cfg, out = ctx.cfg, ctx.out
     progress = progress or logging.getLogger("mmunlearn").info
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = get_method(name).tuning_space()
+    space = ctx.space(name)
     trials: list[dict] = []
     started = time.perf_counter()
 

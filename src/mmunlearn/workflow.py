@@ -387,7 +387,8 @@ def unlearn_run(*, method: str, model: str | Path, data: str | Path, out: str | 
                 reference: str | Path | None = None, reference_summary: str | Path | None = None,
                 set_items: Sequence[str] = (), config: str | Path | None = None, lora_r: int = 8,
                 lora_alpha: int = 16, checkpoint_every: int = CHECKPOINT_EVERY, dtype: str = "auto",
-                mixed_precision: str = "no", grad_accum: int = 1, gradient_checkpointing: bool = False,
+                mixed_precision: str | None = None, pure_bf16: bool = False, preset: str = "auto",
+                grad_accum: int = 1, gradient_checkpointing: bool = False,
                 log_with: str | None = None, eval_every: int = 0, max_records: int = 64,
                 eval_splits: str | Sequence[str] = ("forget", "retain"), select_by: str | None = None,
                 eval_after: bool = True, resume: bool = False, overwrite: bool = False) -> dict:
@@ -421,6 +422,10 @@ def unlearn_run(*, method: str, model: str | Path, data: str | Path, out: str | 
     if select_by is not None:
         parse_rule(select_by)  # a malformed rule fails here, with its own message
     torch_dtype = parse_dtype(dtype)
+    from .train.presets import PRESETS
+
+    if preset not in PRESETS:
+        raise ValueError(f"--preset must be one of {', '.join(PRESETS)} (got {preset!r})")
     accelerator = make_accelerator(mixed_precision, grad_accum)  # an unusable launch config stops here
     check_out(out, overwrite=overwrite, resume=resume)
     bundle = load_bundle(data, forget_split, forget_ids, retain_ids, need_retain=method_cls.needs_retain)
@@ -430,7 +435,8 @@ def unlearn_run(*, method: str, model: str | Path, data: str | Path, out: str | 
     method_args = {**from_file.get("method_args", {}), **parse_set_items(set_items)}
     cfg = UnlearnConfig(method=method, model=str(model), steps=steps, lr=lr, batch_size=batch_size, scope=scope,
                         seed=seed, checkpoint_every=checkpoint_every, reference=str(reference) if reference else None,
-                        lora_r=lora_r, lora_alpha=lora_alpha, mixed_precision=mixed_precision, grad_accum=grad_accum,
+                        lora_r=lora_r, lora_alpha=lora_alpha, mixed_precision=mixed_precision, pure_bf16=pure_bf16,
+                        preset=preset, grad_accum=grad_accum,
                         gradient_checkpointing=gradient_checkpointing, method_args=method_args,
                         log_with=check_tracker(log_with), eval_every=eval_every, eval_records=max_records,
                         eval_splits=list(split_list(eval_splits)), select_by=select_by)
@@ -438,11 +444,19 @@ def unlearn_run(*, method: str, model: str | Path, data: str | Path, out: str | 
     check_launch(bundle, method_cls, cfg, accelerator.num_processes)
     check_rule_data(check_selection(cfg, method_cls, accelerator.num_processes), bundle, cfg.eval_records, cfg.seed)
     loaded = load_model(model, dtype=torch_dtype)
+    from .train.precision import plan as precision_plan
+    from .train.presets import resolve_schedule
+    from .train.unlearn import fit_batch, forget_records
+
+    precision_plan(mixed_precision, loaded.model, pure_bf16)  # fp16 on a CPU, an unknown value: refused here
+    processes = accelerator.num_processes
+    schedule = resolve_schedule(method_cls(method_cfg), loaded.model, cfg, forget_records(bundle, method_cls),
+                                bundle.train("retain"),
+                                fit_batch(bundle, method_cls, batch_size, processes, warn=False) * processes * grad_accum)
     out = prepare_out(out, overwrite=overwrite, resume=resume)
     run = start_run(out, "unlearn", params, {
-        **asdict(cfg), "steps": method_cls.default_steps if steps is None else steps,
-        "lr": method_cls.default_lr if lr is None else lr, "scope": scope or method_cls.default_scope,
-        "method_config": asdict(method_cfg)})
+        **asdict(cfg), "steps": schedule.steps, "lr": schedule.lr, "preset": schedule.preset,
+        "scope": scope or method_cls.default_scope, "method_config": asdict(method_cfg)})
     from .train.unlearn import unlearn
 
     result = unlearn(bundle, cfg, out, loaded=loaded, resume=resume)

@@ -126,8 +126,12 @@ class Method:
     needs_reference: ClassVar[bool] = False  # a frozen θ0 (or --reference model) is prepared
     needs_retain: ClassVar[bool] = True
     default_scope: ClassVar[str] = "full"
-    default_lr: ClassVar[float] = 1e-4
+    default_lr: ClassVar[float] = 1e-4  # the tiny preset (train/presets.py): chosen on the tiny builds
     default_steps: ClassVar[int] = 60
+    # The real preset, for checkpoints of real size: the published setting, epochs over the forget records
+    real_lr: ClassVar[float] = 1e-5
+    real_epochs: ClassVar[float] = 1.0
+    real_source: ClassVar[str] = "MLLMU-Bench's baselines as MMUnlearner's code runs them (lr 1e-5, batch 4, 1 epoch)"
     # Which forget records the method trains on (e.g. VKD: image+text only).
     forget_modalities: ClassVar[tuple[str, ...]] = ("image+text", "text")
     # Whether questions about what is *visible* in a forget person's photo (fact "visible:…", S-MLLMUn's
@@ -166,12 +170,22 @@ class Method:
         model)."""
         return loop(lambda step: self.loss(ctx, step))
 
+    def steps_for_epochs(self, epochs: float, forget: list, retain: list, global_batch: int) -> int:
+        """Optimiser steps for `epochs` passes over the forget records it trains on (a method with another
+        cadence, such as MMUnlearner's alternation, says how its steps relate to them)."""
+        from ..train.presets import epochs_to_steps
+
+        return epochs_to_steps(epochs, len(forget), global_batch)
+
     @classmethod
-    def tuning_space(cls) -> dict[str, tuple]:
-        """lr over [default/10, default×10] (log), steps over [default/4, default] (log), then the
-        method's own `search_space` (which may override either)."""
-        return {"lr": ("log", cls.default_lr / 10, cls.default_lr * 10),
-                "steps": ("int", max(4, cls.default_steps // 4), cls.default_steps, "log"), **cls.search_space}
+    def tuning_space(cls, lr: float | None = None, steps: int | None = None) -> dict[str, tuple]:
+        """lr over [lr/10, lr×10] (log), steps over [steps/4, steps] (log) around the preset's lr and steps
+        (default: the tiny preset's; `mmunlearn tune` passes the real preset's on a real-size model), then
+        the method's own `search_space` (which may override either)."""
+        lr = lr if lr is not None else cls.default_lr
+        steps = steps if steps is not None else cls.default_steps
+        return {"lr": ("log", lr / 10, lr * 10), "steps": ("int", min(steps, max(4, steps // 4)), steps, "log"),
+                **cls.search_space}
 
     @classmethod
     def make_config(cls, overrides: dict[str, Any] | None = None) -> MethodConfig:

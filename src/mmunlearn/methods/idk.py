@@ -14,6 +14,9 @@ class IdK(Method):
     name = "idk"
     summary = "fine-tune forget prompts to varied refusals (+ retain NLL)"
     default_lr = 5e-4
+    real_lr = 1e-5
+    real_epochs = 10.0
+    real_source = "open-unlearning's TOFU IdkNLL (lr 1e-5, 10 epochs)"
     Config = MethodConfig
     search_space = {"alpha": ("log", 0.3, 10.0)}
 

@@ -23,6 +23,9 @@ class IdkDPO(Method):
     needs_reference = True
     default_lr = 1e-3  # twice the baselines' (set before DPO had its 2/β); the tuned row is `mmunlearn tune`'s
     default_steps = 120
+    real_lr = 1e-5
+    real_epochs = 10.0
+    real_source = "open-unlearning's TOFU IdkDPO (lr 1e-5, 10 epochs)"
     Config = IdkDPOConfig
     search_space = {"beta": ("log", 0.05, 0.5), "alpha": ("log", 0.3, 10.0)}
 

@@ -34,6 +34,7 @@ class MMUnlearner(Method):
     summary = "Fisher-ratio mask per module group; masked ascent once per |D_r|/|D_f| retain steps"
     default_lr = 5e-4
     default_steps = 400  # one step in ~10 ascends on the default world (|D_r|/|D_f| ≈ 9)
+    real_source = "MMUnlearner's code (lr 1e-5, batch 4, 1 epoch over the forget VQA)"
     forget_modalities = ("image+text", "text")  # text-only forget QA are preserved, never ascended
     Config = MMUnlearnerConfig
     search_space = {"threshold": ("log", 0.5, 4.0), "alpha": ("log", 0.3, 10.0)}
@@ -45,6 +46,14 @@ class MMUnlearner(Method):
         ctx.grad_masks = modality_fisher_mask(ctx, self.cfg.mask_batches, self.cfg.threshold)
         ctx.extra_log.update(mask_stats(ctx.grad_masks))
         ctx.extra_log["mmunlearner_ascent_every"] = self.period
+
+    def steps_for_epochs(self, epochs: float, forget: list, retain: list, global_batch: int) -> int:
+        """An epoch is a pass over the forget VQA by the ascent steps, each followed by its retain steps."""
+        from ..train.presets import epochs_to_steps
+
+        forget_vqa, _, _ = mmunlearner_sets(forget, retain)
+        period = ascent_period(len(retain), len(forget_vqa), self.cfg.ascent_every)
+        return epochs_to_steps(epochs, len(forget_vqa), global_batch) * period
 
     def is_ascent(self, step: int) -> bool:
         return step % self.period == 0

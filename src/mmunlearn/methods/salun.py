@@ -24,6 +24,7 @@ class SalUn(GradDiff):
     name = "salun"
     summary = "GradDiff on the top-p salient weights (gradient-magnitude mask)"
     default_lr = 5e-4
+    real_source = "ours: GradDiff's MLLMU-Bench setting (lr 1e-5, 1 epoch); SalUn's paper has no MLLM setting"
     Config = SalUnConfig
     search_space = {"keep": ("float", 0.1, 0.9), "alpha": ("log", 0.3, 10.0)}
 

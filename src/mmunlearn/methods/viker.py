@@ -204,6 +204,9 @@ class ViKeR(Method):
     default_scope = "lora"
     default_lr = 1e-3
     default_steps = 100
+    real_lr = 5e-6
+    real_epochs = 1.0
+    real_source = "the ViKeR paper (LoRA r 8, lr 5e-6, 1 epoch)"
     forget_modalities = ("image+text",)
     forget_visible = False  # what is visible in the photo is kept, not forgotten
 

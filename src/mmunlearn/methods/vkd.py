@@ -55,7 +55,8 @@ from ..data.record import Record
 from .base import Context, Method, MethodConfig, register
 from ..models.forward import AnswerLogits, VisualFeatures, feature_points
 from .losses import answer_nll, npo_loss, sample_nll, sequence_logprob
-from .masks import accumulate_gradients, mask_stats, record_batches, salun_mask, top_fraction_mask
+from .masks import (accumulate_gradients, agree_across_processes, mask_stats, record_batches, salun_mask,
+                    top_fraction_mask)
 
 FORGET_LOSSES = ("ga", "npo")
 MASKS = ("fisher", "salun", "none")
@@ -130,14 +131,49 @@ def feature_distance(student: torch.Tensor, teacher: torch.Tensor, n_images: int
 
 
 def vkd_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], n_images: int,
-             kind: str = "mse") -> torch.Tensor:
-    """L_vkd: the distance between student and teacher features at every hook point, summed."""
+             kind: str = "mse", weights: list[float] | None = None, pixel_inputs: dict | None = None) -> torch.Tensor:
+    """L_vkd: the distance between student and teacher features at every hook point, summed.
+
+    `weights` (one per image): Σ_i w_i·d_i over per-image distances d_i instead (mse: the image's mean
+    squared difference; sq_l2: its sum): what a process's share of a data-parallel step contributes, so
+    that every image of the global draw weighs the same whatever its process (`share_images`)."""
     total = torch.zeros((), device=next(iter(student.values())).device)
     for name in teacher:
         if name == "projected":  # the hook points' outputs only (the projector is one of them)
             continue
-        total = total + feature_distance(student[name], teacher[name].detach(), n_images, kind)
+        if weights is None:
+            total = total + feature_distance(student[name], teacher[name].detach(), n_images, kind)
+            continue
+        if kind not in ("mse", "sq_l2"):
+            raise ValueError(f"vkd_distance must be mse or sq_l2, got {kind!r}")
+        diff = (student[name].float() - teacher[name].detach().float()) ** 2
+        pieces = split_per_image({name: diff}, pixel_inputs or {}, n_images)
+        if pieces is None:
+            raise ValueError(f"VKD cannot cut the {name!r} features into one piece per image to weigh them evenly")
+        per_image = torch.stack([piece.mean() if kind == "mse" else piece.sum() for piece in pieces[name]])
+        total = total + (per_image * torch.tensor(weights, dtype=per_image.dtype, device=per_image.device)).sum()
     return total
+
+
+def share_images(drawn: list[int], rank: int, world: int) -> tuple[list[int], list[float]]:
+    """This process's images of a global draw, and their weights in `vkd_loss`.
+
+    Every process gets ceil(n / world) images (the same count: FSDP2 and ZeRO-3 need every process to run
+    the vision tower alike, and a process with none crashed the forward): its share drawn[rank::world],
+    padded with repeats of the draw at weight 0. A real image weighs world/n: data parallelism averages the
+    processes' gradients, so the step's loss is (1/n)·Σ_i d_i over the n drawn images, each counted once."""
+    n = len(drawn)
+    if n == 0:
+        return [], []
+    per_process = -(-n // world)
+    mine = list(drawn[rank::world])
+    weights = [world / n] * len(mine)
+    k = 0
+    while len(mine) < per_process:  # padding: images of the draw, contributing nothing
+        mine.append(drawn[(rank + k) % n])
+        weights.append(0.0)
+        k += 1
+    return mine, weights
 
 
 def split_per_image(features: dict[str, torch.Tensor], pixel_inputs: dict, n_images: int
@@ -186,6 +222,8 @@ class TeacherCache:
     def put(self, index: int, pieces: dict[str, torch.Tensor]) -> bool:
         """Keep one photo's features (copies: a slice would keep its whole batch alive); False when
         they do not fit under the cap."""
+        if index in self._store:  # already kept (a padded share repeats a photo of its step)
+            return True
         size = sum(t.numel() * t.element_size() for t in pieces.values())
         if self.bytes + size > self.cap_bytes:
             return False
@@ -204,6 +242,7 @@ class VKD(Method):
     needs_reference = True  # the frozen teacher θ0 (also NPO's reference)
     default_scope = "vision"
     default_lr = 5e-3
+    real_source = "MMUnlearner's masked ascent setting (lr 1e-5, 1 epoch): the VKD summary states no lr"
     default_steps = 480  # seed sweep (docs/methods/seed-ablations.md)
     forget_modalities = ("image+text",)
     forget_visible = False  # what is visible in the photo is kept, not forgotten
@@ -262,18 +301,26 @@ class VKD(Method):
 
     def _fisher_mask(self, ctx: Context) -> dict[str, torch.Tensor]:
         """Forget image+text Fisher over retain Fisher (image+text for V/P; all retain QA for W when an
-        ablation makes W trainable), then the top `mask_keep` fraction (or S_f/S_r ≥ mask_threshold)."""
+        ablation makes W trainable), then the top `mask_keep` fraction (or S_f/S_r ≥ mask_threshold).
+        Each retain Fisher covers its side's weights only and the ratio is formed in place in the
+        forget Fisher, so the peak is two fp32 copies of the trainable weights, not four."""
         cfg, eps = self.cfg, 1e-12
         forget_vqa = ctx.forget_records
         s_f = accumulate_gradients(ctx.model, record_batches(ctx, forget_vqa, cfg.mask_batches), square=True)
-        s_vp = accumulate_gradients(ctx.model, record_batches(ctx, self._kept_vqa, cfg.mask_batches), square=True)
-        has_w = any(ctx.adapter.part_of(n) == "W" for n in s_f)
-        s_w = (accumulate_gradients(ctx.model, record_batches(ctx, ctx.retain_records, cfg.mask_batches), square=True)
-               if has_w else {})
-        ratio = {n: sf / ((s_w[n] if ctx.adapter.part_of(n) == "W" else s_vp[n]) + eps) for n, sf in s_f.items()}
-        if cfg.mask_threshold > 0:
-            return {n: (r >= cfg.mask_threshold).float() for n, r in ratio.items()}
-        return top_fraction_mask(ratio, cfg.mask_keep)
+        w = [n for n in s_f if ctx.adapter.part_of(n) == "W"]
+        vp = [n for n in s_f if ctx.adapter.part_of(n) != "W"]
+        s_vp = accumulate_gradients(ctx.model, record_batches(ctx, self._kept_vqa, cfg.mask_batches), square=True,
+                                    names=vp)
+        for n in vp:
+            s_f[n].div_(s_vp.pop(n).add_(eps))
+        if w:
+            s_w = accumulate_gradients(ctx.model, record_batches(ctx, ctx.retain_records, cfg.mask_batches),
+                                       square=True, names=w)
+            for n in w:
+                s_f[n].div_(s_w.pop(n).add_(eps))
+        if cfg.mask_threshold > 0:  # each ratio tensor freed as its mask is made
+            return agree_across_processes({n: s_f.pop(n) >= cfg.mask_threshold for n in list(s_f)})
+        return agree_across_processes(top_fraction_mask(s_f, cfg.mask_keep))
 
     def reference_kind(self) -> str:
         """The teacher is V + P only, unless NPO needs θ0's answer logits."""
@@ -303,8 +350,8 @@ class VKD(Method):
         if cfg.vkd_weight:
             n = min(cfg.vkd_images, len(self._kept_images))
             # positions in the kept list (the same draws as sampling the list itself); this process
-            # distils its share
-            picked = ctx.local(ctx.rng.sample(range(len(self._kept_images)), n))
+            # distils its share, every image of the draw weighing the same (share_images)
+            picked, weights = share_images(ctx.rng.sample(range(len(self._kept_images)), n), ctx.rank, ctx.world)
             images = [self._kept_images[i] for i in picked]
             if cfg.augment and cfg.augment_kept:
                 rng = self._augment_rng(ctx)
@@ -327,7 +374,7 @@ class VKD(Method):
                 self._cache_log["teacher_calls"] += 1
             else:
                 teacher = self._teacher_features(ctx, picked, images, pixels)
-            l_vkd = vkd_loss(out["kept"], teacher, len(images), cfg.vkd_distance)
+            l_vkd = vkd_loss(out["kept"], teacher, len(images), cfg.vkd_distance, weights=weights, pixel_inputs=pixels)
             loss = loss + cfg.vkd_weight * l_vkd
             terms["vkd"] = l_vkd.detach()
             ctx.extra_log["vkd_per_step"].append(round(float(l_vkd.detach()), 8))

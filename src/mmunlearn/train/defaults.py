@@ -15,6 +15,6 @@ LR = 2e-3
 SCHEDULE_EPOCHS = 40  # passes over a small data set's records before the caps above apply
 MIN_STAGE2_STEPS = 200  # even a handful of records gets this many steps (memorising takes steps, not data)
 # A resumable checkpoint every N optimiser steps, the same on every command that trains; 0 (the default): never.
-# Off by default because a full-scope 7B checkpoint (weights + AdamW state) is ~84 GB and DeepSpeed runs refuse
-# them; `--checkpoint-every N` makes `--resume` possible. An unlearning run's checkpoints go when it finishes.
+# Off by default because a full-scope 7B checkpoint (weights + AdamW state) is ~84 GB in all (written in shards,
+# 1/N per process); `--checkpoint-every N` makes `--resume` possible. An unlearning run's checkpoints go when it finishes.
 CHECKPOINT_EVERY = 0

@@ -21,7 +21,9 @@ from ..methods.losses import answer_nll
 from ..models.forward import AnswerLogits, StepModule
 from ..models.base import TinySize
 from ..models.loader import LoadedModel, build_tiny, is_tiny, load_model
+from . import zero
 from .loop import LoopConfig, make_accelerator, run_loop, seed_everything
+from .precision import apply as apply_precision, plan as precision_plan
 from .defaults import (BATCH_SIZE, CHECKPOINT_EVERY, LR, MIN_STAGE2_STEPS, SCHEDULE_EPOCHS, STAGE1_STEPS,
                        STAGE2_STEPS, VISION_WARMUP_STEPS)
 from .sampling import RecordSampler
@@ -130,7 +132,11 @@ def finetune(bundle: DataBundle, cfg: FinetuneConfig, out: Path, resume: bool = 
     if not stage2:
         raise ValueError("no training records: the data has neither a finetune split nor forget/retain training QA")
     stage1_steps = cfg.stage1_steps if stage1 else 0
-    accelerator = make_accelerator(**tracker_kwargs(check_tracker(cfg.log_with), out))
+    # bf16 weights train with fp32 master copies, autocast as the launcher or the weights say (train/precision.py)
+    precision = precision_plan(None, loaded.model)
+    accelerator = make_accelerator(precision.autocast, **tracker_kwargs(check_tracker(cfg.log_with), out))
+    upcast = apply_precision(loaded.model, precision,
+                             deepspeed_half=zero.is_deepspeed(accelerator) and precision.autocast != "no")
     tracking = start_tracking(accelerator, "finetune", asdict(cfg))
     rank, world = accelerator.process_index, accelerator.num_processes
     batch_size = fit_finetune_batch(cfg.batch_size, len(stage2), world)
@@ -192,20 +198,22 @@ def finetune(bundle: DataBundle, cfg: FinetuneConfig, out: Path, resume: bool = 
         "records": {"stage1": len(stage1), "stage2": len(stage2)},
         "vision_warmup": warmup_log,
         "wall_time_s": round(result.wall_time_s + (warmup_log["wall_time_s"] if warmup_log else 0.0), 2),
-        "peak_memory_mb": round(result.peak_memory_mb, 1),
+        "peak_memory_mb": round(result.peak_memory_mb, 1),  # the maximum over processes
+        "peak_memory_mb_per_process": result.peak_memory_mb_per_process,
         # CPU time of this process (all its threads) from model build to the end of training; over
         # wall time × threads it says whether the run had its cores to itself
         "cpu_time_s": round(time.process_time() - cpu_start, 2),
         "threads": torch.get_num_threads(),
         "parameters": sum(p.numel() for p in model.parameters()),
         "processes": world,
+        "precision": precision.as_log(),
         "batch_size": batch_size,  # per process, after fitting it to the data (fit_finetune_batch)
         "global_batch": batch_size * world,
         "steps_run": result.steps_run,
         "log": result.log,
         **({"tracking": tracking} if tracking else {}),
     }
-    loaded.model = save_run_model(accelerator, model, loaded, out)
+    loaded.model = save_run_model(accelerator, model, loaded, out, restore_dtypes=upcast)
     if accelerator.is_main_process:
         atomic_write_json(out / "train_log.json", train_log)
         import shutil

@@ -64,6 +64,7 @@ class LoopResult:
     steps_run: int = 0  # steps this call actually ran (fewer than steps_done after a resume)
     processes: int = 1
     distributed_type: str = "NO"
+    peak_memory_mb_per_process: list[float] = field(default_factory=list)  # peak_memory_mb is their maximum
 
 
 def seed_everything(seed: int) -> None:
@@ -73,9 +74,13 @@ def seed_everything(seed: int) -> None:
     set_seed(seed)
 
 
-def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1, log_with: str | None = None,
+def make_accelerator(mixed_precision: str | None = None, grad_accum: int = 1, log_with: str | None = None,
                      logging_dir: str | Path | None = None):
     """The run's Accelerator: GPU when present, else CPU processes over gloo.
+
+    `mixed_precision` None: what the launcher says (`ACCELERATE_MIXED_PRECISION`, exported by `accelerate
+    launch --config_file`), else "no" — an explicit value would override the config file's bf16 silently
+    (train/precision.py decides it for a loaded model, from the weights' dtype too).
 
     DDP tolerates unused parameters (frozen parts, text-only batches that skip the vision tower).
     FSDP is switched on the way accelerate's launcher does it (`ACCELERATE_USE_FSDP=true`, from an
@@ -88,6 +93,8 @@ def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1, log_with:
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import DistributedType
 
+    if mixed_precision is None:
+        mixed_precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower() or "no"
     if mixed_precision not in MIXED_PRECISION:
         raise ValueError(f"unknown mixed precision {mixed_precision!r}; choose one of {', '.join(MIXED_PRECISION)}")
     if grad_accum < 1:
@@ -165,12 +172,15 @@ def peak_memory_mb() -> float:
 
 
 def _sharded_like(mask: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """A 0/1 mask laid out like `param`: the same shard of it when FSDP made the parameter a DTensor."""
-    mask = mask.to(param.device, param.dtype)
+    """A bool mask (1 byte per weight, `grad.mul_` takes it as 0/1) laid out like `param`: when FSDP made
+    the parameter a DTensor, this process's shard, cut from its own full mask with no communication
+    (every process holds the same masks: methods/masks.py `agree_across_processes`) and copied, so it
+    does not keep the full mask alive."""
+    mask = mask.to(param.device, torch.bool)
     if type(param).__name__ == "DTensor":
         from torch.distributed.tensor import distribute_tensor
 
-        return distribute_tensor(mask, param.device_mesh, param.placements)
+        return distribute_tensor(mask, param.device_mesh, param.placements, src_data_rank=None).clone()
     return mask
 
 
@@ -218,9 +228,6 @@ def run_loop(
     scheduler = make_scheduler(optimizer, cfg)
     deepspeed = zero.is_deepspeed(accelerator)
     if deepspeed:
-        if checkpoint_root and (cfg.checkpoint_every or resume):
-            raise ValueError("checkpoints and --resume are not supported under DeepSpeed yet; run without "
-                             "--checkpoint-every/--resume, or use an FSDP2 or DDP config")
         zero.configure_engine(accelerator, cfg.grad_clip)
     prepared, prepared_optimizer = accelerator.prepare(module, optimizer)
     # DeepSpeed: the loop drives the engine (backward, masks, step), see train/zero.py
@@ -238,7 +245,7 @@ def run_loop(
     ckpt = Path(checkpoint_root) / CHECKPOINT_DIR if checkpoint_root else None
     start, log = 0, []
     if resume and ckpt and (ckpt / "loop_state.json").is_file():
-        start, log = _load_checkpoint(ckpt, inner, optimizer, scheduler, rank, world, set_rng_state)
+        start, log = _load_checkpoint(ckpt, inner, optimizer, scheduler, rank, world, set_rng_state, engine)
         if accelerator.is_main_process:
             logging.getLogger("mmunlearn").info(f"resuming {cfg.desc} from step {start}")
 
@@ -274,6 +281,8 @@ def run_loop(
                         prepared_optimizer.zero_grad(set_to_none=True)
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach()) / accum
+            if world > 1:  # the step's terms as the whole global batch saw them, not rank 0's share
+                sums = _mean_over_processes(accelerator, sums)
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
                 row = {"step": step, **sums, "lr": scheduler.get_last_lr()[0],
                        "time_s": round(elapsed_before + time.perf_counter() - t0, 3)}
@@ -286,12 +295,32 @@ def run_loop(
             if on_step_end is not None and on_step_end(done):
                 prepared.train()  # the hook evaluated (eval mode); it leaves the RNG as it found it
             if ckpt and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-                _save_checkpoint(accelerator, ckpt, inner, optimizer, scheduler, done, log, rng_state)
+                _save_checkpoint(accelerator, ckpt, inner, optimizer, scheduler, done, log, rng_state, engine)
     bar.close()
     wall = elapsed_before + time.perf_counter() - t0
     accelerator.free_memory()  # drop accelerate's references to this loop's wrapper (a later stage re-wraps)
-    return LoopResult(cfg.steps, wall, log, peak_memory_mb(), steps_run=cfg.steps - start, processes=world,
-                      distributed_type=str(accelerator.distributed_type).split(".")[-1])
+    per_process = _per_process_peaks(accelerator, peak_memory_mb())
+    return LoopResult(cfg.steps, wall, log, max(per_process), steps_run=cfg.steps - start, processes=world,
+                      distributed_type=str(accelerator.distributed_type).split(".")[-1],
+                      peak_memory_mb_per_process=per_process)
+
+
+def _mean_over_processes(accelerator, terms: dict[str, float]) -> dict[str, float]:
+    """Each logged term averaged over processes (one all-reduce of a small vector, keys in a fixed order:
+    every process's step returns the same terms). Each process's term is the mean over its share of the
+    global batch, so the mean over processes is the global batch's value."""
+    keys = sorted(terms)
+    values = torch.tensor([terms[k] for k in keys], dtype=torch.float64, device=accelerator.device)
+    reduced = accelerator.reduce(values, reduction="mean")
+    return {k: float(v) for k, v in zip(keys, reduced.tolist())}
+
+
+def _per_process_peaks(accelerator, mine: float) -> list[float]:
+    """Every process's peak memory (MB), in process order: the log keeps them all and their maximum."""
+    if accelerator.num_processes == 1:
+        return [round(mine, 1)]
+    gathered = accelerator.gather(torch.tensor([mine], dtype=torch.float64, device=accelerator.device))
+    return [round(float(v), 1) for v in gathered.tolist()]
 
 
 def _deepspeed_backward_and_step(engine, boundary: bool, loss: torch.Tensor, named: dict, masks: dict,
@@ -339,30 +368,41 @@ def _set_rng(state: dict, extra: Callable[[dict], None] | None) -> None:
         extra(state["extra"])
 
 
-def _state_dicts(inner: torch.nn.Module, optimizer) -> tuple[dict, dict]:
-    """Full (gathered) trainable weights and optimiser state, keyed by parameter name: the same files
-    whether the run was plain, DDP or FSDP2 (torch.distributed.checkpoint's state-dict helpers)."""
+def _sharded_state(inner: torch.nn.Module, optimizer) -> dict:
+    """The trainable weights and the optimiser state as each process holds them (DTensor shards under
+    FSDP2, whole tensors otherwise), keyed by parameter name: torch.distributed.checkpoint writes each
+    process's shards itself and stores a replicated tensor once, so no process gathers the model."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
-    return get_state_dict(inner, optimizer, options=options)
+    model_sd, optim_sd = get_state_dict(inner, optimizer, options=StateDictOptions(ignore_frozen_params=True))
+    return {"model": model_sd, "optimizer": optim_sd}
 
 
-def _save_checkpoint(accelerator, ckpt: Path, inner, optimizer, scheduler, step: int, log: list, rng_state) -> None:
+def _save_checkpoint(accelerator, ckpt: Path, inner, optimizer, scheduler, step: int, log: list, rng_state,
+                     engine=None) -> None:
     """Written into a temp folder and swapped in, so a crash mid-save keeps the previous checkpoint.
-    Every process writes its own RNG file; the main process writes the rest."""
+
+    Weights and optimiser state are written sharded, by every process: torch.distributed.checkpoint (plain,
+    DDP, FSDP2) or the DeepSpeed engine's own partitioned checkpoint. A full-scope 7B checkpoint (weights
+    + AdamW state, ~84 GB) is then 1/N per process, never gathered onto one. Every process writes its own
+    RNG file; the main process the scheduler and the loop's state."""
     tmp = ckpt.with_name(ckpt.name + ".tmp")
-    model_sd, optim_sd = _state_dicts(inner, optimizer)  # a collective under FSDP: every process calls it
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
+    if engine is not None:
+        engine.save_checkpoint(str(tmp), tag="state", exclude_frozen_parameters=True)
+        kind = "deepspeed"
+    else:
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(_sharded_state(inner, optimizer), checkpoint_id=str(tmp / "state"))
+        kind = "dcp"
     torch.save(_rng_snapshot(rng_state), tmp / f"rng_{accelerator.process_index}.pt")
     if accelerator.is_main_process:
-        torch.save(model_sd, tmp / "trainable.pt")
-        torch.save(optim_sd, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        (tmp / "loop_state.json").write_text(json.dumps({"step": step, "log": log,
+        (tmp / "loop_state.json").write_text(json.dumps({"step": step, "log": log, "format": kind,
                                                          "processes": accelerator.num_processes}))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -376,22 +416,46 @@ def _save_checkpoint(accelerator, ckpt: Path, inner, optimizer, scheduler, step:
 
 
 def _load_checkpoint(ckpt: Path, inner, optimizer, scheduler, rank: int, world: int,
-                     set_rng_state) -> tuple[int, list]:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-
+                     set_rng_state, engine=None) -> tuple[int, list]:
+    """Each process reads back its own shards (and its own RNG file) into the prepared model and optimiser."""
     state = json.loads((ckpt / "loop_state.json").read_text())
     written_by = state.get("processes", 1)
     if written_by != world:
         raise ValueError(f"checkpoint in {ckpt} was written by {written_by} process(es); resume it with "
                          f"{written_by}, not {world}")
-    trainable = torch.load(ckpt / "trainable.pt", weights_only=True)
-    names = {n for n, p in inner.named_parameters() if p.requires_grad}
-    missing = names - set(trainable)
-    if missing:
-        raise ValueError(f"checkpoint in {ckpt} does not match the model ({len(missing)} parameters missing)")
-    set_state_dict(inner, optimizer, model_state_dict=trainable,
-                   optim_state_dict=torch.load(ckpt / "optimizer.pt", weights_only=False),
-                   options=StateDictOptions(full_state_dict=True, strict=False))
+    kind = state.get("format")
+    if kind not in ("dcp", "deepspeed"):
+        raise ValueError(f"checkpoint in {ckpt} was written by an older mmunlearn (gathered weights); "
+                         "start the run again without --resume")
+    if (kind == "deepspeed") != (engine is not None):
+        raise ValueError(f"checkpoint in {ckpt} was written {'under' if kind == 'deepspeed' else 'without'} "
+                         "DeepSpeed; resume it with the same launch configuration")
+    if engine is not None:
+        path, _ = engine.load_checkpoint(str(ckpt), tag="state", load_module_strict=False,
+                                         load_optimizer_states=True, load_lr_scheduler_states=False)
+        if path is None:
+            raise ValueError(f"checkpoint in {ckpt} holds no DeepSpeed state")
+    else:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+
+        current = _sharded_state(inner, optimizer)  # the layout to read into (this process's shards)
+        saved = FileSystemReader(str(ckpt / "state")).read_metadata().state_dict_metadata
+        missing = [k for k in current["model"] if f"model.{k}" not in saved]
+        if missing:  # a scope, method or model other than the checkpoint's
+            raise ValueError(f"checkpoint in {ckpt} does not match this run's trainable parameters "
+                             f"({len(missing)} missing, e.g. {missing[0]})")
+        # partial: a parameter that had no gradient before the checkpoint had no AdamW state to save; the
+        # state the fresh optimiser was given to read into is dropped again, so it starts as in a straight run
+        dcp.load(current, checkpoint_id=str(ckpt / "state"), planner=DefaultLoadPlanner(allow_partial_load=True))
+        set_state_dict(inner, optimizer, model_state_dict=current["model"], optim_state_dict=current["optimizer"],
+                       options=StateDictOptions(ignore_frozen_params=True))
+        stateless = {k for k in current["model"] if f"optimizer.state.{k}.step" not in saved}
+        for name, param in inner.named_parameters():
+            if name in stateless:
+                optimizer.state.pop(param, None)
     scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
     _set_rng(torch.load(ckpt / f"rng_{rank}.pt", weights_only=False), set_rng_state)
     return state["step"], state["log"]

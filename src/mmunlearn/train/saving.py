@@ -11,8 +11,12 @@ from ..models.loader import LoadedModel
 
 
 def save_run_model(accelerator, model: torch.nn.Module, loaded: LoadedModel, out: Path,
-                   base: str | Path | None = None) -> torch.nn.Module:
+                   base: str | Path | None = None, restore_dtypes: dict[str, torch.dtype] | None = None
+                   ) -> torch.nn.Module:
     """Write the run's model as one loadable HF folder (safetensors) and return the plain model.
+
+    `restore_dtypes`: parameters upcast to fp32 for training (train/precision.py) and the dtype they were
+    loaded in; they are saved, and left, in it (a bf16 checkpoint stays bf16, not twice its size).
 
     Sharded (FSDP2) weights are gathered first (a collective: every process calls this). A LoRA run
     also keeps its unmerged adapter (`adapter/adapter_model.safetensors`) beside the merged model — in a
@@ -38,6 +42,9 @@ def save_run_model(accelerator, model: torch.nn.Module, loaded: LoadedModel, out
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         plain = unsharded_copy(plain, full) if accelerator.is_main_process else None
     if accelerator.is_main_process:
+        from .precision import restore
+
+        restore(plain, restore_dtypes or {})
         out.mkdir(parents=True, exist_ok=True)
         plain.save_pretrained(out, safe_serialization=True)
         loaded.processor.save_pretrained(out)

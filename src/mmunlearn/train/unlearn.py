@@ -27,6 +27,8 @@ from ..models.forward import StepModule
 from ..models.loader import LoadedModel, load_model
 from ..models.reference import build_reference, parameter_count
 from .loop import LoopConfig, make_accelerator, run_loop, seed_everything
+from .precision import apply as apply_precision, plan as precision_plan
+from .presets import resolve_schedule
 from . import zero
 from .sampling import RecordSampler
 from .saving import save_run_model
@@ -49,7 +51,9 @@ class UnlearnConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
-    mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate's autocast)
+    mixed_precision: str | None = None  # no | bf16 | fp16; None: the launcher's, else the weights' (train/precision.py)
+    pure_bf16: bool = False  # keep bf16 trainable weights (no fp32 master copy): the user's explicit choice
+    preset: str = "auto"  # lr/steps defaults: auto (by model size) | tiny | real (train/presets.py)
     grad_accum: int = 1  # micro-batches per optimiser step
     gradient_checkpointing: bool = False
     method_args: dict[str, Any] = field(default_factory=dict)
@@ -152,10 +156,11 @@ def unlearn(bundle: DataBundle, cfg: UnlearnConfig, out: Path, loaded: LoadedMod
     method_cls = get_method(cfg.method)
     method: Method = method_cls(method_cls.make_config(cfg.method_args))
     seed_everything(cfg.seed)
-    accelerator = make_accelerator(cfg.mixed_precision, cfg.grad_accum,
+    loaded = loaded or load_model(cfg.model)
+    precision = precision_plan(cfg.mixed_precision, loaded.model, cfg.pure_bf16)
+    accelerator = make_accelerator(precision.autocast, cfg.grad_accum,
                                    **tracker_kwargs(check_tracker(cfg.log_with), out))
     rank, world = accelerator.process_index, accelerator.num_processes
-    loaded = loaded or load_model(cfg.model)
     forget = forget_records(bundle, method)
     retain = bundle.train("retain")
     if not forget:
@@ -188,6 +193,9 @@ def unlearn(bundle: DataBundle, cfg: UnlearnConfig, out: Path, loaded: LoadedMod
     module = StepModule(model, loaded.adapter, loaded.processor)
     reference = build_reference(method.reference_kind(), model, loaded.adapter, module, accelerator,
                                 loaded_reference)
+    # after θ0 is copied (in the loaded dtype) and before the optimiser exists: fp32 master weights
+    upcast = apply_precision(model, precision, deepspeed_half=zero.is_deepspeed(accelerator)
+                             and precision.autocast != "no")
 
     samplers = {"forget": RecordSampler(forget, batch_size, cfg.seed, rank, world)}
     if retain:
@@ -206,8 +214,8 @@ def unlearn(bundle: DataBundle, cfg: UnlearnConfig, out: Path, loaded: LoadedMod
     method.prepare(ctx)  # masks from the same global batches on every process: identical everywhere
     prep_s = time.perf_counter() - t_prep
     state, restore = _sampler_state_hooks(samplers, rng, collate)
-    steps = cfg.steps if cfg.steps is not None else method.default_steps
-    lr = cfg.lr if cfg.lr is not None else method.default_lr
+    schedule = resolve_schedule(method, loaded.model, cfg, forget, retain, global_batch=batch_size * world * cfg.grad_accum)
+    steps, lr = schedule.steps, schedule.lr
     loop_cfg = LoopConfig(steps=steps, lr=lr, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
                           desc=f"unlearn:{cfg.method}", log_every=5)
     periodic = PeriodicEval(bundle, loaded, cfg.eval_every, cfg.eval_records, cfg.eval_splits, rule, steps,
@@ -254,7 +262,9 @@ def unlearn(bundle: DataBundle, cfg: UnlearnConfig, out: Path, loaded: LoadedMod
         "distributed_type": result.distributed_type if result else str(accelerator.distributed_type).split(".")[-1],
         "batch_size": batch_size,  # per process, after fitting it to the forget records (fit_batch)
         "global_batch": batch_size * world * cfg.grad_accum,
-        "mixed_precision": cfg.mixed_precision,
+        "mixed_precision": precision.autocast,
+        "precision": precision.as_log(),
+        "preset": schedule.as_log(),
         "reference": reference.kind if reference is not None else None,
         "reference_params": parameter_count(reference),
         "trainable_params": n_train,
@@ -263,13 +273,14 @@ def unlearn(bundle: DataBundle, cfg: UnlearnConfig, out: Path, loaded: LoadedMod
         "prepare_time_s": round(prep_s, 3),
         "wall_time_s": round((result.wall_time_s if result else 0.0) + prep_s, 3),
         "steps_run": result.steps_run if result else 0,
-        "peak_memory_mb": round(result.peak_memory_mb, 1) if result else None,
+        "peak_memory_mb": round(result.peak_memory_mb, 1) if result else None,  # the maximum over processes
+        "peak_memory_mb_per_process": result.peak_memory_mb_per_process if result else None,
         "losses": result.log if result else [],
         **{k: v for k, v in ctx.extra_log.items()},
         **({"tracking": tracking} if tracking else {}),
         **({"selection": selection, "evaluations": periodic.evaluations} if periodic else {}),
     }
-    loaded.model = save_run_model(accelerator, model, loaded, out, base=cfg.model or None)
+    loaded.model = save_run_model(accelerator, model, loaded, out, base=cfg.model or None, restore_dtypes=upcast)
     if accelerator.is_main_process:
         atomic_write_json(out / "unlearn_log.json", log)
         shutil.rmtree(out / "checkpoint", ignore_errors=True)

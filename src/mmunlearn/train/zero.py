@@ -104,7 +104,7 @@ def configure_engine(accelerator: Any, grad_clip: float) -> None:
 
 
 def fragment_mask(mask: torch.Tensor, start: int, numel: int, fragment_numel: int) -> torch.Tensor:
-    """The part of a full 0/1 mask that matches a ZeRO-1/2 gradient fragment: elements
+    """The part of a full (bool or 0/1) mask that matches a ZeRO-1/2 gradient fragment: elements
     [start, start + numel) of the flattened parameter (the whole mask when the fragment is full-size)."""
     flat = mask.reshape(-1)
     if fragment_numel == flat.numel():
@@ -113,8 +113,8 @@ def fragment_mask(mask: torch.Tensor, start: int, numel: int, fragment_numel: in
 
 
 def partition_mask(mask: torch.Tensor, rank: int, partition_numel: int) -> torch.Tensor:
-    """The part of a full 0/1 mask that matches a ZeRO-3 gradient partition: elements
-    [rank·P, (rank+1)·P) of the flattened parameter, zero-padded past its end."""
+    """The part of a full (bool or 0/1) mask that matches a ZeRO-3 gradient partition: elements
+    [rank·P, (rank+1)·P) of the flattened parameter, zero (False) past its end."""
     flat = mask.reshape(-1)
     start = rank * partition_numel
     out = torch.zeros(partition_numel, dtype=flat.dtype, device=flat.device)
@@ -126,8 +126,9 @@ def partition_mask(mask: torch.Tensor, rank: int, partition_numel: int) -> torch
 
 def local_masks(named: dict[str, torch.nn.Parameter], masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Each full mask cut, once after `prepare`, to the part of its parameter's gradient this process
-    holds (so under ZeRO-3 a process keeps 1/N of the masks, not a model-sized copy). A parameter with
-    no element in this process's ZeRO-1/2 partition gets none."""
+    holds (so under ZeRO-3 a process keeps 1/N of the masks, not a model-sized copy), in the mask's own
+    dtype (bool: 1 byte per weight). A parameter with no element in this process's ZeRO-1/2 partition
+    gets none."""
     out: dict[str, torch.Tensor] = {}
     for name, mask in masks.items():
         p = named[name]
@@ -147,7 +148,8 @@ def local_masks(named: dict[str, torch.nn.Parameter], masks: dict[str, torch.Ten
 
 def mask_partitioned_grads(named: dict[str, torch.nn.Parameter], local: dict[str, torch.Tensor]) -> int:
     """Multiply each masked parameter's gradient, as this process holds it after `engine.backward` at
-    the accumulation boundary, by its local mask (`local_masks`). Returns how many pieces were masked."""
+    the accumulation boundary, by its local mask (`local_masks`; a bool mask multiplies as 0/1 with no
+    converted copy). Returns how many pieces were masked."""
     done = 0
     for name, mask in local.items():
         p = named[name]
@@ -157,15 +159,15 @@ def mask_partitioned_grads(named: dict[str, torch.nn.Parameter], local: dict[str
             grad = safe_get_local_grad(p)
             if grad is None:
                 continue
-            safe_set_local_grad(p, grad.reshape(-1) * mask.to(grad.device, grad.dtype))
+            safe_set_local_grad(p, grad.reshape(-1) * mask.to(grad.device, torch.bool))  # keeps grad's dtype
         elif hasattr(p, "_hp_mapping"):  # ZeRO-1/2: this process's slice of its flat gradient partition
             fragment = p._hp_mapping.get_lp_grad_fragment(p._index_in_param_group)
             if fragment.numel() != mask.numel():
                 raise RuntimeError(f"gradient fragment of {name} has {fragment.numel()} elements, its mask "
                                    f"{mask.numel()}: this DeepSpeed optimiser keeps another layout")
-            fragment.mul_(mask.to(fragment.device, fragment.dtype).reshape(fragment.shape))
+            fragment.mul_(mask.to(fragment.device).reshape(fragment.shape))
         elif p.grad is not None:
-            p.grad.mul_(mask.to(p.grad.device, p.grad.dtype))
+            p.grad.mul_(mask.to(p.grad.device))
         else:
             continue
         done += 1
