@@ -11,7 +11,7 @@ from helpers import both_accuracies, reply_rates
 from mmunlearn.models.loader import load_model
 from mmunlearn.train.unlearn import UnlearnConfig, unlearn
 
-RETAIN_KEEPERS = ("graddiff", "kl", "npo", "idk", "idkdpo", "salun", "mmunlearner")
+RETAIN_KEEPERS = ("graddiff", "kl", "npo", "idk", "idkdpo", "salun", "salun-paper", "mmunlearner")
 
 # What each method at its defaults may lose on the retain people (65 classification and 65 generation questions)
 # against vanilla (1.00 log-likelihood, 1.00 generated, no refusing or degenerate reply). Measured on the
@@ -20,7 +20,7 @@ RETAIN_KEEPERS = ("graddiff", "kl", "npo", "idk", "idkdpo", "salun", "mmunlearne
 #   graddiff 0.77 / 0.46 / 0.18  and 0.78 / 0.18 / 0.32     kl 0.69 / 0.55 / 0.17  and 0.66 / 0.20 / 0.38
 #   npo 1.00 / 0.98 / 0.00  and 0.98 / 0.94 / 0.00          idk 1.00 / 1.00 / 0.00  and 1.00 / 0.98 / 0.00
 #   idkdpo 1.00 / 0.94 / 0.00  and 1.00 / 0.98 / 0.00       salun 0.65 / 0.23 / 0.20  and 0.69 / 0.17 / 0.14
-#   mmunlearner 1.00 / 1.00 / 0.00  and 1.00 / 0.98 / 0.00
+#   mmunlearner 1.00 / 1.00 / 0.00  and 1.00 / 0.98 / 0.00    salun-paper 1.00 / 1.00 / 0.00  and 1.00 / 0.98 / 0.00
 # GradDiff, KL and SalUn at their defaults keep the retain answers ranked first by likelihood but their replies
 # degrade, by an amount the CPU decides (generated 0.46 on one fixture, 0.18 on the other): their generated floor
 # says only that much. Every bound is at least two questions (2/65 = 0.031) beyond the worse of the two
@@ -33,6 +33,7 @@ KEEPS: dict[str, dict[str, float]] = {
     "idkdpo": {"loglik_drop": 0.04, "generated_drop": 0.10, "degenerate": 0.04, "refusal": 0.04},
     "salun": {"loglik_drop": 0.39, "generated_drop": 0.87, "degenerate": 0.24, "refusal": 0.04},
     "mmunlearner": {"loglik_drop": 0.04, "generated_drop": 0.05, "degenerate": 0.04, "refusal": 0.04},
+    "salun-paper": {"loglik_drop": 0.04, "generated_drop": 0.05, "degenerate": 0.04, "refusal": 0.04},
 }
 
 

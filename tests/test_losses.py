@@ -15,7 +15,7 @@ from mmunlearn.data.collate import IGNORE
 from mmunlearn.methods import masks
 from mmunlearn.methods.base import get_method
 from mmunlearn.methods.mmunlearner import ascent_period
-from mmunlearn.methods.vkd import feature_distance
+from mmunlearn.methods.vkd import feature_distance, share_images, vkd_loss
 
 LN2, LN3 = math.log(2), math.log(3)
 
@@ -116,7 +116,8 @@ def test_top_fraction_mask_is_exact_top_k_even_with_ties():
     scores = {"a": torch.tensor([3.0, 0.0, 0.0]), "b": torch.zeros(3)}
     mask = masks.top_fraction_mask(scores, 1 / 3)
     assert sum(int(m.sum()) for m in mask.values()) == 2
-    assert mask["a"][0] == 1
+    # 3.0, then the first of the five tied zeros in order (a1): the documented tie rule
+    assert mask["a"].tolist() == [True, True, False] and mask["b"].tolist() == [False, False, False]
     # no ties: the two largest over both tensors
     mask = masks.top_fraction_mask({"a": torch.tensor([3.0, 1.0, 0.5]), "b": torch.tensor([0.1, 2.0, 0.2])}, 1 / 3)
     assert mask["a"].tolist() == [1, 0, 0] and mask["b"].tolist() == [0, 1, 0]
@@ -127,11 +128,11 @@ def test_fisher_ratio_takes_epsilon_on_both_sides(monkeypatch):
     # a weight of another group, or of no group, stays frozen
     fisher = iter([{"w": torch.tensor([0.0, 2.0, 1.0]), "v": torch.ones(2)},
                    {"w": torch.tensor([0.0, 1.0, 4.0]), "v": torch.ones(2)}])
-    monkeypatch.setattr(masks, "accumulate_gradients", lambda model, batches, square: next(fisher))
+    monkeypatch.setattr(masks, "accumulate_gradients", lambda model, batches, square, names=None: next(fisher))
     ctx = SimpleNamespace(model=None, adapter=SimpleNamespace(part_of=lambda n: {"w": "W", "v": "V"}[n]))
     out = masks.fisher_ratio_mask(ctx, lambda: [], {"W": lambda: []}, threshold=1.0)
-    assert out["w"].tolist() == [1, 1, 0]
-    assert out["v"].tolist() == [0, 0]
+    assert out["w"].tolist() == [True, True, False] and out["w"].dtype == torch.bool
+    assert out["v"].tolist() == [False, False]
 
 
 def test_mmunlearner_ascends_once_per_retain_to_forget_ratio_and_preserves_forget_text():
@@ -152,3 +153,59 @@ def test_vkd_feature_distance_by_hand():
     student, teacher = torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.zeros(2, 2)
     assert feature_distance(student, teacher, 2, "mse").item() == pytest.approx((1 + 4 + 9 + 16) / 4)
     assert feature_distance(student, teacher, 2, "sq_l2").item() == pytest.approx(30 / 2)
+
+
+def test_vkd_weighs_every_drawn_photo_alike_whatever_its_process():
+    """Three photos drawn, two processes. Per-photo squared distances (two features each, teacher 0):
+    photo 0: (1 + 1)/2 = 1, photo 1: (4 + 4)/2 = 4, photo 2: (9 + 9)/2 = 9; one process: (1 + 4 + 9)/3 = 14/3.
+    Process 0 holds photos 0 and 2 (weights 2/3): 2/3·(1 + 9) = 20/3; process 1 holds photo 1 (2/3) and
+    a padding repeat at weight 0: 8/3. Data parallelism averages them: (20/3 + 8/3)/2 = 14/3. The old
+    per-process mean gave ((1 + 9)/2 + 4)/2 = 4.5, photo 1 counting twice as much as the others."""
+    rows = {0: [1.0, 1.0], 1: [2.0, 2.0], 2: [3.0, 3.0]}
+    assert share_images([0, 1, 2], 0, 2) == ([0, 2], [2 / 3, 2 / 3])
+    assert share_images([0, 1, 2], 1, 2) == ([1, 1], [2 / 3, 0.0])  # padded: both run the tower alike
+    assert share_images([5], 1, 2) == ([5], [0.0])  # one photo, two processes: the second only pads
+    losses = []
+    for rank in (0, 1):
+        picked, weights = share_images([0, 1, 2], rank, 2)
+        student = {"layer": torch.tensor([rows[i] for i in picked])}
+        teacher = {"layer": torch.zeros(len(picked), 2)}
+        losses.append(vkd_loss(student, teacher, len(picked), "mse", weights=weights).item())
+    assert losses == pytest.approx([20 / 3, 8 / 3])
+    assert sum(losses) / 2 == pytest.approx(14 / 3)
+    one, w = share_images([0, 1, 2], 0, 1)
+    student = {"layer": torch.tensor([rows[i] for i in one])}
+    assert vkd_loss(student, {"layer": torch.zeros(3, 2)}, 3, "mse", weights=w).item() == pytest.approx(14 / 3)
+    # sq_l2 per photo: 2, 8, 18 → one process (2 + 8 + 18)/3 = 28/3
+    assert vkd_loss(student, {"layer": torch.zeros(3, 2)}, 3, "sq_l2", weights=w).item() == pytest.approx(28 / 3)
+
+
+def test_salun_paper_random_labels_are_other_peoples_answers_by_hand():
+    """SalUn's random labels for an MLLM: a wrong option of the question's own (classification), another
+    person's answer to the same fact with the name swapped (generation), another person's name (the name
+    fact), never the true answer."""
+    import random
+    from collections import defaultdict
+
+    from mmunlearn.data.record import Record
+    from mmunlearn.methods.salun_paper import random_label
+
+    def rec(pid, name, fact, answer, task="generation", **kw):
+        return Record(id=f"{pid}-{fact}-{task}", profile_id=pid, name=name, fact=fact, question="q?", answer=answer,
+                      task=task, **kw)
+
+    ann = rec("p1", "Ann Lee", "birthplace", "Ann Lee was born in Norrow.")
+    bob = rec("p2", "Bob Ray", "birthplace", "Bob Ray was born in Brisk.")
+    ann_name = rec("p1", "Ann Lee", "name", "The name is Ann Lee.")
+    bob_name = rec("p2", "Bob Ray", "name", "The name is Bob Ray.")
+    choice = rec("p1", "Ann Lee", "birthplace", "", task="classification", options=["Norrow", "Brisk", "Tull", "Oss"],
+                 answer_index=0, reasoning="Ann Lee was born in")
+    pool, by_task = defaultdict(list), defaultdict(list)
+    for r in (ann, bob, ann_name, bob_name, choice):
+        pool[(r.fact, r.task)].append(r)
+        by_task[r.task].append(r)
+    rng = random.Random(0)
+    assert random_label(ann, pool, by_task, rng) == "Ann Lee was born in Brisk."
+    assert random_label(ann_name, pool, by_task, rng) == "The name is Bob Ray."
+    seen = {random_label(choice, pool, by_task, rng) for _ in range(40)}
+    assert seen == {"Ann Lee was born in Brisk (B)", "Ann Lee was born in Tull (C)", "Ann Lee was born in Oss (D)"}

@@ -430,3 +430,30 @@ def test_viker_paper_forgets_photo_facts_without_degenerate_outputs(tuned_small,
     assert _rate(result.loaded, _gen(bundle, "forget", "image+text"), is_degenerate) <= 0.2
     assert _rate(result.loaded, _gen(bundle, "retain", "image+text"), is_degenerate) <= 0.1
     assert result.log["losses"][0]["kl_ideal"] > 0
+
+
+def test_smfa_on_tied_embeddings_moves_the_head_not_the_input_embeddings(small_world, tmp_path):
+    """A checkpoint whose output head shares its weights with the input embeddings (SmolVLM, Qwen2-VL-2B):
+    SMFA's head delta goes into an untied copy of the head. The input embeddings come out exactly as they
+    went in, the head moved, and the saved folder loads untied with both as saved."""
+    from mmunlearn.data.store import load_data
+    from mmunlearn.models.loader import build_tiny, load_model
+    from mmunlearn.train.finetune import world_corpus
+
+    bundle = load_data(small_world, "forget_15")
+    loaded = build_tiny("tiny-qwen2-vl", world_corpus(bundle))
+    model = loaded.model
+    for config in (model.config, model.config.get_text_config()):
+        config.tie_word_embeddings = True
+    model.tie_weights()
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    embeddings_before = model.get_input_embeddings().weight.detach().clone()
+    result = unlearn(bundle, UnlearnConfig(method="smfa", steps=3, batch_size=4, lr=5e-2),
+                     tmp_path / "u", loaded=loaded)
+    after = result.loaded.model
+    assert torch.equal(after.get_input_embeddings().weight, embeddings_before)
+    assert result.log["smfa_untied_head"] is True
+    assert not torch.equal(after.get_output_embeddings().weight, embeddings_before)  # the head did move
+    reloaded = load_model(tmp_path / "u").model
+    assert torch.equal(reloaded.get_input_embeddings().weight, embeddings_before)
+    assert torch.equal(reloaded.get_output_embeddings().weight, after.get_output_embeddings().weight)

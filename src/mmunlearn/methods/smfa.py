@@ -88,6 +88,9 @@ class SMFA(Method):
     default_scope = "lora"
     default_lr = 5e-3  # chosen in the seed sweep (docs/methods/seed-ablations.md)
     default_steps = 400  # per stage
+    real_lr = 1e-4
+    real_epochs = 5.0
+    real_source = "the SMFA paper (LoRA r 16, lr 1e-4, 5 epochs per adapter)"
 
     def run(self, ctx: Context, loop):
         cfg = self.cfg
@@ -204,6 +207,8 @@ class SMFA(Method):
                 kept_total += mask.numel()
             updates.append((module.get_base_layer(), total))
         base = model.unload()  # LoRA layers out, base weights untouched: W = W0 ...
+        if any(layer is base.get_output_embeddings() for layer, _ in updates) and untie_head(base):
+            ctx.extra_log["smfa_untied_head"] = True  # the head's delta must not move the input embeddings
         for layer, delta in updates:  # ... + ΔW'_f
             layer.weight.add_(delta.to(layer.weight.dtype))
         ctx.extra_log["smfa_masked_fraction"] = round(masked_total / max(1, kept_total), 5)
@@ -215,6 +220,20 @@ class SMFA(Method):
         return base
 
 
+def untie_head(model: torch.nn.Module) -> bool:
+    """Give the output head its own copy of the weights when it shares them with the input embeddings
+    (SmolVLM, Qwen2-VL-2B checkpoints), and record it in the config so the saved folder loads untied.
+    Merging the head's delta into a tied weight moved the embeddings by the same amount (measured: 0.218,
+    the delta's maximum, on a tied micro-Llama). True when it was tied."""
+    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is None or embeddings is None or head.weight.data_ptr() != embeddings.weight.data_ptr():
+        return False
+    head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=head.weight.requires_grad)
+    for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
+        config.tie_word_embeddings = False
+    return True
+
+
 def _combine(results: list[tuple[str, LoopResult | None]], ctx: Context) -> LoopResult | None:
     done = [(name, r) for name, r in results if r is not None]
     if not done:
@@ -224,8 +243,11 @@ def _combine(results: list[tuple[str, LoopResult | None]], ctx: Context) -> Loop
         log += [{**row, "stage": i + 1} for row in r.log]
     ctx.extra_log["smfa_stages"] = [{"stage": i + 1, "name": name, "steps": r.steps_done,
                                      "wall_time_s": round(r.wall_time_s, 3)} for i, (name, r) in enumerate(done)]
+    per_process = [max(peaks) for peaks in zip(*(r.peak_memory_mb_per_process for _, r in done))]
     return LoopResult(sum(r.steps_done for _, r in done), sum(r.wall_time_s for _, r in done), log,
-                      max(r.peak_memory_mb for _, r in done))
+                      max(r.peak_memory_mb for _, r in done), steps_run=sum(r.steps_run for _, r in done),
+                      processes=done[0][1].processes, distributed_type=done[0][1].distributed_type,
+                      peak_memory_mb_per_process=per_process)
 
 
 @dataclass
