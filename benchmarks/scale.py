@@ -7,6 +7,11 @@ Models are built in code from their real configurations with random weights (not
   and the vocabulary ÷16 (attention heads ÷4): parameters ÷256, the V+P : W split kept. Runs on 2 cores;
 * `smoke`  — a much smaller one (2 + 2 layers, 56-px photos) for the tests.
 
+`--device fake` traces one training step of each case at the released sizes under torch's FakeTensorMode
+(shapes and dtypes, no storage) on one CPU thread: FLOPs per step and peak memory by category, and from them
+which method fits one or 8 H100/H200 (section "fake-tensor mode" below; docs/scale.md lists what is traced
+and what is arithmetic).
+
 Every case goes through the real engine: `train/unlearn.unlearn` on synthetic image+text records (random
 photos of the family's input size, random-word questions and answers, a processor built here with a small
 BPE tokenizer), so what is measured is what a user runs — scope, θ0, saliency masks, the accelerate loop.
@@ -20,6 +25,8 @@ Evaluation cases time `eval/evaluator.score_records` (greedy generation + likeli
     # GPU: the real sizes in bf16 with gradient checkpointing at batch 1, 2, 8; one process per family;
     # starts no case after --budget-s seconds (default 400), so the command ends within 8 minutes
     python benchmarks/scale.py --device cuda --config full --out benchmarks/results/scale-gpu.json --readme docs/scale.md
+    # CPU, one thread, no weights: the released sizes traced under fake tensors (25 min here; resumes)
+    python benchmarks/scale.py --device fake --out benchmarks/results/scale-fake.json --readme docs/scale.md
 
 The JSON is rewritten after every case; a case that runs out of memory is recorded as `oom` (and the same
 method is not tried at a larger batch), one whose process dies as `crashed`. Memory: on the CPU the peak
@@ -792,10 +799,1079 @@ def tables(data: dict) -> str:
     return "\n".join(lines)
 
 
+# ---- fake-tensor mode: the released sizes traced on the CPU, without weights ---------------------------
+#
+# Why: `--config scaled` divides parameters by 256 but activations only by 16, so it distorts the ratio
+# that decides what fits on a GPU. Under torch's FakeTensorMode every tensor has its real shape and dtype
+# but no storage, so one training step of the real 7B/8B models can be traced on a laptop: FLOPs from
+# torch's FLOP formulas, bytes from the storages alive at each moment (`LiveBytes`). What runs is the project's
+# own code as far as it goes without data: the method's `loss` (mmunlearn.methods), the scope
+# (train/scope.apply_scope), θ0 (models/reference.build_reference), the request module (models/forward.
+# StepModule), gradient checkpointing (train/unlearn.enable_gradient_checkpointing), the precision
+# (train/precision), the masks as the loop applies them (train/loop._sharded_like). What is written out here
+# instead, and what is arithmetic, is listed in docs/scale.md ("Full size, traced on the CPU").
+
+# name → (registered method, scope, method_args; "batch" = the training batch)
+FAKE_METHODS: dict[str, tuple[str, str, dict]] = {
+    "ga": ("ga", "full", {}),
+    "graddiff": ("graddiff", "full", {}),
+    "npo": ("npo", "full", {}),
+    "salun": ("salun", "full", {}),
+    "mmunlearner": ("mmunlearner", "full", {}),
+    "graddiff-lora": ("graddiff", "lora", {}),
+    "smfa-forget": ("smfa", "lora", {}),  # stage 1: the forgetting adapter
+    "smfa-anchor": ("smfa", "lora", {}),  # stage 2: the anchor adapter (the forgetting one frozen beside it)
+    "vkd": ("vkd", "vision", {}),  # its defaults: 64 distilled photos a step, α 3, Fisher mask, teacher cache
+    "vkd-batch-photos": ("vkd", "vision", {"vkd_images": "batch"}),  # the paper's: as many photos as the batch
+}
+# What the default command traces (25 min on one core here): every method at batch 1 for LLaVA, the batch
+# dependence on four of them, and the GradDiff / VKD / LoRA comparison for the other two families.
+FAKE_BATCH_METHODS = ("graddiff", "graddiff-lora", "vkd", "vkd-batch-photos")
+FAKE_PROMPT_TOKENS = 32  # chat template and question around the photo (8 before it, 24 after)
+FAKE_PROMPT_BEFORE_IMAGE = 8
+FAKE_ANSWER_TOKENS = 512
+FAKE_REFUSAL_TOKENS = 16  # SMFA's relabelled forget answers ("The birthplace of this person is unknown to me.")
+FSDP_RANKS = 8
+# Memory a CUDA process can use, as nvidia-smi reports it (MiB), and what is kept back for the CUDA
+# context, cuBLAS workspaces and the caching allocator's slack: a case fits when its peak is at most 90 % of
+# the rest ("tight" between that and the rest: fragmentation may break it; `fits`).
+GPU_MIB = {"H100 80GB": 81_559, "H200 141GB": 143_771}
+GPU_RESERVE_GIB = 2.0
+# The figure an earlier trace of the same kind gave on this machine (the issue): one full-scope AdamW step
+# of Llama-2-7B (6.74 B parameters), 512 tokens, bf16 weights, gradients and AdamW states, no checkpointing
+CALIBRATION_REFERENCE = {"tflop": 20.3, "peak_gib": 51.0, "params_gib": 12.6, "grads_gib": 12.6,
+                         "optimiser_gib": 25.6}
+GIB = 2**30
+
+
+def flop_formulas() -> dict:
+    """torch.utils.flop_counter's formulas by op (matmuls, convolutions, attention), plus the CPU flash
+    attention kernels that SDPA lowers to under fake tensors on the CPU, counted with torch's formula for the
+    CUDA kernels (q·kᵀ and p·v over the full square, as FlopCounterMode counts them on a GPU)."""
+    import torch
+    from torch.utils.flop_counter import flop_registry
+
+    aten = torch.ops.aten
+    return {**flop_registry,
+            aten._scaled_dot_product_flash_attention_for_cpu: flop_registry[aten._scaled_dot_product_flash_attention],
+            aten._scaled_dot_product_flash_attention_for_cpu_backward:
+                flop_registry[aten._scaled_dot_product_flash_attention_backward]}
+
+
+def _tensors(x):
+    """The tensors of an op's arguments or outputs (a tensor, or lists/tuples/dicts of them, two levels)."""
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        yield x
+    elif isinstance(x, (list, tuple)):
+        for y in x:
+            if isinstance(y, torch.Tensor):
+                yield y
+            elif isinstance(y, (list, tuple)):
+                yield from (z for z in y if isinstance(z, torch.Tensor))
+    elif isinstance(x, dict):
+        yield from _tensors(list(x.values()))
+
+
+class LiveBytes:
+    """Bytes of the storages alive at every moment of a traced step, by category, their peak, and the step's
+    FLOPs.
+
+    Tensors that exist before the step are registered with their category (params, θ0, optimiser, masks,
+    teacher cache); every storage an op creates afterwards is `activations` (forward, backward, the
+    checkpointed recomputation) or `step` (the optimiser's transients), `casts` when it is autocast's bf16
+    copy of a weight, and moves to `grads` when autograd stores it as a parameter's gradient. A storage counts
+    once, however many views share it, until torch frees it. (torch's MemTracker refuses hooks on frozen
+    inputs, which every scope but `full` has.) FLOPs: torch's own formulas (`flop_formulas`) applied per op
+    here, because FlopCounterMode's module tracker keeps the checkpointed recomputation's tensors alive after
+    the backward (tens of GiB at 7B), which would be counted as memory."""
+
+    def __init__(self, weights: dict[str, float] | None = None) -> None:
+        self.live: dict[int, list] = {}  # storage key → [bytes, category]
+        self.totals: dict[str, int] = {}
+        self.maxima: dict[str, int] = {}
+        self.peak, self.at_peak = 0, {}
+        # a second running sum with a weight per category (FSDP2: sharded ones count ⅛): its own peak, which
+        # need not fall at the same moment as the unweighted one
+        self.weights = weights
+        self.weighted_peak, self.at_weighted_peak = 0.0, {}
+        self.phase = "activations"
+        self.placeholder_scalars = 0
+        self.flops: dict[str, int] = {}
+        self._formulas = flop_formulas()
+        self._mode = None
+
+    def _add(self, storage, category: str) -> None:
+        import weakref
+
+        key, size = storage._cdata, storage.nbytes()
+        self.live[key] = [size, category]
+        self._bump(category, size)
+        weakref.finalize(storage, self._free, key)
+
+    def _bump(self, category: str, size: int) -> None:
+        self.totals[category] = self.totals.get(category, 0) + size
+        self.maxima[category] = max(self.maxima.get(category, 0), self.totals[category])
+        total = sum(self.totals.values())
+        if total > self.peak:
+            self.peak, self.at_peak = total, dict(self.totals)
+        if self.weights is not None:
+            weighted = sum(v * self.weights.get(k, 1.0) for k, v in self.totals.items())
+            if weighted > self.weighted_peak:
+                self.weighted_peak, self.at_weighted_peak = weighted, dict(self.totals)
+
+    def _free(self, key: int) -> None:
+        entry = self.live.pop(key, None)
+        if entry is not None:
+            self.totals[entry[1]] -= entry[0]
+
+    def register(self, tensors, category: str) -> None:
+        """Tensors alive before the step (a storage already registered keeps its first category)."""
+        for t in tensors:
+            st = t.untyped_storage()
+            if st._cdata not in self.live:
+                self._add(st, category)
+
+    def move(self, tensor, category: str) -> None:
+        """Re-file a storage (autograd made an activation-born tensor a parameter's gradient)."""
+        st = tensor.untyped_storage()
+        entry = self.live.get(st._cdata)
+        if entry is None:
+            self._add(st, category)
+        elif entry[1] != category:
+            self.totals[entry[1]] -= entry[0]
+            entry[1] = category
+            self._bump(category, entry[0])
+
+    def now(self) -> dict[str, int]:
+        return {k: v for k, v in self.totals.items() if v}
+
+    def __enter__(self) -> "LiveBytes":
+        import torch
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        tracker, scalar = self, torch.ops.aten._local_scalar_dense.default
+        to_copy = torch.ops.aten._to_copy.default
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                if func is scalar and args[0].is_floating_point():
+                    # a float read for a log line (VKD logs its distillation loss): no value exists
+                    tracker.placeholder_scalars += 1
+                    return 0.0
+                out = func(*args, **kwargs)
+                formula = tracker._formulas.get(func._overloadpacket)
+                if formula is not None:
+                    name = func._overloadpacket.__name__
+                    tracker.flops[name] = tracker.flops.get(name, 0) + int(formula(*args, **kwargs, out_val=out))
+                inputs = {t.untyped_storage()._cdata for t in _tensors(args)}
+                inputs.update(t.untyped_storage()._cdata for t in _tensors(kwargs))
+                category = tracker.phase
+                if func is to_copy and isinstance(args[0], torch.Tensor):
+                    source = tracker.live.get(args[0].untyped_storage()._cdata)
+                    if source is not None and source[1] == "params":
+                        category = "casts"  # autocast's bf16 copy of an fp32 (master) weight
+                for t in _tensors(out):
+                    st = t.untyped_storage()
+                    if st._cdata not in inputs and st._cdata not in tracker.live:
+                        tracker._add(st, category)
+                return out
+
+        self._mode = Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)
+
+
+class TracedAdamW:
+    """torch.optim.AdamW's update (`_single_tensor_adamw`: lerp, addcmul, sqrt, addcdiv; moments in the
+    parameter's dtype), one parameter at a time, written out because torch's reads its step counter with
+    `.item()`, which a fake tensor cannot answer. On the fp32 parameters train/precision.py makes of the
+    trainable bf16 weights, the moments are fp32: 8 B a parameter beside its 4-B weight and 4-B gradient."""
+
+    def __init__(self, params, lr: float = LR, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        import torch
+
+        self.lr, self.betas, self.eps, self.weight_decay, self.t = lr, betas, eps, weight_decay, 0
+        with torch.no_grad():
+            self.slots = [(p, torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+
+    def state_tensors(self) -> list:
+        return [t for _, m, v in self.slots for t in (m, v)]
+
+    def step(self) -> None:
+        import math
+
+        import torch
+
+        self.t += 1
+        b1, b2 = self.betas
+        bias1, bias2_sqrt = 1 - b1**self.t, math.sqrt(1 - b2**self.t)
+        with torch.no_grad():
+            for p, m, v in self.slots:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if self.weight_decay:
+                    p.mul_(1 - self.lr * self.weight_decay)
+                m.lerp_(g, 1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                denom = (v.sqrt() / bias2_sqrt).add_(self.eps)
+                p.addcdiv_(m, denom, value=-self.lr / bias1)
+
+
+class StaticSeqlens:
+    """Qwen2-VL's per-image attention boundaries as Python ints: its SDPA path splits the packed patches
+    with `(cu[1:] - cu[:-1]).tolist()`, a read of values that fake tensors do not have."""
+
+    def __init__(self, bounds: list[int]):
+        self.bounds = list(bounds)
+
+    def __getitem__(self, index) -> "StaticSeqlens":
+        return StaticSeqlens(self.bounds[index])
+
+    def __sub__(self, other: "StaticSeqlens") -> "StaticSeqlens":
+        return StaticSeqlens([a - b for a, b in zip(self.bounds, other.bounds)])
+
+    def tolist(self) -> list[int]:
+        return list(self.bounds)
+
+
+@dataclass
+class StaticLayout:
+    """A family's batch under fake tensors: every sample [8 prompt tokens][the photo's tokens][24 prompt
+    tokens][answer], no padding; the photo's features are spliced in at a fixed span, where HF's forward
+    finds the span by reading the token ids (a data-dependent check fake tensors cannot run)."""
+
+    family: str
+    dims: Dims
+    image_token_id: int
+    answer_tokens: int = FAKE_ANSWER_TOKENS
+
+    @property
+    def image_tokens(self) -> int:
+        return image_tokens(self.family, self.dims)
+
+    def seq_tokens(self, answer: int | None = None) -> int:
+        return FAKE_PROMPT_TOKENS + self.image_tokens + (self.answer_tokens if answer is None else answer)
+
+    def pixels(self, n: int) -> dict:
+        """What the image processor hands over for `n` photos (fp32; Qwen2-VL's grid as real ints)."""
+        import torch
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+        side = self.dims.image_size
+        if self.family == "llava":
+            return {"pixel_values": torch.empty(n, 3, side, side)}
+        if self.family == "qwen2-vl":
+            grid_side = side // self.dims.patch
+            with unset_fake_temporarily():
+                grid = torch.tensor([[1, grid_side, grid_side]] * n)
+            return {"pixel_values": torch.empty(n * grid_side**2, 3 * 2 * self.dims.patch**2),
+                    "image_grid_thw": grid}
+        return {"pixel_values": torch.empty(n, 1, 3, side, side),
+                "pixel_attention_mask": torch.empty(n, 1, side, side, dtype=torch.bool)}
+
+    def batch(self, n: int, answer: int | None = None) -> dict:
+        """Token ids and answer labels (real: small, and the answer positions are read on the CPU) and the
+        photos (fake)."""
+        import torch
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+        from mmunlearn.data.collate import IGNORE
+
+        answer = self.answer_tokens if answer is None else answer
+        seq = self.seq_tokens(answer)
+        with unset_fake_temporarily():
+            ids = torch.zeros(n, seq, dtype=torch.long)
+            ids[:, FAKE_PROMPT_BEFORE_IMAGE:FAKE_PROMPT_BEFORE_IMAGE + self.image_tokens] = self.image_token_id
+            labels = torch.full((n, seq), IGNORE, dtype=torch.long)
+            labels[:, seq - answer:] = 1
+        return {"input_ids": ids, "labels": labels, **self.pixels(n)}
+
+    # ---- the forward pieces HF would run, at static shapes ----------------------------------------------
+    def language_model(self, inner):
+        return inner.text_model if self.family == "idefics3" else inner.language_model
+
+    def image_embeds(self, inner, pixels: dict):
+        """(photos, tokens, width) as the projector hands them to the language model, in the model's dtype."""
+        import torch
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+        if self.family == "llava":
+            dtype = inner.vision_tower.dtype
+            cfg = inner.config
+            out = inner.get_image_features(pixel_values=pixels["pixel_values"].to(dtype),
+                                           vision_feature_layer=cfg.vision_feature_layer,
+                                           vision_feature_select_strategy=cfg.vision_feature_select_strategy)
+            return torch.stack(list(out.pooler_output))
+        if self.family == "qwen2-vl":
+            from transformers.vision_utils import get_vision_position_ids
+
+            grid = pixels["image_grid_thw"]
+            with unset_fake_temporarily():
+                sizes = grid.prod(dim=-1).tolist()
+                positions = get_vision_position_ids(grid, inner.visual.spatial_merge_size)
+            bounds = [0]
+            for s in sizes:
+                bounds.append(bounds[-1] + s)
+            out = inner.visual(pixels["pixel_values"].to(inner.visual.dtype), grid_thw=grid, position_ids=positions,
+                               cu_seqlens=StaticSeqlens(bounds), max_seqlen=max(sizes))
+            merged = out.pooler_output
+            return merged.reshape(len(sizes), -1, merged.shape[-1])
+        pv = pixels["pixel_values"]
+        pv = pv.reshape(-1, *pv.shape[2:]).to(inner.vision_model.embeddings.patch_embedding.weight.dtype)
+        return inner.connector(inner.vision_model(pixel_values=pv).last_hidden_state)
+
+    def hidden(self, inner, batch: dict):
+        """The language model's last hidden states with the photo's features spliced in."""
+        import torch
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+        feats = self.image_embeds(inner, batch)
+        lm = self.language_model(inner)
+        emb = lm.get_input_embeddings()(batch["input_ids"])
+        start = FAKE_PROMPT_BEFORE_IMAGE
+        emb = torch.cat([emb[:, :start], feats.to(emb.dtype), emb[:, start + feats.shape[1]:]], dim=1)
+        extra = {}
+        if self.family == "qwen2-vl":  # 3-D rotary positions (temporal, height, width): shapes only matter
+            n, seq = emb.shape[:2]
+            with unset_fake_temporarily():
+                extra["position_ids"] = torch.arange(seq).view(1, 1, seq).expand(3, n, seq)
+        return lm(inputs_embeds=emb, **extra).last_hidden_state
+
+
+@contextlib.contextmanager
+def static_forward(layout: StaticLayout):
+    """Swap the two functions of models/forward.py whose HF calls read data (where the photo's tokens are,
+    Qwen2-VL's / Idefics3's per-image splits) for static-shape equivalents, and let the few reads of real
+    values (answer positions, a VKD cache's per-photo cut) run on the real CPU tensors they come from.
+    StepModule, the request objects, θ0 and every loss run unchanged."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    import mmunlearn.methods.vkd as vkd
+    import mmunlearn.models.answer_logits as answers
+    import mmunlearn.models.forward as fwd
+
+    saved = (answers._answer_index, fwd.answer_logits, fwd.image_features, vkd.split_per_image)
+    real_index, real_image_features, real_split = saved[0], saved[2], saved[3]
+
+    def answer_index(labels):
+        with unset_fake_temporarily():
+            return real_index(labels)
+
+    def answer_logits(model, batch):
+        core = answers._unwrap(model)
+        if not answers._plain_head(core):
+            raise ValueError(f"{type(core).__name__}: the fake-tensor trace expects a plain linear head")
+        picked, labels = answers.compact(layout.hidden(core.model, batch), batch["labels"])
+        return core.lm_head(picked), labels
+
+    def image_features(model, pixel_inputs):
+        if layout.family == "llava":  # static already: the project's own function
+            return real_image_features(model, pixel_inputs)
+        return layout.image_embeds(fwd.base_model(model).model, pixel_inputs).float()
+
+    def split_per_image(features, pixel_inputs, n_images):
+        with unset_fake_temporarily():
+            return real_split(features, pixel_inputs, n_images)
+
+    answers._answer_index, fwd.answer_logits, fwd.image_features, vkd.split_per_image = (
+        answer_index, answer_logits, image_features, split_per_image)
+    try:
+        yield
+    finally:
+        answers._answer_index, fwd.answer_logits, fwd.image_features, vkd.split_per_image = saved
+
+
+@contextlib.contextmanager
+def fake_module_ops():
+    """While a case is set up and traced: a fake tensor deep-copies as a clone (torch's storage-level
+    deepcopy of a fake tensor crashes the process when the copy is freed), and `Module.to` converts fake
+    parameters and buffers by assignment (torch swaps fake parameters in place, which it refuses once
+    anything holds a weak reference to them); real modules move as always."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    real_to = torch.nn.Module.to
+
+    def deepcopy(self, memo):
+        if id(self) not in memo:
+            new = self.detach().clone()
+            memo[id(self)] = torch.nn.Parameter(new, self.requires_grad) if isinstance(self, torch.nn.Parameter) \
+                else new.requires_grad_(self.requires_grad)
+        return memo[id(self)]
+
+    def to(self, *args, **kwargs):
+        if not any(isinstance(t, FakeTensor) for t in self.parameters()):
+            return real_to(self, *args, **kwargs)
+        device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
+
+        def moved(t):
+            return t.to(device=device or t.device,
+                        dtype=dtype if dtype is not None and t.is_floating_point() else t.dtype)
+
+        with torch.no_grad():
+            for module in self.modules():
+                for p in module._parameters.values():
+                    if p is not None:
+                        p.data = moved(p.data)
+                for key, b in module._buffers.items():
+                    if b is not None:
+                        module._buffers[key] = moved(b)
+        return self
+
+    torch.nn.Module.to, FakeTensor.__deepcopy__ = to, deepcopy
+    try:
+        yield
+    finally:
+        torch.nn.Module.to = real_to
+        del FakeTensor.__deepcopy__
+
+
+def _fake_context_class():
+    """A methods/base.Context whose batches are the static layout's (records decide only how many)."""
+    from mmunlearn.methods.base import Context
+
+    @dataclass
+    class FakeContext(Context):
+        layout: StaticLayout | None = None
+
+        def batch(self, records, answers=None, shard: bool = True) -> dict:
+            return self.layout.batch(len(records), FAKE_REFUSAL_TOKENS if answers is not None else None)
+
+        def pixel_inputs(self, images) -> dict:
+            return self.layout.pixels(len(images))
+
+    return FakeContext
+
+
+def _bytes(params) -> int:
+    return sum(p.numel() * p.element_size() for p in params)
+
+
+def fsdp_units(model) -> dict[str, int]:
+    """FSDP2's units as accelerate wraps them (the model's no-split layer classes): bytes of the largest
+    layer and of the root's parameters outside every layer (embeddings, head, norms, patch embedding)."""
+    from mmunlearn.models.forward import StepModule, base_model
+
+    classes = set(StepModule(model, None)._no_split_modules)
+    layers = [m for m in base_model(model).modules() if type(m).__name__ in classes]
+    sizes = [_bytes(m.parameters()) for m in layers]
+    return {"layer_bytes": max(sizes), "root_bytes": _bytes(model.parameters()) - sum(sizes), "layers": len(layers)}
+
+
+# FSDP2 on 8 GPUs, per rank: what is sharded counts ⅛ (weights, gradients, AdamW state, θ0, the optimiser's
+# per-parameter transients); the masks count 1 + ⅛ (mmunlearn keeps the full bool masks on every process and
+# the loop cuts its shards from them); activations and the teacher cache count whole (the batch is per rank);
+# autocast's bf16 copies of the weights count 0 (FSDP2 gathers each layer in bf16 instead: `per_rank_8`).
+FSDP_WEIGHTS = {"params": 1 / FSDP_RANKS, "buffers": 1 / FSDP_RANKS, "grads": 1 / FSDP_RANKS,
+                "optimiser": 1 / FSDP_RANKS, "reference": 1 / FSDP_RANKS, "step": 1 / FSDP_RANKS,
+                "masks": 1 + 1 / FSDP_RANKS, "casts": 0.0, "activations": 1.0, "teacher_cache": 1.0}
+
+
+def per_rank_8(case: dict, units: dict) -> dict:
+    """Arithmetic from the traced step for 8 GPUs (nothing distributed is traced). Full scope: FSDP2 — the
+    peak over the step of the byte sum weighted by FSDP_WEIGHTS, plus the unsharded working set under
+    accelerate's bf16 policy for FSDP2 (gather and reduce in bf16): the root's parameters (embeddings, head,
+    norms, patch embedding) and two layers (computing + prefetched) gathered, and the root's and one layer's
+    bf16 gradients before their reduce-scatter (a full θ0 copy gathers its root and two layers once more).
+    LoRA and vision scope: DDP (mmunlearn refuses LoRA under FSDP; docs/scale.md launches the vision scope
+    with DDP) — the one-GPU peak plus DDP's bucket copy of the trainable gradients."""
+    if case["scope"] != "full":
+        return {"layout": "DDP", "bytes": case["peak_bytes"] + case["category_max"].get("grads", 0)}
+    root, layer = units["root_bytes"], units["layer_bytes"]
+    gathered = (root + 2 * layer) + (root + layer)  # units are bf16 bytes
+    if str(case.get("reference") or "").startswith("copy"):
+        gathered += root + 2 * layer
+    return {"layout": "FSDP2", "bytes": case["fsdp_weighted_peak"] + gathered,
+            "sharded_and_whole": case["fsdp_weighted_peak"], "gathered": gathered}
+
+
+def fits(peak: int, gpu: str) -> str:
+    room = GPU_MIB[gpu] * 2**20 - GPU_RESERVE_GIB * GIB
+    return "yes" if peak <= 0.9 * room else "tight" if peak <= room else "no"
+
+
+@dataclass
+class FakeFamily:
+    """One family built once under a fake mode and reused by its cases (each case resets scope and grads)."""
+
+    family: str
+    config: str
+    mode: object
+    loaded: object
+    layout: StaticLayout
+    bundle: object
+    units: dict
+    parts: dict
+
+
+def build_fake_family(family: str, config: str, answer_tokens: int = FAKE_ANSWER_TOKENS) -> FakeFamily:
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    d = dims_for(family, config)
+    bundle, _ = synthetic_bundle(d, Workload(eval_records=0))  # 64 retain photos: VKD's default draw
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with mode:
+        loaded = build_processor_and_model(family, d, device="cpu", dtype=torch.bfloat16)
+    cfg = loaded.model.config
+    token = getattr(cfg, "image_token_id", None) or getattr(cfg, "image_token_index", 0)
+    layout = StaticLayout(family, d, token, answer_tokens)
+    return FakeFamily(family, config, mode, loaded, layout, bundle, fsdp_units(loaded.model),
+                      parameter_parts(loaded))
+
+
+def _reset(fam: FakeFamily, ckpt: bool):
+    """The plain model again: no adapters, no gradients, checkpointing as the case asks."""
+    from mmunlearn.models.forward import base_model
+    from mmunlearn.train.unlearn import enable_gradient_checkpointing
+
+    model = fam.loaded.model
+    if hasattr(model, "peft_config"):
+        model = model.unload()
+    for p in model.parameters():
+        p.grad = None
+        p.requires_grad_(True)
+    if ckpt:
+        enable_gradient_checkpointing(model)
+    else:
+        base_model(model).gradient_checkpointing_disable()
+    fam.loaded.model = model
+    return model
+
+
+def _prepare(method, ctx, name: str, batch: int):
+    """What the method's `prepare` (or SMFA's `run`) sets up before its loop; returns (one step's loss
+    function, whether the gradient masks apply at that step). A mask's *values* come from a one-off estimate
+    over forget/retain batches before the loop (not traced: its streaming top-k reads values); its tensors
+    are what methods/masks.py hands the loop, one bool tensor per trainable weight."""
+    import torch
+
+    from mmunlearn.methods.masks import mmunlearner_sets
+    from mmunlearn.methods.mmunlearner import ascent_period
+
+    def bool_masks() -> dict:
+        return {n: torch.empty(p.shape, dtype=torch.bool) for n, p in ctx.model.named_parameters() if p.requires_grad}
+
+    kind = method.name
+    if kind in ("ga", "graddiff", "npo"):
+        method.prepare(ctx)
+        return (lambda: method.loss(ctx, 0)), False
+    if kind == "salun":  # top-p of |Σ∇| over the whole model
+        ctx.grad_masks = bool_masks()
+        return (lambda: method.loss(ctx, 0)), True
+    if kind == "mmunlearner":  # Fisher ratio ≥ threshold per module group; step 0 is the masked ascent
+        method._forget_vqa, _, _ = mmunlearner_sets(ctx.forget_records, ctx.retain_records)
+        method.period = ascent_period(len(ctx.retain_records), len(method._forget_vqa), method.cfg.ascent_every)
+        ctx.grad_masks = bool_masks()
+        return (lambda: method.loss(ctx, 0)), method.mask_active(0)
+    if kind == "vkd":
+        mask = method.cfg.mask
+        method.cfg.mask = "none"  # its Fisher estimate is the one-off part; the rest of prepare runs as it is
+        method.prepare(ctx)
+        method.cfg.mask = mask
+        if mask != "none":  # top mask_keep of the forget/retain Fisher ratio over V + P
+            ctx.grad_masks = bool_masks()
+        # steady state: the first steps fill the teacher cache with every kept photo; the traced step is later
+        kept = method._kept_images
+        method._teacher_features(ctx, list(range(len(kept))), kept, ctx.pixel_inputs(kept))
+        return (lambda: method.loss(ctx, 1)), mask != "none"
+    if kind == "smfa":  # SMFA.run's set-up of its stages, then one step of the stage asked for
+        from mmunlearn.methods.smfa import ANCHOR
+
+        cfg, model = method.cfg, ctx.model
+        lora_cfg = method._lora_config(model)
+        memories = [r for r in ctx.forget_records if not (cfg.keep_visible and r.is_visible_fact)]
+        keep = ctx.rng.sample(ctx.retain_records, min(cfg.n_retain, len(ctx.retain_records)))
+        model.add_adapter("forget_0", lora_cfg)
+        model.set_adapter("forget_0")
+        model.delete_adapter("default")
+        if name == "smfa-anchor":
+            model.add_adapter(ANCHOR, lora_cfg)
+            model.set_adapter(ANCHOR)
+            return (lambda: method._anchor_loss(ctx, keep, batch)), False
+        return (lambda: method._forget_loss(ctx, memories, keep, batch)), False
+    raise ValueError(f"no fake-tensor set-up for method {kind!r}")
+
+
+def bf16_prepared(module):
+    """What accelerator.prepare makes of the step module under bf16 mixed precision, as run_loop hands it to
+    the method (`ctx.step_module`): its forward under bf16 autocast, half-precision outputs cast to fp32."""
+    import torch
+    from accelerate.utils.operations import convert_to_fp32
+
+    def forward(requests):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = module(requests)
+        return convert_to_fp32(out)
+
+    return forward
+
+
+def trace_step(step_fn, model, mask_active: bool, masks: dict | None, persistent: dict[str, list],
+               grad_clip: float = 1.0) -> dict:
+    """One optimiser step as train/loop.run_loop takes it — loss, backward, the gradient masks, clipping,
+    AdamW, gradients released — under LiveBytes (bytes and FLOPs). `persistent`: category → tensors that
+    live across steps (registered before the step starts)."""
+    import torch
+
+    from mmunlearn.train.loop import _sharded_like
+
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    opt = TracedAdamW(named.values())
+    loop_masks = {n: _sharded_like(m, named[n]) for n, m in (masks or {}).items() if n in named}
+    tracker = LiveBytes(FSDP_WEIGHTS)
+    tracker.register(list(model.parameters()), "params")
+    tracker.register(list(model.buffers()), "buffers")
+    for category, tensors in persistent.items():
+        tracker.register(tensors, category)
+    tracker.register(opt.state_tensors(), "optimiser")
+    tracker.register(list((masks or {}).values()), "masks")
+    tracker.register(list(loop_masks.values()), "masks")  # on one process the loop uses them as they are
+    start = tracker.now()
+    hooks = [p.register_post_accumulate_grad_hook(lambda p: tracker.move(p.grad, "grads")) for p in named.values()]
+    t0 = time.perf_counter()
+    try:
+        with tracker:
+            terms = step_fn()
+            terms["loss"].backward()
+            backward_done = tracker.now()
+            tracker.phase = "step"
+            if mask_active:
+                for n, m in loop_masks.items():
+                    if named[n].grad is not None:
+                        named[n].grad.mul_(m)
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(list(named.values()), grad_clip)
+            opt.step()
+            for p in named.values():
+                p.grad = None
+            del terms
+    finally:
+        for h in hooks:
+            h.remove()
+    return {"flops": sum(tracker.flops.values()), "flops_by_op": tracker.flops,
+            "peak_bytes": tracker.peak, "at_peak": tracker.at_peak,
+            "fsdp_weighted_peak": int(tracker.weighted_peak), "at_fsdp_weighted_peak": tracker.at_weighted_peak,
+            "category_max": tracker.maxima, "start": start, "after_backward": backward_done,
+            "end": tracker.now(), "placeholder_scalars": tracker.placeholder_scalars,
+            "trainable_params": sum(p.numel() for p in named.values()),
+            "trainable_dtypes": sorted({str(p.dtype).replace("torch.", "") for p in named.values()}),
+            "trace_s": round(time.perf_counter() - t0, 2)}
+
+
+def fake_case(fam: FakeFamily, name: str, batch: int, ckpt: bool) -> dict:
+    """One method family, one step, real sizes: set up as train/unlearn.unlearn does, then `trace_step`."""
+    import torch
+
+    from mmunlearn.methods.base import get_method
+    from mmunlearn.models.forward import StepModule
+    from mmunlearn.models.reference import build_reference, parameter_count
+    from mmunlearn.train import precision
+    from mmunlearn.train.sampling import RecordSampler
+    from mmunlearn.train.scope import LoraSettings, apply_scope, trainable_count
+    from mmunlearn.train.unlearn import forget_records
+
+    method_name, scope, args = FAKE_METHODS[name]
+    args = {k: batch if v == "batch" else v for k, v in args.items()}
+    t0 = time.perf_counter()
+    with fam.mode, static_forward(fam.layout), fake_module_ops():
+        model = _reset(fam, ckpt)
+        cls = get_method(method_name)
+        method = cls(cls.make_config(args))
+        model = apply_scope(model, fam.loaded.adapter, scope, LoraSettings())
+        fam.loaded.model = model
+        module = StepModule(model, fam.loaded.adapter, fam.loaded.processor)
+        reference = build_reference(method.reference_kind(), model, fam.loaded.adapter, module)
+        # as the engine: after θ0 is copied (bf16), the trainable bf16 weights become fp32 master weights
+        plan = precision.plan("bf16", model)
+        upcast = precision.apply(model, plan)
+        forget, retain = forget_records(fam.bundle, method), fam.bundle.train("retain")
+        samplers = [RecordSampler(forget, batch, 0), RecordSampler(retain, batch, 1)]
+        ctx = _fake_context_class()(
+            model=model, adapter=fam.loaded.adapter, processor=fam.loaded.processor, collate=None,
+            device=torch.device("cpu"), forget_records=forget, retain_records=retain,
+            next_forget=samplers[0].next, next_retain=samplers[1].next, rng=random.Random("method-0-0"),
+            reference=reference, module=module, layout=fam.layout,
+            autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+        step_fn, mask_active = _prepare(method, ctx, name, batch)
+        module.train()
+        ctx.step_module = bf16_prepared(module)  # what run_loop binds while its loop runs
+        persistent = {"reference": list(reference.module.parameters()) + list(reference.module.buffers())
+                      if reference is not None and reference.kind != "disabled-adapter" else []}
+        cache = getattr(method, "_cache", None)
+        persistent["teacher_cache"] = [t for one in (cache._store.values() if cache else []) for t in one.values()]
+        calls_before = getattr(method, "_cache_log", {}).get("teacher_calls")
+        res = trace_step(step_fn, ctx.model, mask_active, ctx.grad_masks, persistent)
+        n_train, n_total = trainable_count(ctx.model)
+        out = {"status": "ok", "unlearn_method": method_name, "scope": scope, "gradient_checkpointing": ckpt,
+               "method_args": args, "reference": reference.kind if reference is not None else None,
+               "reference_params": parameter_count(reference), "total_params": n_total,
+               "seq_tokens": fam.layout.seq_tokens(), "answer_tokens": fam.layout.answer_tokens,
+               "masked_step": mask_active, "precision": plan.as_log(), **res}
+        assert out["trainable_params"] == n_train
+        if calls_before is not None:
+            out["teacher_calls_in_step"] = method._cache_log["teacher_calls"] - calls_before
+            out["distilled_photos"] = min(method.cfg.vkd_images, len(method._kept_images))
+        out["per_rank_8"] = per_rank_8(out, fam.units)
+        precision.restore(ctx.model, upcast)
+        del ctx, reference, module, method, step_fn, samplers, persistent, cache
+        _reset(fam, False)
+        gc.collect()
+    out["case_s"] = round(time.perf_counter() - t0, 2)
+    return out
+
+
+def fake_text_case(d: Dims, vocab: int, tokens: int, batch: int = 1, pure_bf16: bool = False,
+                   ckpt: bool = False) -> dict:
+    """A full-scope step of the text Llama of `d` alone (vocabulary `vocab`), every position after the first
+    an answer. `pure_bf16`: bf16 weights, gradients and AdamW moments, no autocast (the issue's calibration
+    case); else the engine's precision (fp32 master weights, bf16 autocast). A test checks its FLOPs and
+    bytes against arithmetic by hand."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mmunlearn.methods.losses import answer_nll
+    from mmunlearn.models.answer_logits import answer_logits
+    from mmunlearn.train import precision
+    from mmunlearn.train.unlearn import enable_gradient_checkpointing
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    t0 = time.perf_counter()
+    with mode:
+        config = LlamaConfig(vocab_size=vocab, hidden_size=d.text_hidden, intermediate_size=d.text_mlp,
+                             num_hidden_layers=d.text_layers, num_attention_heads=d.text_heads,
+                             num_key_value_heads=d.text_kv_heads, max_position_embeddings=max(4096, tokens),
+                             tie_word_embeddings=False)
+        model = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16)
+        if ckpt:
+            enable_gradient_checkpointing(model)
+        model.train()
+        plan = precision.plan("no" if pure_bf16 else "bf16", model, pure_bf16=pure_bf16)
+        precision.apply(model, plan)
+        with unset_fake_temporarily():
+            ids = torch.zeros(batch, tokens, dtype=torch.long)
+            labels = torch.ones(batch, tokens, dtype=torch.long)
+
+        def step() -> dict:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not pure_bf16):
+                logits, answer_labels = answer_logits(model, {"input_ids": ids, "labels": labels})
+            return {"loss": answer_nll(logits.float(), answer_labels)}
+
+        with static_forward(StaticLayout("llava", d, 0)):  # only its answer-position read is used here
+            res = trace_step(step, model, False, None, {})
+    return {"status": "ok", "scope": "full", "gradient_checkpointing": ckpt, "precision": plan.as_log(),
+            "total_params": sum(p.numel() for p in model.parameters()), "seq_tokens": tokens, **res,
+            "case_s": round(time.perf_counter() - t0, 2)}
+
+
+def fake_case_key(case: dict) -> str:
+    if case["family"] == "calibration":
+        return f"calibration/llama-2-7b/b{case['batch']}"
+    return f"{case['family']}/{case['method']}/b{case['batch']}/{'ckpt' if case['ckpt'] else 'no-ckpt'}"
+
+
+def fake_plan(families: list[str], methods: list[str] | None, batches: list[int] | None,
+              ckpts: list[bool]) -> list[dict]:
+    """The default matrix (explicit --methods / --batches replace it): the calibration step; for the first
+    family every method at batch 1 and four of them at 2 and 8; for the others those four at 1, 2 and 8;
+    each with checkpointing on and off."""
+    cases = [{"family": "calibration", "method": "graddiff", "batch": 1, "ckpt": False}]
+    for i, family in enumerate(families):
+        if methods is not None or batches is not None:
+            grid = [(m, b) for m in (methods or list(FAKE_BATCH_METHODS)) for b in (batches or [1])]
+        elif i == 0:
+            grid = [(m, 1) for m in FAKE_METHODS] + [(m, b) for b in (2, 8) for m in FAKE_BATCH_METHODS]
+        else:
+            grid = [(m, b) for b in (1, 2, 8) for m in FAKE_BATCH_METHODS]
+        cases += [{"family": family, "method": m, "batch": b, "ckpt": c} for m, b in grid for c in ckpts]
+    return cases
+
+
+def run_fake(args) -> int:
+    """Trace the plan in this process, one case after another, rewriting the JSON after each (a case
+    already there as ok or error is skipped: the command resumes where it stopped)."""
+    import torch
+    import transformers
+
+    from mmunlearn.data.store import atomic_write_json
+
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    start = time.time()
+    data = json.loads(out.read_text()) if out.is_file() else {}
+    if data.get("device") != "fake" or data.get("config") != args.config:
+        data = {}
+    kept = {k: c for k, c in data.get("cases", {}).items() if c.get("status") in ("ok", "error")}
+    runs = data.get("runs", []) + [{"started": time.strftime("%Y-%m-%d %H:%M:%S"), "wall_s": 0.0}]
+    data = {"device": "fake", "config": args.config, "threads": 1, "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "settings": {"dtype": "bf16 as loaded; trainable weights fp32 (train/precision.py), bf16 autocast",
+                         "optimiser": "AdamW (torch's single-tensor update), fp32 moments",
+                         "prompt_tokens": FAKE_PROMPT_TOKENS, "answer_tokens": args.answer_tokens,
+                         "refusal_tokens": FAKE_REFUSAL_TOKENS, "lora": "r 8, α 16 (engine default); SMFA r 16",
+                         "grad_clip": 1.0, "gpu_mib": GPU_MIB, "gpu_reserve_gib": GPU_RESERVE_GIB,
+                         "fsdp_ranks": FSDP_RANKS, "calibration_reference": CALIBRATION_REFERENCE},
+            "models": data.get("models", {}), "cases": kept, "runs": runs}
+    atomic_write_json(out, data)
+    plan = fake_plan(args.families, args.methods, args.batches, args.ckpts)
+    deadline = start + args.budget_s if args.budget_s else None
+    fam: FakeFamily | None = None
+    for case in plan:
+        key = fake_case_key(case)
+        if key in data["cases"]:
+            continue
+        if deadline and time.time() > deadline:
+            print(f"{key}: not run (time budget)", flush=True)
+            continue
+        try:
+            if case["family"] == "calibration":
+                d = dims_for("llava", args.config)
+                res = fake_text_case(d, 32000 if args.config == "full" else d.vocab, args.answer_tokens,
+                                     pure_bf16=True)
+            else:
+                if fam is None or fam.family != case["family"]:
+                    fam = None
+                    gc.collect()
+                    fam = build_fake_family(case["family"], args.config, args.answer_tokens)
+                    data["models"][case["family"]] = {"parts": fam.parts, "image_tokens": fam.layout.image_tokens,
+                                                      "seq_tokens": fam.layout.seq_tokens(), **fam.units,
+                                                      "dims": dataclasses.asdict(fam.layout.dims)}
+                res = fake_case(fam, case["method"], case["batch"], case["ckpt"])
+        except Exception as exc:  # recorded, and the next case runs
+            import traceback
+
+            res = {"status": "error", "error": f"{type(exc).__name__}: {str(exc)[:300]}",
+                   "where": traceback.format_exc()[-3000:]}
+            fam = None  # rebuilt: a case that failed half-way may have left adapters or hooks behind
+        data["cases"][key] = {**case, **res}
+        runs[-1]["wall_s"] = round(time.time() - start, 1)
+        data["wall_s"] = round(sum(r["wall_s"] for r in runs), 1)  # every invocation's time, resumed ones too
+        atomic_write_json(out, data)
+        print(f"{key}: {res['status']} "
+              + (f"{res['flops'] / 1e12:.1f} TFLOP, peak {res['peak_bytes'] / GIB:.1f} GiB, "
+                 f"trace {res['trace_s']:.0f} s" if res["status"] == "ok" else res["error"]), flush=True)
+    runs[-1]["wall_s"] = round(time.time() - start, 1)
+    runs[-1]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    data["wall_s"] = round(sum(r["wall_s"] for r in runs), 1)
+    atomic_write_json(out, refresh_arithmetic(data))
+    return publish_fake(data, args.readme)
+
+
+# ---- fake-tensor tables -------------------------------------------------------------------------------
+
+def _g(b: float | int | None) -> str:
+    return "—" if b is None else f"{b / GIB:.1f}"
+
+
+def _fake_rows(data: dict) -> list[dict]:
+    """The model cases in plan order (family, method as FAKE_METHODS lists them, batch, checkpointing on first)."""
+    names = list(FAKE_METHODS)
+    cases = [c for c in data["cases"].values() if c["family"] in FAMILIES]
+    return sorted(cases, key=lambda c: (FAMILIES.index(c["family"]), names.index(c["method"])
+                                        if c["method"] in names else 99, c["batch"], not c["ckpt"]))
+
+
+def fake_comparison(data: dict) -> list[dict]:
+    """VKD (and its paper-batch variant) against full-scope GradDiff at the same batch and checkpointing."""
+    cases, rows = data["cases"], []
+    for c in _fake_rows(data):
+        if not c["method"].startswith("vkd") or c.get("status") != "ok":
+            continue
+        gd = cases.get(fake_case_key({**c, "method": "graddiff"}), {})
+        if gd.get("status") != "ok":
+            continue
+        flop_ratio, mem_ratio = gd["flops"] / c["flops"], gd["peak_bytes"] / c["peak_bytes"]
+        rows.append({"family": c["family"], "batch": c["batch"], "ckpt": c["ckpt"], "vkd": c["method"],
+                     "photos": c.get("distilled_photos"), "graddiff_flops": gd["flops"], "vkd_flops": c["flops"],
+                     "flop_ratio": round(flop_ratio, 2), "graddiff_peak": gd["peak_bytes"],
+                     "vkd_peak": c["peak_bytes"], "memory_ratio": round(mem_ratio, 2),
+                     "meets": flop_ratio >= 1.5 and mem_ratio >= 3.0})
+    return rows
+
+
+def fake_tables(data: dict) -> str:
+    s = data["settings"]
+    minutes = data.get("wall_s", 0) / 60
+    lines = [f"_Generated by `benchmarks/scale.py --device fake --config {data['config']}` (torch {data['torch']}, "
+             f"transformers {data['transformers']}; one CPU thread, {minutes:.0f} min of tracing in all). Every "
+             f"sample: {s['prompt_tokens']} prompt tokens + the model's image tokens + a {s['answer_tokens']}-token "
+             f"answer (SMFA's relabelled forget answers: {s['refusal_tokens']} tokens). Precision as the engine "
+             f"runs a bf16 checkpoint: frozen weights bf16, trainable weights upcast to fp32 master weights, bf16 "
+             f"autocast, fp32 gradients and AdamW moments — 16 B per trainable parameter; gradient clipping "
+             f"{s['grad_clip']}. GiB = 2³⁰ B; the breakdown is at the step's peak (activations include autocast's "
+             f"bf16 weight copies and the optimiser's transients). Fits: yes = peak ≤ 90 % of the card's memory "
+             f"less {s['gpu_reserve_gib']:.0f} GiB (CUDA context, workspaces), tight = above that but below the "
+             f"card less {s['gpu_reserve_gib']:.0f} GiB, no = above. 8 GPUs: arithmetic from the traced step "
+             f"(FSDP2 for full scope, DDP for LoRA and vision scope; docs/scale.md says how)._", ""]
+    lines += ["| model | image tokens | tokens a sample | params | V | P | W | FSDP2 root / largest layer (bf16) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for family, m in data["models"].items():
+        p = m["parts"]
+        lines.append(f"| {family} | {m['image_tokens']} | {m['seq_tokens']:,} | {p['total'] / 1e9:.2f} B | "
+                     f"{p['V'] / 1e6:.0f} M | {p['P'] / 1e6:.0f} M | {p['W'] / 1e9:.2f} B | "
+                     f"{m['root_bytes'] / GIB:.2f} / {m['layer_bytes'] / GIB:.2f} GiB |")
+    cal = next((c for c in data["cases"].values() if c["family"] == "calibration"), None)
+    if cal and cal.get("status") == "ok":
+        ref, a = s["calibration_reference"], cal["at_peak"]
+        attention = sum(v for k, v in cal.get("flops_by_op", {}).items() if "attention" in k)
+        lines += ["", f"Calibration — one full-scope step of Llama-2-7B ({cal['total_params'] / 1e9:.2f} B "
+                      f"parameters, "
+                      f"{cal['seq_tokens']} tokens, batch 1, bf16 weights, gradients and AdamW moments, no master "
+                      f"weights, no autocast, no checkpointing): **{cal['flops'] / 1e12:.1f} TFLOP** "
+                      f"({(cal['flops'] - attention) / 1e12:.1f} in matmuls, {attention / 1e12:.1f} in attention), "
+                      f"**peak {_g(cal['peak_bytes'])} GiB** (params {_g(a.get('params', 0) + a.get('buffers', 0))}, "
+                      f"grads {_g(a.get('grads', 0))}, AdamW moments {_g(a.get('optimiser', 0))}), traced in "
+                      f"{cal['trace_s']:.0f} s. The earlier trace of the same step on this machine: {ref['tflop']} "
+                      f"TFLOP, peak {ref['peak_gib']:.0f} GiB (params {ref['params_gib']}, grads {ref['grads_gib']}, "
+                      f"optimiser {ref['optimiser_gib']})."]
+    gpus = list(GPU_MIB)
+    lines += ["", "| model | method | scope | ckpt | batch | trainable | TFLOP / step | peak (GiB) | params | grads | "
+                  "optimiser | θ0 + teacher cache | masks | activations | "
+              + " | ".join(f"1× {g.split()[0]}" for g in gpus) + " | 8 GPUs: GiB / rank | "
+              + " | ".join(f"8× {g.split()[0]}" for g in gpus) + " |",
+              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---|" * len(gpus)
+              + "---:|" + "---|" * len(gpus)]
+    for c in _fake_rows(data):
+        head = f"| {c['family']} | {c['method']} | "
+        if c.get("status") != "ok":
+            lines.append(head + f"— | {'on' if c['ckpt'] else 'off'} | {c['batch']} | "
+                         + "— | " * (9 + 2 * len(gpus) + 1) + f"{c.get('status')}: {c.get('error', '')[:80]} |")
+            continue
+        a = c["at_peak"]
+        r8 = c["per_rank_8"]
+        lines.append(
+            head + f"{c['scope']} | {'on' if c['ckpt'] else 'off'} | {c['batch']} | "
+            f"{c['trainable_params'] / 1e6:,.0f} M | {c['flops'] / 1e12:,.1f} | **{_g(c['peak_bytes'])}** | "
+            f"{_g(a.get('params', 0) + a.get('buffers', 0))} | {_g(a.get('grads', 0))} | {_g(a.get('optimiser', 0))} | "
+            f"{_g(a.get('reference', 0) + a.get('teacher_cache', 0))} | {_g(a.get('masks', 0))} | "
+            f"{_g(a.get('activations', 0) + a.get('step', 0) + a.get('casts', 0))} | "
+            + " | ".join(fits(c["peak_bytes"], g) for g in gpus)
+            + f" | {_g(r8['bytes'])} ({r8['layout']}) | " + " | ".join(fits(r8["bytes"], g) for g in gpus) + " |")
+    # batch dependence: what a step adds on top of the memory that lives across steps, and its FLOPs
+    groups: dict[tuple, dict[int, dict]] = {}
+    for c in _fake_rows(data):
+        if c.get("status") == "ok":
+            groups.setdefault((c["family"], c["method"], c["ckpt"]), {})[c["batch"]] = c
+    scaling = {k: v for k, v in groups.items() if len(v) > 1 and 1 in v}
+    if scaling:
+        lines += ["", "Batch dependence: the step's own memory (peak − what lives across steps) and FLOPs, and their "
+                      "ratio to batch 1:", "",
+                  "| model | method | ckpt | batches | step memory (GiB) | × batch 1 | TFLOP | × batch 1 |",
+                  "|---|---|---|---|---:|---:|---:|---:|"]
+        for (family, method, ckpt), by_batch in scaling.items():
+            bs = sorted(by_batch)
+            own = {b: by_batch[b]["peak_bytes"] - sum(by_batch[b]["start"].values()) for b in bs}
+            fl = {b: by_batch[b]["flops"] for b in bs}
+            lines.append(f"| {family} | {method} | {'on' if ckpt else 'off'} | {' / '.join(map(str, bs))} | "
+                         f"{' / '.join(_g(own[b]) for b in bs)} | {' / '.join(f'{own[b] / own[1]:.2f}' for b in bs)} | "
+                         f"{' / '.join(f'{fl[b] / 1e12:,.1f}' for b in bs)} | "
+                         f"{' / '.join(f'{fl[b] / fl[1]:.2f}' for b in bs)} |")
+    comp = fake_comparison(data)
+    if comp:
+        lines += ["", "VKD against full-scope GradDiff at the same batch and checkpointing (the VKD paper's targets: "
+                      "≥ 1.5× fewer FLOPs and ≥ 3× less peak memory per step):", "",
+                  "| model | ckpt | batch | VKD | photos distilled | GradDiff TFLOP | VKD TFLOP | FLOP ratio | "
+                  "GradDiff peak (GiB) | VKD peak (GiB) | memory ratio | both targets |",
+                  "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for r in comp:
+            lines.append(f"| {r['family']} | {'on' if r['ckpt'] else 'off'} | {r['batch']} | {r['vkd']} | "
+                         f"{r['photos']} | {r['graddiff_flops'] / 1e12:,.1f} | {r['vkd_flops'] / 1e12:,.1f} | "
+                         f"{r['flop_ratio']:.2f}× | {_g(r['graddiff_peak'])} | {_g(r['vkd_peak'])} | "
+                         f"{r['memory_ratio']:.2f}× | {'yes' if r['meets'] else 'no'} |")
+    # which methods fit where: the largest traced batch with a plain "yes" (else with "tight"), and whether
+    # it needs checkpointing
+    summary = ["", "Where each method fits: the largest traced batch whose peak fits (\"yes\" above; else the largest "
+                   "that is \"tight\"; `ckpt` = only with gradient checkpointing), per GPU count and card:", "",
+               "| model | method | " + " | ".join(f"1× {g.split()[0]}" for g in gpus) + " | "
+               + " | ".join(f"8× {g.split()[0]}" for g in gpus) + " |",
+               "|---|---|" + "---|" * (2 * len(gpus))]
+    per_method: dict[tuple, list] = {}
+    for c in _fake_rows(data):
+        if c.get("status") == "ok":
+            per_method.setdefault((c["family"], c["method"]), []).append(c)
+    for (family, method), cs in per_method.items():
+        cells = []
+        for eight in (False, True):
+            for g in gpus:
+                verdict = {id(c): fits(c["per_rank_8"]["bytes"] if eight else c["peak_bytes"], g) for c in cs}
+                ok = [c for c in cs if verdict[id(c)] == "yes"]
+                tight = [c for c in cs if verdict[id(c)] == "tight"]
+                if not ok and not tight:
+                    cells.append("no")
+                    continue
+                pool = ok or tight
+                best = max(c["batch"] for c in pool)
+                plain = any(c["batch"] == best and not c["ckpt"] for c in pool)
+                cells.append(("" if ok else "tight: ") + f"b{best}" + ("" if plain else " ckpt"))
+        summary.append(f"| {family} | {method} | " + " | ".join(cells) + " |")
+    lines += summary
+    if any(c.get("placeholder_scalars") for c in data["cases"].values()):
+        lines += ["", "_VKD's step reads its distillation loss as a float for its log: under fake tensors no value "
+                      "exists, and that read (only that one) returned 0._"]
+    return "\n".join(lines)
+
+
+def refresh_arithmetic(data: dict) -> dict:
+    """Recompute the 8-GPU arithmetic of every traced case from its stored parts (cheap: no tracing)."""
+    for c in data["cases"].values():
+        if c.get("status") == "ok" and c["family"] in data.get("models", {}):
+            c["per_rank_8"] = per_rank_8(c, data["models"][c["family"]])
+    return data
+
+
+def publish_fake(data: dict, readme: str | None) -> int:
+    """Print the fake-tensor tables; with `readme`, put them between its `scale-fake` markers."""
+    text = fake_tables(refresh_arithmetic(data))
+    print(text)
+    if readme:
+        from mmunlearn.report.tables import update_readme
+
+        try:
+            update_readme(Path(readme), "scale-fake", text)
+        except ValueError as err:
+            print(f"error: {readme}: {err}", file=sys.stderr)
+            return 2
+    return 0
+
+
+def fake_main(args) -> int:
+    """--device fake: check the arguments, then `run_fake` (it always resumes from --out)."""
+    args.config = args.config or "full"
+    if args.config == "scaled":
+        print("error: --device fake traces the released sizes (--config full) or the smoke sizes", file=sys.stderr)
+        return 2
+    args.families = [f.strip() for f in args.families.split(",") if f.strip()]
+    args.methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    bad = [f for f in args.families if f not in FAMILIES] + [m for m in args.methods or [] if m not in FAKE_METHODS]
+    if bad:
+        print(f"error: unknown family or method: {', '.join(bad)} (fake methods: {', '.join(FAKE_METHODS)})",
+              file=sys.stderr)
+        return 2
+    args.batches = [int(b) for b in args.batches.split(",")] if args.batches else None
+    ckpt = {"on": True, "off": False}
+    if not set(args.ckpt.split(",")) <= set(ckpt):
+        print("error: --ckpt takes on, off or on,off", file=sys.stderr)
+        return 2
+    args.ckpts = [ckpt[c] for c in args.ckpt.split(",")]
+    args.out = args.out or "benchmarks/results/scale-fake.json"
+    return run_fake(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    ap.add_argument("--config", choices=CONFIGS, default=None, help="default: scaled on cpu, full on cuda")
+    ap.add_argument("--device", choices=("cpu", "cuda", "fake"), default="cpu",
+                    help="fake: trace one step of each case under fake tensors on one CPU thread (no weights)")
+    ap.add_argument("--config", choices=CONFIGS, default=None,
+                    help="default: scaled on cpu, full on cuda and fake (fake + smoke: a seconds-long check)")
     ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--methods", default=None, help=f"default: {','.join(CPU_METHODS)} (cpu) / "
                                                     f"{','.join(GPU_METHODS)} (cuda)")
@@ -817,6 +1893,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--malloc-mmap-threshold", type=int, default=0, metavar="BYTES",
                     help="CPU: fix glibc's mmap threshold in the case processes (e.g. 131072), so the resident set "
                          "follows the live tensors instead of a fragmented heap (steps get slower)")
+    ap.add_argument("--ckpt", default="on,off", help="fake: gradient checkpointing on, off or both (default)")
+    ap.add_argument("--answer-tokens", type=int, default=FAKE_ANSWER_TOKENS, help="fake: answer tokens a sample")
     ap.add_argument("--resume", action="store_true",
                     help="keep the cases --out already holds (ok / oom / error) and run only the others")
     ap.add_argument("--render", default=None, metavar="JSON",
@@ -828,7 +1906,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.render:
         data = json.loads(Path(args.render).read_text())
-        return publish(data, args.readme)
+        return publish_fake(data, args.readme) if data.get("device") == "fake" else publish(data, args.readme)
+    if args.device == "fake":
+        return fake_main(args)
     cuda = args.device == "cuda"
     if cuda:
         import torch

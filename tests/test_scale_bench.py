@@ -5,6 +5,7 @@ them; the teacher runs only for photos it has not seen)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -182,3 +183,72 @@ def test_negative_cache_size_is_refused(bundle, untrained_llava, tmp_path):
     with pytest.raises(ValueError, match="teacher_cache_mb"):
         unlearn(bundle, UnlearnConfig(method="vkd", steps=1, method_args={"teacher_cache_mb": -1}), tmp_path / "x",
                 loaded=load_model(untrained_llava))
+
+
+# ---- fake-tensor mode: the released sizes traced without weights --------------------------------------
+
+def test_fake_trace_counts_flops_and_bytes_by_hand(scale):
+    """A tiny Llama's full-scope step traced under fake tensors: FLOPs and bytes from the config by hand.
+
+    Forward: 2·tokens·(weights in the linears) for the matmuls (the head projects every position here, all
+    of them answers) + 4·tokens²·hidden per layer for attention (q·kᵀ and p·v, full square). Backward of a
+    full-scope step: twice the matmuls; attention's (flash) backward recomputes q·kᵀ, 5 products against the
+    forward's 2, so 2.5× its forward. Bytes, as the engine trains a bf16 checkpoint:
+    every weight trainable, upcast to a 4-B fp32 master weight; 4-B gradients; AdamW 2 × 4 B. With
+    `pure_bf16`: 2 B each, moments 2 × 2 B."""
+    d = scale.Dims(text_hidden=64, text_layers=2, text_mlp=128, text_heads=4, text_kv_heads=4, vocab=256,
+                   vision_hidden=16, vision_layers=1, vision_mlp=32, vision_heads=1, image_size=28)
+    h, layers, mlp, vocab, tokens, batch = 64, 2, 128, 256, 64, 2
+    linear = layers * (4 * h * h + 3 * h * mlp) + h * vocab  # q, k, v, o, gate, up, down; the head
+    n = vocab * h + layers * (4 * h * h + 3 * h * mlp + 2 * h) + h + h * vocab  # + embeddings and norms
+    matmuls, attention = 2 * batch * tokens * linear, layers * 4 * batch * tokens**2 * h  # forward
+    res = scale.fake_text_case(d, vocab, tokens, batch=batch)
+    assert res["total_params"] == n and res["trainable_params"] == n
+    assert res["flops_by_op"]["mm"] == 3 * matmuls
+    assert res["flops"] == 3 * matmuls + attention + 5 * attention // 2
+    assert res["start"]["params"] == 4 * n and res["start"]["optimiser"] == 8 * n
+    assert res["category_max"]["grads"] == 4 * n and res["after_backward"]["grads"] == 4 * n
+    assert res["end"] == res["start"]  # gradients and every activation released after the step
+    assert res["peak_bytes"] >= 16 * n and res["trace_s"] >= 0
+    pure = scale.fake_text_case(d, vocab, tokens, batch=batch, pure_bf16=True)
+    assert pure["flops"] == res["flops"]
+    assert pure["start"]["params"] == 2 * n and pure["start"]["optimiser"] == 4 * n
+    assert pure["category_max"]["grads"] == 2 * n
+
+
+def test_fake_mode_traces_method_families_and_writes_its_table(scale, tmp_path):
+    """The smoke sizes through `--device fake`: the project's scopes, θ0 and losses under fake tensors,
+    parts by hand (frozen bf16 2 B, trainable fp32 4 B + AdamW 8 B, bool masks 1 B), the table written
+    between its markers, and a second run that finds every case done."""
+    out, readme = tmp_path / "fake.json", tmp_path / "page.md"
+    readme.write_text("before\n<!-- scale-fake:start -->\nold\n<!-- scale-fake:end -->\nafter\n")
+    argv = ["--device", "fake", "--config", "smoke", "--families", "llava", "--methods",
+            "graddiff,graddiff-lora,vkd,vkd-batch-photos", "--batches", "1", "--ckpt", "on",
+            "--out", str(out), "--readme", str(readme)]
+    assert scale.main(argv) == 0
+    data = json.loads(out.read_text())
+    cases = data["cases"]
+    assert all(c["status"] == "ok" for c in cases.values()), [c.get("error") for c in cases.values()]
+    gd, lora = cases["llava/graddiff/b1/ckpt"], cases["llava/graddiff-lora/b1/ckpt"]
+    vkd, paper = cases["llava/vkd/b1/ckpt"], cases["llava/vkd-batch-photos/b1/ckpt"]
+    total = gd["total_params"]
+    assert gd["trainable_params"] == total and gd["start"] == {"params": 4 * total, "buffers": gd["start"]["buffers"],
+                                                               "optimiser": 8 * total}
+    assert gd["per_rank_8"]["layout"] == "FSDP2" and lora["per_rank_8"]["layout"] == "DDP"
+    for c in (lora, vkd):  # frozen weights stay bf16, the trainable ones are fp32 masters
+        t = c["trainable_params"]
+        assert 0 < t < total and c["start"]["params"] == 2 * (c["total_params"] - t) + 4 * t
+        assert c["start"]["optimiser"] == 8 * t
+    assert lora["category_max"]["grads"] == 4 * lora["trainable_params"]
+    # VKD: the projector reads the second-to-last vision layer (feature layer −2): the last one gets no gradient
+    assert 0 < vkd["category_max"]["grads"] < 4 * vkd["trainable_params"]
+    assert vkd["start"]["masks"] == vkd["trainable_params"]  # one bool per V + P weight
+    assert vkd["start"]["teacher_cache"] > 0 and vkd["teacher_calls_in_step"] == 0  # a later, cached step
+    assert vkd["reference"] == "vision-copy" and vkd["distilled_photos"] == 64 and paper["distilled_photos"] == 1
+    assert vkd["flops"] > paper["flops"] > 0 and vkd["placeholder_scalars"] == 1
+    text = readme.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
+    assert "| llava | vkd-batch-photos |" in text and "VKD against full-scope GradDiff" in text
+    stamps = {k: c["case_s"] for k, c in cases.items()}
+    assert scale.main(argv) == 0  # resumed: nothing left to trace
+    assert {k: c["case_s"] for k, c in json.loads(out.read_text())["cases"].items()} == stamps

@@ -113,7 +113,3 @@ def restore(model: torch.nn.Module, upcast: dict[str, torch.dtype]) -> None:
         if name in upcast and p.dtype != upcast[name]:
             p.data = p.data.to(upcast[name])
 
-
-def saved_dtype(upcast: dict[str, torch.dtype]) -> torch.dtype | None:
-    """The dtype to save the model in when parameters were upcast for training (None: as it is)."""
-    return next(iter(upcast.values())) if upcast else None
