@@ -1267,12 +1267,13 @@ def fsdp_units(model) -> dict[str, int]:
 
 
 # FSDP2 on 8 GPUs, per rank: what is sharded counts ⅛ (weights, gradients, AdamW state, θ0, the optimiser's
-# per-parameter transients); the masks count 1 + ⅛ (mmunlearn keeps the full bool masks on every process and
-# the loop cuts its shards from them); activations and the teacher cache count whole (the batch is per rank);
+# per-parameter transients, the bool masks: the loop cuts each process's shards and drops the full masks
+# before the first step); activations and the teacher cache count whole (the batch is per rank);
 # autocast's bf16 copies of the weights count 0 (FSDP2 gathers each layer in bf16 instead: `per_rank_8`).
 FSDP_WEIGHTS = {"params": 1 / FSDP_RANKS, "buffers": 1 / FSDP_RANKS, "grads": 1 / FSDP_RANKS,
                 "optimiser": 1 / FSDP_RANKS, "reference": 1 / FSDP_RANKS, "step": 1 / FSDP_RANKS,
-                "masks": 1 + 1 / FSDP_RANKS, "casts": 0.0, "activations": 1.0, "teacher_cache": 1.0}
+                "masks": 1 / FSDP_RANKS, "casts": 0.0, "activations": 1.0, "teacher_cache": 1.0}
+OLD_FSDP_MASK_WEIGHT = 1 + 1 / FSDP_RANKS  # cases traced before the loop dropped its full masks
 
 
 def per_rank_8(case: dict, units: dict) -> dict:
@@ -1460,6 +1461,7 @@ def trace_step(step_fn, model, mask_active: bool, masks: dict | None, persistent
     return {"flops": sum(tracker.flops.values()), "flops_by_op": tracker.flops,
             "peak_bytes": tracker.peak, "at_peak": tracker.at_peak,
             "fsdp_weighted_peak": int(tracker.weighted_peak), "at_fsdp_weighted_peak": tracker.at_weighted_peak,
+            "fsdp_mask_weight": FSDP_WEIGHTS["masks"],
             "category_max": tracker.maxima, "start": start, "after_backward": backward_done,
             "end": tracker.now(), "placeholder_scalars": tracker.placeholder_scalars,
             "trainable_params": sum(p.numel() for p in named.values()),
@@ -1824,6 +1826,12 @@ def refresh_arithmetic(data: dict) -> dict:
     """Recompute the 8-GPU arithmetic of every traced case from its stored parts (cheap: no tracing)."""
     for c in data["cases"].values():
         if c.get("status") == "ok" and c["family"] in data.get("models", {}):
+            used = c.get("fsdp_mask_weight", OLD_FSDP_MASK_WEIGHT)
+            if used != FSDP_WEIGHTS["masks"] and "fsdp_weighted_peak" in c:
+                # the masks are held the whole step, so reweighting them moves every moment alike: the
+                # weighted peak shifts by the same amount and stays at the same moment
+                c["fsdp_weighted_peak"] -= int(round((used - FSDP_WEIGHTS["masks"]) * c["start"].get("masks", 0)))
+                c["fsdp_mask_weight"] = FSDP_WEIGHTS["masks"]
             c["per_rank_8"] = per_rank_8(c, data["models"][c["family"]])
     return data
 

@@ -108,11 +108,30 @@ def main() -> None:
     bundle = load_data(world_dir, "forget_15")
 
     if mode in ("ddp", "fsdp"):
+        from mmunlearn.methods.vkd import VKD
+
+        kept = []  # VKD's masks dict, as the run leaves it
+        original_prepare = VKD.prepare
+
+        def keep_masks(self, ctx):
+            original_prepare(self, ctx)
+            kept.append((ctx.grad_masks, sum(m.numel() for m in ctx.grad_masks.values())))
+
+        VKD.prepare = keep_masks
         for method in ("graddiff", "npo", "vkd"):
             result = one_step(bundle, model_dir, out / f"{mode}-{method}", method)
             report[method] = {"distributed_type": result.log["distributed_type"], "processes": result.log["processes"],
                               "global_batch": result.log["global_batch"], "reference": result.log["reference"],
                               "losses": result.log["losses"], "peaks": result.log["peak_memory_mb_per_process"]}
+        VKD.prepare = original_prepare
+        from mmunlearn.train.loop import LOCAL_MASKS
+
+        masks, full = kept[0]
+        local = {n: m for n, m in masks.items() if n != LOCAL_MASKS}
+        report["vkd_masks"] = {"local": bool(masks.get(LOCAL_MASKS)), "full_numel": full,
+                               "kept_numel": sum(m.to_local().numel() if hasattr(m, "to_local") else m.numel()
+                                                 for m in local.values()),
+                               "dtypes": sorted({str(m.dtype) for m in local.values()})}
         # VKD distilling one photo a step on two processes (one process has none of the draw: it used to
         # crash in the vision forward), two steps so the distillation term is not zero (θ = θ0 at step 0)
         result = one_step(bundle, model_dir, out / f"{mode}-vkd-1", "vkd", steps=2, vkd_images=1)

@@ -214,6 +214,19 @@ def test_fsdp2_checkpoint_is_written_in_shards_and_resume_runs_only_the_remainin
         assert torch.allclose(straight[name], resumed[name], atol=1e-6), name
 
 
+def test_fsdp2_keeps_only_each_process_s_shard_of_the_masks(fsdp_run, ddp_run):
+    """Under FSDP2 the full bool masks computed before the loop are replaced by this process's shards for
+    the run (nothing model-sized kept); under DDP every process keeps the whole (replicated) masks."""
+    _, (f0, f1) = fsdp_run
+    for report in (f0, f1):
+        seen = report["vkd_masks"]
+        assert seen["local"] and seen["dtypes"] == ["torch.bool"]
+        assert 0 < seen["kept_numel"] < 0.75 * seen["full_numel"], seen  # about half on 2 processes
+    assert f0["vkd_masks"]["kept_numel"] + f1["vkd_masks"]["kept_numel"] == f0["vkd_masks"]["full_numel"]
+    _, (d0, _) = ddp_run
+    assert not d0["vkd_masks"]["local"] and d0["vkd_masks"]["kept_numel"] == d0["vkd_masks"]["full_numel"]
+
+
 def test_accelerate_config_file_launches_two_fsdp2_processes_through_the_cli(small_world, untrained_llava, tmp_path):
     """The repo's CPU FSDP2 launch file, the real CLI: two processes, sharded, one folder written by one."""
     config = Path(__file__).parents[1] / "configs" / "accelerate" / "cpu-fsdp2.yaml"

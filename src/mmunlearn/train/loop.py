@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from . import zero
 
 CHECKPOINT_DIR = "checkpoint"
+LOCAL_MASKS = "__local_to_this_process__"  # key set in a masks dict once `run_loop` has cut it to its shards
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
@@ -236,10 +237,18 @@ def run_loop(
     params = [p for p in prepared.parameters() if p.requires_grad]  # FSDP2 replaced them with DTensors
     named = {n: p for n, p in inner.model.named_parameters() if p.requires_grad}
     masks = {n: m for n, m in (grad_masks or {}).items() if n in named}
-    if engine is not None:  # each process keeps only its partition's part of each mask
+    if grad_masks and grad_masks.get(LOCAL_MASKS):  # an earlier stage already cut them to this process
+        pass
+    elif engine is not None:  # each process keeps only its partition's part of each mask
         masks = zero.local_masks(named, masks)
     else:
         masks = {n: _sharded_like(m, named[n]) for n, m in masks.items()}
+    if grad_masks and (engine is not None or accelerator.is_fsdp2) and not grad_masks.get(LOCAL_MASKS):
+        # the caller's full masks (1 byte per weight of the whole model, on every process) are replaced by
+        # this process's parts: sharded like their parameters, nothing model-sized is kept for the run
+        grad_masks.clear()
+        grad_masks.update(masks)
+        grad_masks[LOCAL_MASKS] = True
 
     rank, world = accelerator.process_index, accelerator.num_processes
     ckpt = Path(checkpoint_root) / CHECKPOINT_DIR if checkpoint_root else None
