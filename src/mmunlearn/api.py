@@ -125,11 +125,13 @@ def finetune(data: DataSource, model: str = "tiny-llava", *, steps: int | None =
 
 def unlearn(model: ModelSource, data: DataSource, method: str = "graddiff", *, steps: int | None = None,
             lr: float | None = None, batch_size: int = 8, scope: str | None = None, seed: int = 0,
-            out: PathLike | None = None, **method_args: Any) -> LoadedModel:
+            out: PathLike | None = None, preset: str = "auto", **method_args: Any) -> LoadedModel:
     """Make `model` forget `data`'s forget people with one method (see `mmunlearn methods`) → the
     unlearned model. A loaded model is trained *in place* (no second copy of a large model): evaluate
-    it before if you want before/after numbers. steps/lr/scope default to the method's; `method_args`
-    are the method's options (e.g. beta=0.2). `out`: where the HF folder and unlearn_log.json go."""
+    it before if you want before/after numbers. scope defaults to the method's; steps/lr to the preset
+    the model's size picks (`preset="auto"`: a model of 100M parameters or more gets the method's published
+    setting, train/presets.py); `method_args` are the method's options (e.g. beta=0.2). `out`: where the HF
+    folder and unlearn_log.json go (its "preset" and "precision" say what was used)."""
     from .methods.base import get_method
     from .train.unlearn import UnlearnConfig
     from .train.unlearn import unlearn as _unlearn
@@ -141,7 +143,7 @@ def unlearn(model: ModelSource, data: DataSource, method: str = "graddiff", *, s
     method_cls.make_config(method_args)  # unknown options fail before any work
     loaded = _model(model, bundle)
     cfg = UnlearnConfig(method=method, model=str(model) if not isinstance(model, LoadedModel) else "",
-                        steps=steps, lr=lr, batch_size=batch_size, scope=scope, seed=seed,
+                        steps=steps, lr=lr, batch_size=batch_size, scope=scope, seed=seed, preset=preset,
                         method_args=dict(method_args))
     with _run_dir(out) as run:
         return _unlearn(bundle, cfg, run, loaded=loaded).loaded
