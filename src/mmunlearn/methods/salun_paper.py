@@ -16,9 +16,9 @@ A "random label" for an MLLM answer is another person's answer to the same quest
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict
 from dataclasses import dataclass
-import random
 
 from ..data.collate import target_text
 from ..data.record import Record
