@@ -57,18 +57,21 @@ def one_step(bundle, model_dir: Path, out: Path, method: str, steps: int = 1, vk
     return unlearn(bundle, cfg, out, loaded=load_model(model_dir))
 
 
-def crash_then_resume(bundle, model_dir: Path, out: Path, tag: str) -> dict:
-    """GradDiff 4 steps straight into OUT/straight-TAG; the same run with a checkpoint every 2 steps,
-    stopped by an exception at step 3 into OUT/resumed-TAG, then resumed in this very process. Returns
-    what the checkpoint held (its format, which files each process wrote) and the resumed run's steps_run."""
-    import torch.distributed as dist
+def resume_cfg():
+    """GradDiff, 4 steps, a checkpoint every 2: the run every resume scenario interrupts and resumes."""
+    from mmunlearn.train.unlearn import UnlearnConfig
 
+    return UnlearnConfig(method="graddiff", steps=4, batch_size=2, lr=1e-3, checkpoint_every=2)
+
+
+def straight_then_crashed(bundle, model_dir: Path, straight: Path, resumed: Path) -> bool:
+    """resume_cfg straight into `straight`; into `resumed` the same run stopped by an exception at step 3
+    (after its checkpoint at step 2). True when it stopped there."""
     from mmunlearn.methods.graddiff import GradDiff
     from mmunlearn.models.loader import load_model
-    from mmunlearn.train.unlearn import UnlearnConfig, unlearn
+    from mmunlearn.train.unlearn import unlearn
 
-    cfg = UnlearnConfig(method="graddiff", steps=4, batch_size=2, lr=1e-3, checkpoint_every=2)
-    unlearn(bundle, cfg, out / f"straight-{tag}", loaded=load_model(model_dir))
+    unlearn(bundle, resume_cfg(), straight, loaded=load_model(model_dir))
     original_loss = GradDiff.loss
 
     def crash(self, ctx, step):
@@ -78,18 +81,30 @@ def crash_then_resume(bundle, model_dir: Path, out: Path, tag: str) -> dict:
 
     GradDiff.loss = crash
     try:
-        unlearn(bundle, cfg, out / f"resumed-{tag}", loaded=load_model(model_dir))
-        crashed = False
+        unlearn(bundle, resume_cfg(), resumed, loaded=load_model(model_dir))
+        return False
     except KeyboardInterrupt:
-        crashed = True
+        return True
     finally:
         GradDiff.loss = original_loss
+
+
+def crash_then_resume(bundle, model_dir: Path, out: Path, tag: str) -> dict:
+    """GradDiff 4 steps straight into OUT/straight-TAG; the same run with a checkpoint every 2 steps,
+    stopped by an exception at step 3 into OUT/resumed-TAG, then resumed in this very process. Returns
+    what the checkpoint held (its format, which files each process wrote) and the resumed run's steps_run."""
+    import torch.distributed as dist
+
+    from mmunlearn.models.loader import load_model
+    from mmunlearn.train.unlearn import unlearn
+
+    crashed = straight_then_crashed(bundle, model_dir, out / f"straight-{tag}", out / f"resumed-{tag}")
     dist.barrier()
     ckpt = out / f"resumed-{tag}" / "checkpoint"
     seen = {"crashed": crashed, "loop_state": json.loads((ckpt / "loop_state.json").read_text()),
             "files": sorted(str(f.relative_to(ckpt)) for f in ckpt.rglob("*") if f.is_file())}
     dist.barrier()
-    result = unlearn(bundle, cfg, out / f"resumed-{tag}", loaded=load_model(model_dir), resume=True)
+    result = unlearn(bundle, resume_cfg(), out / f"resumed-{tag}", loaded=load_model(model_dir), resume=True)
     seen["steps_run"] = result.log["steps_run"]
     seen["processes"] = result.log["processes"]
     return seen
@@ -148,38 +163,17 @@ def main() -> None:
         report["sampler"] = [sampler.next_local() for _ in range(15)]
 
         # replicas after several steps, and SalUn's mask on each rank
-        from mmunlearn.models.loader import load_model
-        from mmunlearn.train.unlearn import UnlearnConfig, unlearn
-
         result = salun_keeping_masks(bundle, model_dir, out, rank, steps=3)
         report["salun_digest"] = digest(result.loaded.model)
 
         # 4 steps straight, and the same run stopped after step 3 with a checkpoint at step 2
-        cfg = UnlearnConfig(method="graddiff", steps=4, batch_size=2, lr=1e-3, checkpoint_every=2)
-        unlearn(bundle, cfg, out / "straight", loaded=load_model(model_dir))
-        from mmunlearn.methods.graddiff import GradDiff
-
-        original_loss = GradDiff.loss
-
-        def crash(self, ctx, step):
-            if step == 3:
-                raise KeyboardInterrupt("simulated crash")
-            return original_loss(self, ctx, step)
-
-        GradDiff.loss = crash
-        try:
-            unlearn(bundle, cfg, out / "resumed", loaded=load_model(model_dir))
-            report["crashed"] = False
-        except KeyboardInterrupt:
-            report["crashed"] = True
-        GradDiff.loss = original_loss
+        report["crashed"] = straight_then_crashed(bundle, model_dir, out / "straight", out / "resumed")
 
     if mode == "resume":
         from mmunlearn.models.loader import load_model
-        from mmunlearn.train.unlearn import UnlearnConfig, unlearn
+        from mmunlearn.train.unlearn import unlearn
 
-        cfg = UnlearnConfig(method="graddiff", steps=4, batch_size=2, lr=1e-3, checkpoint_every=2)
-        result = unlearn(bundle, cfg, out / "resumed", loaded=load_model(model_dir), resume=True)
+        result = unlearn(bundle, resume_cfg(), out / "resumed", loaded=load_model(model_dir), resume=True)
         report["steps_run"] = result.log["steps_run"]
         report["processes"] = result.log["processes"]
 

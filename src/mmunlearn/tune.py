@@ -177,19 +177,15 @@ class TuneContext:
     def space(self, name: str) -> dict[str, tuple]:
         """The method's search space, centred on the preset the model's size picks (train/presets.py):
         a 7B model is never searched around the tiny builds' learning rates."""
-        from types import SimpleNamespace
-
         from .methods.base import get_method
-        from .train.presets import REAL_SIZE_PARAMS, epochs_to_steps
+        from .train.presets import REAL_SIZE_PARAMS, preset_defaults
         from .train.unlearn import forget_records
 
         cls = get_method(name)
-        if self.parameters < REAL_SIZE_PARAMS:
-            return cls.tuning_space()
-        method = cls(cls.make_config({}))
-        steps = method.steps_for_epochs(cls.real_epochs, forget_records(self.train_bundle, cls),
-                                        self.train_bundle.train("retain"), self.cfg.batch_size)
-        return cls.tuning_space(cls.real_lr, steps)
+        preset = "real" if self.parameters >= REAL_SIZE_PARAMS else "tiny"
+        lr, steps, _ = preset_defaults(cls(cls.make_config({})), preset, forget_records(self.train_bundle, cls),
+                                       self.train_bundle.train("retain"), self.cfg.batch_size)
+        return cls.tuning_space(lr, steps)
 
     @property
     def eval_cfg(self) -> EvalConfig:
@@ -300,7 +296,6 @@ def tune_method(name: str, ctx: TuneContext, progress: Callable[[str], None] | N
     """One method's search: `ctx.cfg.trials` optuna trials, then the rule's choice among them."""
     import optuna
 
-    from .methods.base import get_method
     from .models.loader import load_model
     from .train.loop import NonFiniteLossError
     from .train.unlearn import UnlearnConfig, unlearn

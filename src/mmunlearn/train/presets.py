@@ -70,19 +70,21 @@ def resolve_schedule(method: Any, model: torch.nn.Module, cfg: Any, forget: list
     parameters = model_parameters(model)
     name, why = choose_preset(getattr(cfg, "preset", "auto") or "auto", parameters,
                               cfg.lr is not None, cfg.steps is not None)
-    if name == "real":
-        lr_default = method.real_lr
-        steps_default = method.steps_for_epochs(method.real_epochs, forget, retain, global_batch)
-        source = f"real preset: {method.real_source}"
-    else:
-        lr_default, steps_default = method.default_lr, method.default_steps
-        source = "tiny preset (chosen on the tiny builds: docs/methods)"
+    lr_default, steps_default, source = preset_defaults(method, name, forget, retain, global_batch)
     return Schedule(lr=cfg.lr if cfg.lr is not None else lr_default,
                     steps=cfg.steps if cfg.steps is not None else steps_default,
                     preset=name, chosen_by=why,
                     lr_from="given" if cfg.lr is not None else source,
                     steps_from="given" if cfg.steps is not None else source,
                     parameters=parameters)
+
+
+def preset_defaults(method: Any, preset: str, forget: list, retain: list, global_batch: int) -> tuple[float, int, str]:
+    """(lr, steps, where they come from) of the `tiny` or `real` preset for `method` (an instance) on this data."""
+    if preset == "real":
+        steps = method.steps_for_epochs(method.real_epochs, forget, retain, global_batch)
+        return method.real_lr, steps, f"real preset: {method.real_source}"
+    return method.default_lr, method.default_steps, "tiny preset (chosen on the tiny builds: docs/methods)"
 
 
 def epochs_to_steps(epochs: float, records: int, global_batch: int) -> int:
