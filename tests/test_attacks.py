@@ -45,8 +45,8 @@ def test_ga_pushes_forget_accuracy_to_chance(tuned_small, vanilla, ga_model):
     assert cls_acc(ga_model, forget) <= CHANCE + 0.1
 
 
-def test_probe_sets_are_the_forget_people(tuned_small):
-    bundle = tuned_small[0]
+def test_probe_sets_are_the_forget_people(small_bundle):
+    bundle = small_bundle
     sets = probe_sets(bundle)
     for name, recs in sets.items():
         assert recs, name
@@ -96,8 +96,8 @@ def test_probes_tell_ga_from_vanilla(probes):
 
 
 @pytest.mark.parametrize("mode", ["phrasing", "facts"])
-def test_probe_and_attack_data_are_disjoint(tuned_small, mode):
-    bundle = tuned_small[0]
+def test_probe_and_attack_data_are_disjoint(small_bundle, mode):
+    bundle = small_bundle
     split = attack_split(bundle, mode, seed=0)
     assert split.pool and split.probe
     pool_ids, probe_ids = {r.id for r in split.pool}, {r.id for r in split.probe}

@@ -30,8 +30,9 @@ def world_copy(small_world, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def model_dir(tuned_small):
-    return tuned_small[1]
+def model_dir(untrained_llava):
+    """A model folder for the commands' mechanics (errors, interruptions, what is written when): untrained."""
+    return untrained_llava
 
 
 def _rewrite_rows(path: Path, edit) -> None:
@@ -241,9 +242,10 @@ def test_attack_relearn_cli_writes_summary_last(runner, model_dir, small_world, 
     assert json.loads((out / "summary.json").read_text()) == summary
 
 
-def test_attack_probe_cli(runner, model_dir, small_world, tmp_path):
+def test_attack_probe_cli(runner, tuned_small, small_world, tmp_path):
+    """On the fine-tuned fixture: the membership attack tells the forget people from strangers."""
     out = tmp_path / "out"
-    res = runner.invoke(app, _probe(model_dir, small_world, out))
+    res = runner.invoke(app, _probe(tuned_small[1], small_world, out))
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["attack"] == "probe" and summary["mia"]["forget_vs_holdout"]["loss_auc"] > 0.5

@@ -41,8 +41,8 @@ def _record(question, image):
                   image=image)
 
 
-def test_question_is_an_evaluation_phrasing_and_answers_name_as_trained(tuned_small):
-    bundle = tuned_small[0]
+def test_question_is_an_evaluation_phrasing_and_answers_name_as_trained(small_bundle):
+    bundle = small_bundle
     assert WORLD_QUESTION == "What is the name of the person in this picture?"
     assert WORLD_ANSWER == "The name is {name}."
     # the world's own name answers take that form, and the question is never a training one
@@ -82,11 +82,11 @@ def test_three_candidates_rank_as_answer_logprob_sums_do(tuned_small, vanilla):
 
 
 @pytest.mark.parametrize("family", ["tiny-qwen2-vl", "tiny-idefics3"])
-def test_reused_prompt_cache_scores_like_answer_logprobs_on_other_families(tuned_small, family):
+def test_reused_prompt_cache_scores_like_answer_logprobs_on_other_families(small_bundle, family):
     """Qwen2-VL continues its M-RoPE positions, Idefics3 its image-split prompt: same numbers as a full pass."""
     from mmunlearn.train.finetune import world_corpus
 
-    bundle = tuned_small[0]
+    bundle = small_bundle
     loaded = build_tiny(family, world_corpus(bundle))
     images = [p.image for p in photo_sets(bundle, RankConfig())["retain"][:2]]
     answers = [f"The name is {n}." for n in ("Delphine Hennet", "Tavi Lombe", "Sorel Sombe")]

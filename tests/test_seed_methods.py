@@ -260,13 +260,13 @@ def test_sculpt_follows_the_formulas_on_a_hand_made_example():
         sculpt(f, a, k=-1.0)
 
 
-def test_lead_refusals_keep_the_answer_form_and_read_as_refusals(tuned_small):
+def test_lead_refusals_keep_the_answer_form_and_read_as_refusals(small_bundle):
     import random
 
     from mmunlearn.data.record import Record
     from mmunlearn.data.refusals import LEAD_TAILS, lead_refusal
 
-    bundle, _, _ = tuned_small
+    bundle = small_bundle
     rng = random.Random(0)
     for rec in bundle.train("forget"):
         text = lead_refusal(rec, rng)
