@@ -50,6 +50,11 @@ def _unlearn(model, data, out, *extra, ids=("--forget-split", "forget_15")):
     (["--log-with", "nosuchtracker"], "--log-with must be one of accelerate's trackers"),
     (["--preset", "huge"], "--preset must be one of auto, tiny, real (got 'huge')"),
     (["--mixed-precision", "fp8"], "unknown mixed precision 'fp8'"),
+    # a method's own options, checked when its config is made (the last --method given wins)
+    (["--method", "viker", "--set", "k=0"], "viker k must be ≥ 1, got 0"),
+    (["--method", "smfa", "--set", "sculpt=nope"], "smfa sculpt must be one of"),
+    (["--method", "mmunlearner", "--set", "mask_slices=-1"], "mmunlearner mask_slices must be ≥ 0"),
+    (["--method", "mmunlearner", "--set", "mask_slices=x"], "option mask_slices expects a number (got 'x')"),
 ])
 def test_unlearn_refuses_bad_options_before_out_exists(untrained_llava, small_world, tmp_path, extra, needle):
     out = tmp_path / "run"

@@ -1,4 +1,6 @@
-"""The unlearning engine's guarantees: scopes, exact resume, NaN guard, merged output, multi-process."""
+"""The unlearning engine's guarantees: scopes, exact resume, NaN guard, merged output, multi-process.
+
+Mechanics, not forgetting: the model is the untrained tiny LLaVA (no fine-tuned fixture needed)."""
 
 import pytest
 import torch
@@ -22,8 +24,8 @@ def test_registry_lists_every_baseline():
 
 
 @pytest.mark.parametrize("scope,changed,frozen", [("vision", {"V", "P"}, {"W"}), ("language", {"W"}, {"V", "P"})])
-def test_scope_limits_what_changes(tuned_small, tmp_path, scope, changed, frozen):
-    bundle, vanilla, _ = tuned_small
+def test_scope_limits_what_changes(small_bundle, untrained_llava, tmp_path, scope, changed, frozen):
+    bundle, vanilla = small_bundle, untrained_llava
     loaded = load_model(vanilla)
     unlearn(bundle, UnlearnConfig(method="graddiff", steps=3, scope=scope), tmp_path / "u", loaded=loaded)
     before, after = _weights(vanilla), _weights(tmp_path / "u")
@@ -36,8 +38,8 @@ def test_scope_limits_what_changes(tuned_small, tmp_path, scope, changed, frozen
         assert not any(parts[part]), part
 
 
-def test_lora_scope_saves_a_merged_plain_model(tuned_small, tmp_path):
-    bundle, vanilla, _ = tuned_small
+def test_lora_scope_saves_a_merged_plain_model(small_bundle, untrained_llava, tmp_path):
+    bundle, vanilla = small_bundle, untrained_llava
     result = unlearn(bundle, UnlearnConfig(method="graddiff", steps=3, scope="lora", lr=1e-2), tmp_path / "u",
                      loaded=load_model(vanilla))
     after = _weights(tmp_path / "u")
@@ -55,8 +57,8 @@ def test_lora_scope_saves_a_merged_plain_model(tuned_small, tmp_path):
     assert reloaded.model is not None and result.loaded.model is not None
 
 
-def test_resume_ends_where_an_uninterrupted_run_ends(tuned_small, tmp_path, monkeypatch):
-    bundle, vanilla, _ = tuned_small
+def test_resume_ends_where_an_uninterrupted_run_ends(small_bundle, untrained_llava, tmp_path, monkeypatch):
+    bundle, vanilla = small_bundle, untrained_llava
     cfg = UnlearnConfig(method="graddiff", steps=10, checkpoint_every=4)
     unlearn(bundle, cfg, tmp_path / "straight", loaded=load_model(vanilla))
 
@@ -84,8 +86,8 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tuned_small, tmp_path, monk
     assert [round(r["loss"], 5) for r in la] == [round(r["loss"], 5) for r in lb]
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tuned_small, tmp_path, monkeypatch):
-    bundle, vanilla, _ = tuned_small
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(small_bundle, untrained_llava, tmp_path, monkeypatch):
+    bundle, vanilla = small_bundle, untrained_llava
     original = GradDiff.loss
 
     def poisoned(self, ctx, step):

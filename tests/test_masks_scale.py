@@ -273,3 +273,135 @@ def test_two_processes_hold_rank_zeros_masks_and_shard_them_like_the_weight(tmp_
 def test_one_process_keeps_its_masks_without_a_collective():
     m = {"a": T([True, False])}
     assert masks.agree_across_processes(m) is m and m["a"].tolist() == [True, False]
+
+
+# --- the Fisher estimate one slice of the weights at a time -----------------------------------------------
+
+def test_parameter_slices_cut_runs_of_about_equal_size_without_splitting_a_tensor():
+    sizes = {"a": 10, "b": 30, "c": 20, "d": 40}  # 100 weights: quarters end at 25, 50, 75
+    params = {n: torch.zeros(k) for n, k in sizes.items()}
+    # middles: a 5 → run 0, b 25 → run 1, c 50 → run 2, d 80 → run 3
+    assert masks.parameter_slices(params, 4) == [["a"], ["b"], ["c"], ["d"]]
+    # halves end at 50: a (5), b (25) → run 0; c (50), d (80) → run 1
+    assert masks.parameter_slices(params, 2) == [["a", "b"], ["c", "d"]]
+    assert masks.parameter_slices(params, 1) == [["a", "b", "c", "d"]]
+    # one tensor of 97 among 100: the runs it leaves empty are dropped
+    assert masks.parameter_slices({"x": torch.zeros(97), "y": torch.zeros(3)}, 4) == [["x"], ["y"]]
+
+
+class PeakBytes(TorchDispatchMode):
+    """Bytes of the storages ops create while it is on (not views of their inputs), each counted until torch
+    frees it: the running total's peak. Counts what autograd creates in the backward too."""
+
+    def __init__(self):
+        super().__init__()
+        self.live: dict[int, int] = {}
+        self.now = self.peak = 0
+
+    def _free(self, key: int) -> None:
+        self.now -= self.live.pop(key, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        import weakref
+
+        out = func(*args, **(kwargs or {}))
+        flat = [*args, *(kwargs or {}).values()]
+        inputs = {t.untyped_storage()._cdata for t in flat if isinstance(t, torch.Tensor)}
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                key = storage._cdata
+                if key not in inputs and key not in self.live:
+                    self.live[key] = storage.nbytes()
+                    self.now += storage.nbytes()
+                    self.peak = max(self.peak, self.now)
+                    weakref.finalize(storage, self._free, key)
+        return out
+
+
+def test_sliced_fisher_gives_the_same_masks_with_its_accumulators_within_one_bf16_copy(untrained_llava,
+                                                                                       small_bundle, monkeypatch):
+    """MMUnlearner's grouping on the tiny LLaVA (all 1.6M weights trainable, fp32): 4 slices give the very
+    masks of one pass, over 4 × the forget passes, and the estimate's peak is at most 2 B per trainable weight
+    above the peak of one training forward + backward on the same batches; one pass needs ~8 B above it (an
+    fp32 forget Fisher of every weight and a preserve Fisher of the larger group)."""
+    from mmunlearn.data.collate import TrainCollator
+    from mmunlearn.models.loader import load_model
+
+    loaded = load_model(untrained_llava)
+    model, adapter = loaded.model, loaded.adapter
+    collate = TrainCollator(adapter, loaded.processor)
+    recs = lambda split, modality: [r for r in small_bundle.train(split) if r.modality == modality]  # noqa: E731
+    batches = {key: [collate(records[i:i + 4]) for i in range(0, 12, 4)]
+               for key, records in (("forget", recs("forget", "image+text")), ("VP", recs("retain", "image+text")),
+                                    ("W", recs("retain", "text")))}
+    ctx = SimpleNamespace(model=model, adapter=adapter)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    n_weights = sum(p.numel() for p in trainable.values())
+    assert n_weights > 1_000_000 and all(p.dtype == torch.float32 for p in trainable.values())
+
+    # the reference peak: one training pass (forward, backward, every gradient kept) on each batch
+    one_pass = 0
+    for batch in (b for side in batches.values() for b in side):
+        model.zero_grad(set_to_none=True)
+        with PeakBytes() as probe:
+            masks.answer_nll(*masks.forward(model, batch)).backward()
+        one_pass = max(one_pass, probe.peak)
+    model.zero_grad(set_to_none=True)
+
+    passes = {"n": 0}
+    real_forward = masks.forward
+
+    def counted(m, batch):
+        passes["n"] += 1
+        return real_forward(m, batch)
+
+    monkeypatch.setattr(masks, "forward", counted)
+    results, extra = {}, {}
+    for slices in (1, 4):
+        passes["n"] = 0
+        with PeakBytes() as probe:
+            results[slices] = masks.fisher_ratio_mask(
+                ctx, lambda: iter(batches["forget"]),
+                {"VP": lambda: iter(batches["VP"]), "W": lambda: iter(batches["W"])}, slices=slices)
+        extra[slices] = (probe.peak - one_pass) / n_weights
+        if slices == 1:
+            assert passes["n"] == 9  # 3 forget batches, 3 for each group
+        else:  # each slice: the 3 forget batches, then 3 for each group it holds weights of
+            runs = masks.parameter_slices(trainable, 4)
+            groups = [len({adapter.part_of(n) in "VP" for n in run}) for run in runs]
+            assert len(runs) == 4 and passes["n"] == sum(3 + 3 * g for g in groups) > 9
+    assert all(p.requires_grad for p in trainable.values())  # every slice's switch undone
+    assert results[1].keys() == results[4].keys() == trainable.keys()
+    assert all(torch.equal(results[1][n], results[4][n]) for n in trainable)
+    assert 0.0 < float(sum(m.sum() for m in results[4].values())) < n_weights  # a mask, not all or nothing
+    assert extra[4] <= 2.0, extra  # B per weight: one bf16 copy
+    assert extra[1] >= 5.0, extra  # the unsliced estimate, for contrast
+
+
+def test_mmunlearner_with_four_slices_trains_the_same_weights_as_with_one(untrained_llava, small_bundle, tmp_path):
+    """The whole method: `mask_slices=4` draws the same estimate batches (and leaves the run's later draws where
+    one pass leaves them), so 3 steps end on byte-equal weights; the log says which estimate ran."""
+    from safetensors.torch import load_file
+
+    from mmunlearn.models.loader import load_model
+    from mmunlearn.train.unlearn import UnlearnConfig, unlearn
+
+    weights, logs = {}, {}
+    for slices in (1, 4):
+        cfg = UnlearnConfig(method="mmunlearner", steps=3, batch_size=4, lr=1e-3,
+                            method_args={"mask_slices": slices, "mask_batches": 2, "ascent_every": 2})
+        logs[slices] = unlearn(small_bundle, cfg, tmp_path / str(slices), loaded=load_model(untrained_llava)).log
+        weights[slices] = load_file(str(tmp_path / str(slices) / "model.safetensors"))
+    before = load_file(str(untrained_llava / "model.safetensors"))
+    assert (logs[1]["mask_slices"], logs[4]["mask_slices"]) == (1, 4)
+    assert logs[1]["mask_kept_fraction"] == logs[4]["mask_kept_fraction"]
+    assert any(not torch.equal(before[k], weights[1][k]) for k in before)  # the steps moved weights
+    assert all(torch.equal(weights[1][k], weights[4][k]) for k in weights[1])
+
+
+def test_auto_mask_slices_is_four_from_100m_trainable_weights():
+    assert masks.auto_mask_slices(torch.nn.Linear(10_000, 10_000, device="meta")) == 4  # 100,010,000 weights
+    frozen = torch.nn.Linear(10_000, 10_000, device="meta").requires_grad_(False)
+    assert masks.auto_mask_slices(frozen) == 1  # only trainable weights count
+    assert masks.auto_mask_slices(torch.nn.Linear(9_000, 11_000, device="meta")) == 1  # 99,011,000

@@ -27,14 +27,14 @@ def test_check_tracker_names_and_missing_packages(monkeypatch):
         check_tracker("wandb")
 
 
-def test_missing_tracker_is_one_error_line_before_anything(tuned_small, small_world, tmp_path, monkeypatch):
+def test_missing_tracker_is_one_error_line_before_anything(untrained_llava, small_world, tmp_path, monkeypatch):
     import accelerate.tracking
 
     real = accelerate.tracking.get_available_trackers
     monkeypatch.setattr(accelerate.tracking, "get_available_trackers",
                         lambda: [t for t in real() if str(getattr(t, "value", t)) != "trackio"])
     out = tmp_path / "run"
-    res = CliRunner().invoke(app, ["unlearn", "--method", "ga", "--model", str(tuned_small[1]), "--data",
+    res = CliRunner().invoke(app, ["unlearn", "--method", "ga", "--model", str(untrained_llava), "--data",
                                    str(small_world), "--out", str(out), "--forget-split", FORGET, "--steps", "1",
                                    "--no-eval", "--log-with", "trackio"])
     assert res.exit_code == 2, res.output
@@ -43,12 +43,12 @@ def test_missing_tracker_is_one_error_line_before_anything(tuned_small, small_wo
     assert not out.exists()
 
 
-def test_tensorboard_scalars_equal_the_run_log(tuned_small, small_world, tmp_path):
+def test_tensorboard_scalars_equal_the_run_log(untrained_llava, small_world, tmp_path):
     # tensorboard is in the dev extra: a missing package fails this test rather than skipping it
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    res = CliRunner().invoke(app, ["unlearn", "--method", "ga", "--model", str(tuned_small[1]), "--data",
+    res = CliRunner().invoke(app, ["unlearn", "--method", "ga", "--model", str(untrained_llava), "--data",
                                    str(small_world), "--out", str(out), "--forget-split", FORGET, "--steps", "3",
                                    "--batch-size", "4", "--lr", "1e-3", "--no-eval", "--log-with", "tensorboard"])
     assert res.exit_code == 0, res.output

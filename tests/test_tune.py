@@ -251,8 +251,8 @@ def test_unlearn_config_reads_the_tuned_settings_and_flags_override(tuned_ga, tu
     assert res.exit_code == 2 and "no settings for 'npo'" in res.output
 
 
-def test_unlearn_config_yaml_and_typed_set(tuned_small, small_world, tmp_path):
-    _, vanilla, _ = tuned_small
+def test_unlearn_config_yaml_and_typed_set(untrained_llava, small_world, tmp_path):
+    vanilla = untrained_llava
     config = tmp_path / "npo.yaml"
     config.write_text("lr: 0.0002\nsteps: 2\nset:\n  beta: 0.3\n")
     base = ["unlearn", "--method", "npo", "--model", str(vanilla), "--data", str(small_world), "--forget-split",
@@ -298,8 +298,8 @@ def test_bench_refuses_to_report_on_the_tuning_seed(tuned_ga, tuned_small, small
     assert res.exit_code == 2 and "tuning seed 100" in res.output
 
 
-def test_tune_cli_refuses_bad_input_in_one_line(tuned_small, small_world, tmp_path):
-    _, vanilla, _ = tuned_small
+def test_tune_cli_refuses_bad_input_in_one_line(untrained_llava, small_world, tmp_path):
+    vanilla = untrained_llava
     base = ["tune", "--model", str(vanilla), "--data", str(small_world), "--out", str(tmp_path / "t")]
     res = runner.invoke(app, base + ["--methods", "ga", "--tune-forget-ids", "p000"])
     assert res.exit_code == 2 and "go together" in res.output

@@ -201,9 +201,18 @@ class Method:
             if isinstance(current, bool) and isinstance(value, str):
                 value = value.lower() in ("1", "true", "yes", "on")
             elif isinstance(current, (int, float)) and not isinstance(current, bool) and isinstance(value, str):
-                value = type(current)(float(value)) if isinstance(current, int) else float(value)
+                try:
+                    value = type(current)(float(value)) if isinstance(current, int) else float(value)
+                except ValueError:
+                    raise ValueError(f"method {cls.name!r}: option {key} expects a number (got {value!r})") from None
             setattr(cfg, key, value)
+        cls.check_config(cfg)
         return cfg
+
+    @classmethod
+    def check_config(cls, cfg: MethodConfig) -> None:
+        """Refuse option values the method cannot run with (a ValueError naming the option): called when the
+        config is made, so a command refuses them before --out exists."""
 
 
 _REGISTRY: dict[str, type[Method]] = {}

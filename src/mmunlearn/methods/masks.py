@@ -191,12 +191,33 @@ def whole_set_batches(ctx: Context, records: list, batch_size: int = 16):
         yield ctx.batch(records[start:start + batch_size], shard=False)
 
 
+def parameter_slices(params: dict[str, torch.Tensor], slices: int) -> list[list[str]]:
+    """The names in order, cut into at most `slices` runs of about equal element counts (a tensor is never
+    split: it goes to the run its middle element falls in)."""
+    total = sum(p.numel() for p in params.values())
+    runs: list[list[str]] = [[] for _ in range(max(1, slices))]
+    seen = 0
+    for name, p in params.items():
+        runs[min(len(runs) - 1, int((seen + p.numel() / 2) * len(runs) / max(1, total)))].append(name)
+        seen += p.numel()
+    return [run for run in runs if run]
+
+
+def auto_mask_slices(model: torch.nn.Module) -> int:
+    """4 slices for a real-size model's trainable weights (fp32 Fisher accumulators within one bf16 copy of
+    them), 1 for the tiny builds (one pass: their accumulators are a few MB)."""
+    from ..train.presets import REAL_SIZE_PARAMS
+
+    return 4 if sum(p.numel() for p in _trainable(model).values()) >= REAL_SIZE_PARAMS else 1
+
+
 def fisher_ratio_mask(
     ctx: Context,
     forget_batches: Callable[[], Iterable[dict]],
     preserve_batches: dict[str, Callable[[], Iterable[dict]]],
     threshold: float = 1.0,
     eps: float = 1e-12,
+    slices: int = 1,
 ) -> dict[str, torch.Tensor]:
     """Per module group (key of `preserve_batches`: a set of parts such as "VP" or "W"), keep the
     weights with (S_forget + ε) / (S_preserve + ε) ≥ `threshold` (ε on both sides, as MMUnlearner's
@@ -204,12 +225,52 @@ def fisher_ratio_mask(
 
     Each group's preserve Fisher covers that group's weights only, and the ratio is formed in place in
     the forget Fisher and turned into a mask tensor by tensor, so the peak is the forget Fisher plus
-    one group's preserve Fisher (before: the forget Fisher and two model-sized preserve Fishers)."""
-    s_forget = accumulate_gradients(ctx.model, forget_batches(), square=True)
+    one group's preserve Fisher (before: the forget Fisher and two model-sized preserve Fishers).
+
+    `slices` > 1 estimates both Fishers for one run of the trainable parameters at a time (about 1/slices of
+    their weights; the others' gradients are switched off for its passes), over the same batches, drawn
+    once: the fp32 accumulators then hold 8 B per weight of one run instead of up to 8 B per weight of the
+    model, at the price of `slices` passes over the estimate's batches (a run's passes skip a group it has
+    no weight in). 4 slices keep them within one bf16 copy of the trainable weights (2 B each); the masks
+    are the same as with one."""
+    if slices <= 1:
+        s_forget = accumulate_gradients(ctx.model, forget_batches(), square=True)
+        return agree_across_processes(_ratio_masks(ctx, s_forget, preserve_batches, threshold, eps))
+    forget = list(forget_batches())  # drawn once, in the order one slice draws them: the same batches
+    preserve = {parts: list(batches()) for parts, batches in preserve_batches.items()}
+    trainable = _trainable(ctx.model)
+    masks: dict[str, torch.Tensor] = {}
+    try:
+        for run in parameter_slices(trainable, slices):
+            inside = set(run)
+            for n, p in trainable.items():
+                p.requires_grad_(n in inside)
+            grouped = [n for n in run if any(ctx.adapter.part_of(n) in parts for parts in preserve)]
+            for n in run:  # parameters outside every group stay frozen
+                if n not in grouped:
+                    masks[n] = torch.zeros_like(trainable[n], dtype=torch.bool)
+            if grouped:
+                s_forget = accumulate_gradients(ctx.model, forget, square=True, names=grouped)
+                masks.update(_ratio_masks(ctx, s_forget, {k: (lambda b=b: b) for k, b in preserve.items()},
+                                          threshold, eps, skip_empty=True))
+    finally:
+        for p in trainable.values():
+            p.requires_grad_(True)
+    return agree_across_processes({n: masks[n] for n in trainable})
+
+
+def _ratio_masks(ctx: Context, s_forget: dict[str, torch.Tensor],
+                 preserve_batches: dict[str, Callable[[], Iterable[dict]]], threshold: float,
+                 eps: float, skip_empty: bool = False) -> dict[str, torch.Tensor]:
+    """The masks of the weights in `s_forget` (consumed: each forget Fisher becomes its ratio, then its mask);
+    a parameter in no group gets an all-False mask. `skip_empty`: no passes for a group with no weight here
+    (only where the batches are already drawn: drawing them moves ctx.rng, and so every later draw)."""
     order = list(s_forget)
     masks: dict[str, torch.Tensor] = {}
     for parts, batches in preserve_batches.items():
         group = [n for n in order if n not in masks and ctx.adapter.part_of(n) in parts]
+        if skip_empty and not group:
+            continue
         s_keep = accumulate_gradients(ctx.model, batches(), square=True, names=group)
         for n in group:
             ratio = s_forget.pop(n).add_(eps).div_(s_keep.pop(n).add_(eps))
@@ -217,7 +278,7 @@ def fisher_ratio_mask(
             del ratio
     for n in list(s_forget):  # parameters outside every group stay frozen
         masks[n] = torch.zeros_like(s_forget.pop(n), dtype=torch.bool)
-    return agree_across_processes({n: masks[n] for n in order})
+    return {n: masks[n] for n in order}
 
 
 def mask_stats(masks: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -243,7 +304,8 @@ def mmunlearner_sets(forget: list, retain: list) -> tuple[list, list, list]:
     return forget_vqa, retain_vqa, list(retain) + forget_text
 
 
-def modality_fisher_mask(ctx: Context, n_batches: int, threshold: float = 1.0) -> dict[str, torch.Tensor]:
+def modality_fisher_mask(ctx: Context, n_batches: int, threshold: float = 1.0, slices: int = 1
+                         ) -> dict[str, torch.Tensor]:
     """MMUnlearner's grouping: forget image+text QA against what each group must keep — the vision
     side (V, P) on retain image+text QA, the language side (W) on retain text-only + image+text QA and
     the forget people's *text-only* QA (what the method exists to keep: their textual knowledge)."""
@@ -254,4 +316,5 @@ def modality_fisher_mask(ctx: Context, n_batches: int, threshold: float = 1.0) -
         {"VP": lambda: record_batches(ctx, retain_vqa, n_batches),
          "W": lambda: record_batches(ctx, keep_language, n_batches)},
         threshold=threshold,
+        slices=slices,
     )

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .base import Context, Method, MethodConfig, register
 from .losses import answer_nll
-from .masks import mask_stats, mmunlearner_sets, modality_fisher_mask
+from .masks import auto_mask_slices, mask_stats, mmunlearner_sets, modality_fisher_mask
 
 
 @dataclass
@@ -19,6 +19,9 @@ class MMUnlearnerConfig(MethodConfig):
     threshold: float = 1.0  # keep weights with Fisher ratio ≥ this (the paper's 1)
     mask_batches: int = 16  # random batches of 8 per Fisher estimate
     ascent_every: int = 0  # one ascent step per this many steps; 0: round(|D_r| / |D_f|) + 1
+    # Fisher estimated for 1/N of the weights at a time (same masks; N passes): 0 = 4 at real size, which keeps
+    # its fp32 accumulators within one bf16 copy of the trainable weights, else 1
+    mask_slices: int = 0
 
 
 def ascent_period(n_retain: int, n_forget: int, ascent_every: int = 0) -> int:
@@ -39,12 +42,19 @@ class MMUnlearner(Method):
     Config = MMUnlearnerConfig
     search_space = {"threshold": ("log", 0.5, 4.0), "alpha": ("log", 0.3, 10.0)}
 
+    @classmethod
+    def check_config(cls, cfg: MMUnlearnerConfig) -> None:
+        if cfg.mask_slices < 0:
+            raise ValueError(f"mmunlearner mask_slices must be ≥ 0 (0: automatic), got {cfg.mask_slices}")
+
     def prepare(self, ctx: Context) -> None:
         forget_vqa, _, _ = mmunlearner_sets(ctx.forget_records, ctx.retain_records)
         self._forget_vqa = forget_vqa
         self.period = ascent_period(len(ctx.retain_records), len(forget_vqa), self.cfg.ascent_every)
-        ctx.grad_masks = modality_fisher_mask(ctx, self.cfg.mask_batches, self.cfg.threshold)
+        slices = self.cfg.mask_slices or auto_mask_slices(ctx.model)
+        ctx.grad_masks = modality_fisher_mask(ctx, self.cfg.mask_batches, self.cfg.threshold, slices)
         ctx.extra_log.update(mask_stats(ctx.grad_masks))
+        ctx.extra_log["mask_slices"] = slices
         ctx.extra_log["mmunlearner_ascent_every"] = self.period
 
     def steps_for_epochs(self, epochs: float, forget: list, retain: list, global_batch: int) -> int:

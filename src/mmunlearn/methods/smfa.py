@@ -92,15 +92,18 @@ class SMFA(Method):
     real_epochs = 5.0
     real_source = "the SMFA paper (LoRA r 16, lr 1e-4, 5 epochs per adapter)"
 
+    @classmethod
+    def check_config(cls, cfg: SMFAConfig) -> None:
+        if cfg.refusal_form not in ("lead", "pool"):
+            raise ValueError(f"smfa refusal_form must be lead or pool, got {cfg.refusal_form!r}")
+        if cfg.sculpt not in SCULPT_MODES:
+            raise ValueError(f"smfa sculpt must be one of {SCULPT_MODES}, got {cfg.sculpt!r}")
+
     def run(self, ctx: Context, loop):
         cfg = self.cfg
         model = ctx.model
         if not hasattr(model, "peft_config"):
             raise ValueError("smfa trains LoRA adapters: use the lora scope (its default)")
-        if cfg.refusal_form not in ("lead", "pool"):
-            raise ValueError(f"smfa refusal_form must be lead or pool, got {cfg.refusal_form!r}")
-        if cfg.sculpt not in SCULPT_MODES:
-            raise ValueError(f"smfa sculpt must be one of {SCULPT_MODES}, got {cfg.sculpt!r}")
         lora_cfg = self._lora_config(model)
         batch_size = len(ctx.next_forget())  # the global batch (each process encodes its share)
         memories = [r for r in ctx.forget_records if not (cfg.keep_visible and r.is_visible_fact)]

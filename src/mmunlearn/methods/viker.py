@@ -210,14 +210,17 @@ class ViKeR(Method):
     forget_modalities = ("image+text",)
     forget_visible = False  # what is visible in the photo is kept, not forgotten
 
-    def prepare(self, ctx: Context) -> None:
-        cfg = self.cfg
+    @classmethod
+    def check_config(cls, cfg: ViKeRConfig) -> None:
         if cfg.kl_tokens not in ("all", "ordinary"):
             raise ValueError(f"viker kl_tokens must be all or ordinary, got {cfg.kl_tokens!r}")
         if cfg.ascent_mean not in ("token", "sample"):
             raise ValueError(f"viker ascent_mean must be token or sample, got {cfg.ascent_mean!r}")
         if cfg.k < 1:
             raise ValueError(f"viker k must be ≥ 1, got {cfg.k}")
+
+    def prepare(self, ctx: Context) -> None:
+        cfg = self.cfg
         self.pool = IrrelevantPool(cfg.irrelevant, ctx.retain_records, cfg.noise_std)
         if cfg.log_samples > 0:
             ctx.extra_log["viker_key_tokens"] = self.key_tokens(ctx, ctx.forget_records[: cfg.log_samples])
