@@ -28,7 +28,7 @@ GENERATED = {
     DOCS / "benchmarks.md": ("bench",),
     DOCS / "methods" / "seed-ablations.md": ("ablations", "sweep", "sweep-face"),
     DOCS / "concepts" / "tiny-models.md": ("memorisation",),
-    DOCS / "scale.md": ("scale", "scale-gpu", "scale-fake"),
+    DOCS / "scale.md": ("scale", "scale-gpu", "scale-fake", "mask-slices"),
     DOCS / "tuning.md": ("tune",),
 }
 

@@ -400,8 +400,17 @@ def test_mmunlearner_with_four_slices_trains_the_same_weights_as_with_one(untrai
     assert all(torch.equal(weights[1][k], weights[4][k]) for k in weights[1])
 
 
-def test_auto_mask_slices_is_four_from_100m_trainable_weights():
-    assert masks.auto_mask_slices(torch.nn.Linear(10_000, 10_000, device="meta")) == 4  # 100,010,000 weights
-    frozen = torch.nn.Linear(10_000, 10_000, device="meta").requires_grad_(False)
-    assert masks.auto_mask_slices(frozen) == 1  # only trainable weights count
-    assert masks.auto_mask_slices(torch.nn.Linear(9_000, 11_000, device="meta")) == 1  # 99,011,000
+def test_auto_mask_slices_is_one_on_tiny_models_and_the_fewest_that_keep_a_quarter_at_real_size():
+    # ten 3200×3200 weights (102.4M, 10.24M each). 4 slices: the middles (i + ½)·10.24M fall in quarters
+    # 0, 0, 1, 1, 1, 2, 2, 3, 3, 3 → a run of 3 weights (30.72M) > 25.6M; 5 slices: fifths 0, 0, 1, 1, 2, 2,
+    # 3, 3, 4, 4 → runs of 2 (20.48M) ≤ 25.6M
+    ten = torch.nn.Sequential(*[torch.nn.Linear(3200, 3200, bias=False, device="meta") for _ in range(10)])
+    assert masks.auto_mask_slices(ten) == 5
+    assert masks.auto_mask_slices(ten.requires_grad_(False)) == 1  # only trainable weights count
+    assert masks.auto_mask_slices(torch.nn.Linear(9_000, 11_000, device="meta")) == 1  # 99,011,000 < 100M
+    # one tensor of 100M: no count keeps a quarter and more slices cannot help; the fewest, 4
+    assert masks.auto_mask_slices(torch.nn.Linear(10_000, 10_000, bias=False, device="meta")) == 4
+    # 100M + 2 × 1M: every count leaves the big one alone in its run (largest 100M) → 4
+    three = torch.nn.ParameterList([torch.nn.Parameter(torch.empty(n, device="meta"))
+                                    for n in (1_000_000, 100_000_000, 1_000_000)])
+    assert masks.auto_mask_slices(three) == 4

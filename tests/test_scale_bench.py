@@ -252,3 +252,24 @@ def test_fake_mode_traces_method_families_and_writes_its_table(scale, tmp_path):
     stamps = {k: c["case_s"] for k, c in cases.items()}
     assert scale.main(argv) == 0  # resumed: nothing left to trace
     assert {k: c["case_s"] for k, c in json.loads(out.read_text())["cases"].items()} == stamps
+
+
+def test_mask_slices_table_keeps_every_released_size_within_one_bf16_copy(scale, tmp_path):
+    """benchmarks/mask_slices.py on the meta device: at every released size the slices `mask_slices=0` picks
+    keep MMUnlearner's fp32 sums within one bf16 copy (2 B a weight), where one pass would hold ~8 B a
+    weight; the docs' block is rewritten between its markers."""
+    import subprocess
+
+    page = tmp_path / "page.md"
+    page.write_text("before\n<!-- mask-slices:start -->\nold\n<!-- mask-slices:end -->\nafter\n")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "mask_slices.py"), "--readme", str(page)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split(" | ") for line in page.read_text().splitlines() if line.startswith("| ") and "B |" in line]
+    assert [r[0] for r in rows] == ["| LLaVA-1.5-7B", "| Qwen2-VL-7B", "| Idefics3-8B"]
+    for r in rows:
+        slices, sliced, one_pass, bf16 = int(r[2]), float(r[4]), float(r[5]), float(r[6].rstrip(" |"))
+        weights = float(r[1].rstrip("B")) * 1e9
+        assert slices >= 4 and sliced <= bf16 and one_pass >= 3.5 * bf16, r
+        assert bf16 == pytest.approx(2 * weights / 1e9, abs=0.06), r  # 2 B a weight, by hand from the count
+    assert page.read_text().startswith("before\n") and "old" not in page.read_text()

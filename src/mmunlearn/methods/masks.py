@@ -203,12 +203,25 @@ def parameter_slices(params: dict[str, torch.Tensor], slices: int) -> list[list[
     return [run for run in runs if run]
 
 
-def auto_mask_slices(model: torch.nn.Module) -> int:
-    """4 slices for a real-size model's trainable weights (fp32 Fisher accumulators within one bf16 copy of
-    them), 1 for the tiny builds (one pass: their accumulators are a few MB)."""
+def auto_mask_slices(model: torch.nn.Module, most: int = 32) -> int:
+    """1 for the tiny builds (one pass: their accumulators are a few MB). For a real-size model, the fewest
+    slices (4 or more) whose largest holds at most a quarter of the trainable weights, so that its two fp32
+    Fishers (8 B a weight) stay within one bf16 copy of them (2 B a weight). Where tensors too large to share
+    out that evenly leave none up to `most` that does, the fewest with the smallest largest slice."""
     from ..train.presets import REAL_SIZE_PARAMS
 
-    return 4 if sum(p.numel() for p in _trainable(model).values()) >= REAL_SIZE_PARAMS else 1
+    params = _trainable(model)
+    total = sum(p.numel() for p in params.values())
+    if total < REAL_SIZE_PARAMS:
+        return 1
+    best, best_largest = 4, total + 1
+    for slices in range(4, most + 1):
+        largest = max(sum(params[n].numel() for n in run) for run in parameter_slices(params, slices))
+        if 4 * largest <= total:
+            return slices
+        if largest < best_largest:
+            best, best_largest = slices, largest
+    return best
 
 
 def fisher_ratio_mask(

@@ -19,8 +19,8 @@ class MMUnlearnerConfig(MethodConfig):
     threshold: float = 1.0  # keep weights with Fisher ratio ≥ this (the paper's 1)
     mask_batches: int = 16  # random batches of 8 per Fisher estimate
     ascent_every: int = 0  # one ascent step per this many steps; 0: round(|D_r| / |D_f|) + 1
-    # Fisher estimated for 1/N of the weights at a time (same masks; N passes): 0 = 4 at real size, which keeps
-    # its fp32 accumulators within one bf16 copy of the trainable weights, else 1
+    # Fisher estimated one slice of the weights at a time (same masks; a pass per slice): 0 = 1 on tiny builds,
+    # at real size the fewest (≥ 4) keeping its fp32 sums within one bf16 copy of the weights (5 at 7B)
     mask_slices: int = 0
 
 
