@@ -3,8 +3,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pytest  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
 
 # The suite runs on two pytest-xdist workers (pyproject's addopts), each at one torch thread: on 2 cores that
 # is faster than one process at two threads (tiny models keep a second thread half idle).
@@ -89,7 +90,6 @@ def tuned_small(small_bundle, tmp_path_factory):
     MMUNLEARN_TEST_FIXTURE=DIR uses one finished fine-tune as it is, whatever the sources (editing tests only).
     """
     import json
-    from pathlib import Path
 
     import torch
     import transformers

@@ -242,14 +242,14 @@ def fisher_ratio_mask(
 
     `slices` > 1 estimates both Fishers for one run of the trainable parameters at a time (about 1/slices of
     their weights; the others' gradients are switched off for its passes), over the same batches, drawn
-    once: the fp32 accumulators then hold 8 B per weight of one run instead of up to 8 B per weight of the
-    model, at the price of `slices` passes over the estimate's batches (a run's passes skip a group it has
-    no weight in). 4 slices keep them within one bf16 copy of the trainable weights (2 B each); the masks
-    are the same as with one."""
+    once and kept for every run: the fp32 accumulators then hold 8 B per weight of one run instead of up to
+    8 B per weight of the model, at the price of a pass over the estimate's batches per run (a run's passes
+    skip a group it has no weight in). Runs of at most a quarter of the weights keep them within one bf16
+    copy of the trainable weights (2 B each; `auto_mask_slices`); the masks are the same as with one."""
     if slices <= 1:
         s_forget = accumulate_gradients(ctx.model, forget_batches(), square=True)
         return agree_across_processes(_ratio_masks(ctx, s_forget, preserve_batches, threshold, eps))
-    forget = list(forget_batches())  # drawn once, in the order one slice draws them: the same batches
+    forget = list(forget_batches())  # drawn once, in the order the one-pass estimate draws them
     preserve = {parts: list(batches()) for parts, batches in preserve_batches.items()}
     trainable = _trainable(ctx.model)
     masks: dict[str, torch.Tensor] = {}
