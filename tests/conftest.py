@@ -18,13 +18,11 @@ TEST_THREADS = int(os.environ.get("MMUNLEARN_TEST_THREADS") or (1 if WORKERS > 1
 # xdist hands out whole files (`--dist loadfile`; `loadgroup` no longer groups on pytest 9.2, whose node ids
 # it cannot rewrite: pytest-xdist#1386) in the order of this list, then the other files that use the fine-tuned
 # fixture, then the rest (`--no-loadscope-reorder`). One worker starts on a file that fine-tunes the shared
-# fixture while the other runs the files that need no fixture (the quick demo, the DeepSpeed and torchrun
-# launches, then the medium ones) instead of waiting on the fine-tune's lock; the fixture's heaviest users come
-# next, so no long file is left for the end, and the many short files fill the tail.
-FILE_ORDER = ("test_baselines", "test_journey", "test_deepspeed", "test_distributed",
-              # more files that need no fine-tuned model: the fine-tune may still be running when they start
-              "test_demo", "test_scale_bench", "test_masks_scale", "test_engine", "test_precision_presets",
-              "test_seed_methods", "test_attacks", "test_rank_attack", "test_bench")
+# fixture while the other runs the longest files that need no fixture (the quick demo, the DeepSpeed and
+# torchrun launches) instead of waiting on the fine-tune's lock; the fixture's heaviest users come next, so no
+# long file is left for the end, and the many short files fill the tail.
+FILE_ORDER = ("test_baselines", "test_journey", "test_deepspeed", "test_distributed", "test_seed_methods",
+              "test_attacks", "test_rank_attack", "test_bench")
 
 
 def pytest_report_header(config):
