@@ -34,7 +34,7 @@ def rows() -> list[dict]:
         total = sum(p.numel() for p in params.values())
         language = sum(p.numel() for n, p in params.items() if loaded.adapter.part_of(n) == "W")
         slices = masks.auto_mask_slices(loaded.model)
-        largest = max(sum(params[n].numel() for n in run) for run in masks.parameter_slices(params, slices))
+        largest = masks.largest_slice(params, slices)
         out.append({"model": label, "weights": total, "slices": slices, "largest_share": largest / total,
                     "sliced_gb": 8 * largest / 1e9, "unsliced_gb": (4 * total + 4 * language) / 1e9,
                     "bf16_copy_gb": 2 * total / 1e9})

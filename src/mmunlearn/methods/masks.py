@@ -203,6 +203,11 @@ def parameter_slices(params: dict[str, torch.Tensor], slices: int) -> list[list[
     return [run for run in runs if run]
 
 
+def largest_slice(params: dict[str, torch.Tensor], slices: int) -> int:
+    """Elements in the largest of `parameter_slices(params, slices)`: what one slice's accumulators hold."""
+    return max(sum(params[n].numel() for n in run) for run in parameter_slices(params, slices))
+
+
 def auto_mask_slices(model: torch.nn.Module, most: int = 32) -> int:
     """1 for the tiny builds (one pass: their accumulators are a few MB). For a real-size model, the fewest
     slices (4 or more) whose largest holds at most a quarter of the trainable weights, so that its two fp32
@@ -216,7 +221,7 @@ def auto_mask_slices(model: torch.nn.Module, most: int = 32) -> int:
         return 1
     best, best_largest = 4, total + 1
     for slices in range(4, most + 1):
-        largest = max(sum(params[n].numel() for n in run) for run in parameter_slices(params, slices))
+        largest = largest_slice(params, slices)
         if 4 * largest <= total:
             return slices
         if largest < best_largest:
@@ -251,6 +256,7 @@ def fisher_ratio_mask(
         return agree_across_processes(_ratio_masks(ctx, s_forget, preserve_batches, threshold, eps))
     forget = list(forget_batches())  # drawn once, in the order the one-pass estimate draws them
     preserve = {parts: list(batches()) for parts, batches in preserve_batches.items()}
+    preserve_again = {parts: (lambda b=b: b) for parts, b in preserve.items()}  # every run reads the same lists
     trainable = _trainable(ctx.model)
     masks: dict[str, torch.Tensor] = {}
     try:
@@ -264,8 +270,7 @@ def fisher_ratio_mask(
                     masks[n] = torch.zeros_like(trainable[n], dtype=torch.bool)
             if grouped:
                 s_forget = accumulate_gradients(ctx.model, forget, square=True, names=grouped)
-                masks.update(_ratio_masks(ctx, s_forget, {k: (lambda b=b: b) for k, b in preserve.items()},
-                                          threshold, eps, skip_empty=True))
+                masks.update(_ratio_masks(ctx, s_forget, preserve_again, threshold, eps, skip_empty=True))
     finally:
         for p in trainable.values():
             p.requires_grad_(True)
