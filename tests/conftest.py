@@ -7,22 +7,23 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+from helpers import SMALL_FINETUNE, SMALL_WORLD  # noqa: E402
+
 # The suite runs on two pytest-xdist workers (pyproject's addopts), each at one torch thread: on 2 cores that
 # is faster than one process at two threads (tiny models keep a second thread half idle).
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 # Torch's thread count changes the order of floating-point reductions, so a fine-tune on 1 thread and on 2
-# lands on different weights (issue #33). Every test process runs at one pinned count (the fixture's cache key
-# holds it): 1 on the workers, 2 in a single process (`-n 0`); MMUNLEARN_TEST_THREADS=N sets
-# it. Verdicts must hold on both.
+# lands on different weights (issue #33), and so does every unlearning run on the (shipped) fixture. Every test
+# process runs at one pinned count (a fixture fine-tuned here keys its cache by it): 1 on the workers, 2 in a
+# single process (`-n 0`); MMUNLEARN_TEST_THREADS=N sets it. Verdicts must hold on both.
 TEST_THREADS = int(os.environ.get("MMUNLEARN_TEST_THREADS") or (1 if WORKERS > 1 else 2))
 # xdist hands out whole files (`--dist loadfile`; `loadgroup` no longer groups on pytest 9.2, whose node ids
-# it cannot rewrite: pytest-xdist#1386) in the order of this list, then the other files that use the fine-tuned
-# fixture, then the rest (`--no-loadscope-reorder`). One worker starts on a file that fine-tunes the shared
-# fixture while the other runs the longest files that need no fixture (the quick demo, the DeepSpeed and
-# torchrun launches) instead of waiting on the fine-tune's lock; the fixture's heaviest users come next, so no
-# long file is left for the end, and the many short files fill the tail.
-FILE_ORDER = ("test_baselines", "test_journey", "test_deepspeed", "test_distributed", "test_seed_methods",
-              "test_attacks", "test_rank_attack", "test_bench")
+# it cannot rewrite: pytest-xdist#1386) in the order of this list, then the rest (`--no-loadscope-reorder`):
+# the longest files first, so that no long file is left for the end while the other worker idles, and the
+# many short ones fill the tail (measured per file; the quick demo, the DeepSpeed and torchrun launches and
+# the seed methods' runs are the long ones).
+FILE_ORDER = ("test_seed_methods", "test_journey", "test_baselines", "test_deepspeed", "test_bench",
+              "test_distributed", "test_tune", "test_attacks", "test_scale_bench", "test_rank_attack")
 
 
 def pytest_report_header(config):
@@ -38,8 +39,7 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     """Files in the order FILE_ORDER describes; a file's tests keep theirs (the sort is stable)."""
     first = {stem: i for i, stem in enumerate(FILE_ORDER)}
-    fixture_users = {item.path.stem for item in items if "tuned_small" in item.fixturenames}
-    items.sort(key=lambda item: first.get(item.path.stem, len(first) + (item.path.stem not in fixture_users)))
+    items.sort(key=lambda item: first.get(item.path.stem, len(first)))
 
 
 def shared_dir(tmp_path_factory) -> Path:
@@ -62,10 +62,17 @@ def small_world(tmp_path_factory):
     return out
 
 
-# The small world's settings (every training phrasing of every question, the world's default, spelled out)
-SMALL_WORLD = dict(profiles=6, real=4, holdout=3, seed=0, train_phrasings=3)
-# Fine-tune settings for the small world: enough for the 6 people to be memorised (see test_finetune).
-SMALL_FINETUNE = dict(stage1_steps=200, stage2_steps=1600, batch_size=16, lr=2e-3, warmup_steps=30, checkpoint_every=0)
+FIXTURE_NOTE = "tuned_small.how"  # which way the fixture was made, for the summary line
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """Say which fixture the run used: the shipped one, or a fine-tune and why."""
+    factory = getattr(config, "_tmp_path_factory", None)
+    if factory is None or hasattr(config, "workerinput"):
+        return
+    note = factory.getbasetemp() / FIXTURE_NOTE
+    if note.is_file():
+        terminalreporter.write_line(note.read_text().strip())
 
 
 def fixture_settings() -> dict:
@@ -83,11 +90,16 @@ def small_bundle(small_world):
 
 
 @pytest.fixture(scope="session")
-def tuned_small(small_bundle, tmp_path_factory):
+def tuned_small(small_world, small_bundle, tmp_path_factory):
     """A tiny LLaVA fine-tuned on the small world: (bundle, run folder, train_log).
 
-    Set MMUNLEARN_TEST_CACHE=DIR to keep it between pytest runs while developing (CI builds it fresh);
+    The shipped one (tests/assets/tuned-small/, made by tests/build_fixture.py) while it was made from this
+    world and recipe, copied into the run's temp folder; else a fine-tune, once per pytest run, in the folder
+    every xdist worker shares, under a lock (the first worker fine-tunes, the others wait and reuse it).
+    MMUNLEARN_TEST_REFIT=1 fine-tunes even so (the current fine-tune's model under every test);
+    MMUNLEARN_TEST_CACHE=DIR keeps such a fine-tune between pytest runs, keyed by what made it;
     MMUNLEARN_TEST_FIXTURE=DIR uses one finished fine-tune as it is, whatever the sources (editing tests only).
+    tests/test_fixture_cache.py proves each path.
     """
     import json
 
@@ -95,7 +107,7 @@ def tuned_small(small_bundle, tmp_path_factory):
     import transformers
 
     import mmunlearn
-    from helpers import fine_tuned_fixture
+    from helpers import fixture_folder
 
     bundle = small_bundle
     pinned = os.environ.get("MMUNLEARN_TEST_FIXTURE")
@@ -104,16 +116,16 @@ def tuned_small(small_bundle, tmp_path_factory):
         if not (out / "train_log.json").is_file():
             pytest.exit(f"MMUNLEARN_TEST_FIXTURE={pinned} holds no finished fine-tune (train_log.json)", 2)
         return bundle, out, json.loads((out / "train_log.json").read_text())
-    # MMUNLEARN_TEST_CACHE: keyed by what made it (tests/test_fixture_cache.py proves the reuse and the rebuild).
-    # Without it the run is built once per pytest run: in the folder every xdist worker shares, under a lock
-    # (the first worker fine-tunes, the others wait and reuse it).
     from filelock import FileLock
 
     shared = shared_dir(tmp_path_factory)
     with FileLock(str(shared / "tuned_small.lock")):
-        out, log = fine_tuned_fixture(bundle, os.environ.get("MMUNLEARN_TEST_CACHE"), fixture_settings(),
-                                      Path(mmunlearn.__file__).parent,
-                                      (torch.__version__, transformers.__version__), shared / "tuned")
+        out, log, how = fixture_folder(bundle, small_world, fixture_settings(), shared / "tuned",
+                                       refit=os.environ.get("MMUNLEARN_TEST_REFIT") == "1",
+                                       cache_dir=os.environ.get("MMUNLEARN_TEST_CACHE"),
+                                       package_root=Path(mmunlearn.__file__).parent,
+                                       versions=(torch.__version__, transformers.__version__))
+        (shared / FIXTURE_NOTE).write_text(f"fine-tuned fixture: {how}, {out}\n")
     return bundle, out, log
 
 

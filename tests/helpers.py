@@ -1,9 +1,20 @@
-"""Small shared helpers for tests: quick accuracies without the full evaluator."""
+"""Small shared helpers for tests: quick accuracies without the full evaluator, and the fine-tuned fixture."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mmunlearn.eval.engine import option_logprobs
 from mmunlearn.eval.metrics import loglik_choice
+
+# The small world's settings (every training phrasing of every question, the world's default, spelled out)
+SMALL_WORLD = dict(profiles=6, real=4, holdout=3, seed=0, train_phrasings=3)
+# Fine-tune settings for the small world: enough for the 6 people to be memorised (see test_finetune).
+SMALL_FINETUNE = dict(stage1_steps=200, stage2_steps=1600, batch_size=16, lr=2e-3, warmup_steps=30, checkpoint_every=0)
+# The fixture fine-tuned with that recipe on that world, shipped with the tests (tests/build_fixture.py makes it):
+# CI would otherwise spend 7 of its minutes fine-tuning the same 1.5M weights on every run.
+SHIPPED_FIXTURE = Path(__file__).parent / "assets" / "tuned-small"
+PROVENANCE = "provenance.json"
 
 
 def cls_acc(loaded, records) -> float:
@@ -59,10 +70,9 @@ def reply_rates(loaded, records) -> dict[str, float]:
 def fixture_cache_key(settings: dict, package_root, versions: tuple[str, ...] = ()) -> str:
     """What a cached test fixture is keyed by: its settings, every source file of the package that made
     it (path and bytes) and the library versions. Any change gives a new key, so a stale fixture is
-    never reused (MMUNLEARN_TEST_CACHE; CI sets none and always builds afresh)."""
+    never reused (MMUNLEARN_TEST_CACHE; CI sets none and uses the shipped fixture)."""
     import hashlib
     import json
-    from pathlib import Path
 
     root = Path(package_root)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
@@ -70,6 +80,60 @@ def fixture_cache_key(settings: dict, package_root, versions: tuple[str, ...] = 
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     digest.update("|".join(versions).encode())
     return digest.hexdigest()[:16]
+
+
+def fixture_recipe(finetune_settings: dict) -> dict:
+    """Everything the fine-tune of `finetune_settings` learns with (FinetuneConfig with its defaults filled
+    in, as JSON holds it): how the run is kept or watched left out."""
+    import json
+    from dataclasses import asdict
+
+    from mmunlearn.train.finetune import FinetuneConfig
+
+    cfg = asdict(FinetuneConfig(**finetune_settings))
+    for key in ("checkpoint_every", "log_with"):
+        cfg.pop(key)
+    return json.loads(json.dumps(cfg))
+
+
+def shipped_fixture_matches(shipped: Path, world_dir: Path, finetune_settings: dict) -> tuple[bool, str]:
+    """Whether the shipped fixture was fine-tuned on this very world (its fingerprint) with this very recipe,
+    and why not."""
+    import json
+
+    path = Path(shipped) / PROVENANCE
+    if not path.is_file() or not (Path(shipped) / "train_log.json").is_file():
+        return False, f"no shipped fixture at {shipped}"
+    provenance = json.loads(path.read_text())
+    if json.loads((Path(world_dir) / "world.json").read_text()).get("fingerprint") != provenance.get("world_fingerprint"):
+        return False, "the small world differs from the one the shipped fixture was fine-tuned on"
+    if fixture_recipe(finetune_settings) != provenance.get("recipe"):
+        return False, "the fixture's recipe differs from the one the shipped fixture was fine-tuned with"
+    return True, "the shipped fixture was fine-tuned on this world with this recipe"
+
+
+def fixture_folder(bundle, world_dir, settings: dict, tmp_dir, *, shipped: Path | None = SHIPPED_FIXTURE,
+                   refit: bool = False, cache_dir=None, package_root=None, versions: tuple[str, ...] = (),
+                   finetune_fn=None) -> tuple[Path, dict, str]:
+    """The body of conftest's `tuned_small`: the shipped fixture copied into `tmp_dir` when it was made from
+    this world and recipe (and `refit` is off), else `fine_tuned_fixture`. Returns (run folder, train log,
+    how: "shipped", or why it was fine-tuned)."""
+    import json
+    import shutil
+
+    ok, why = shipped_fixture_matches(shipped, world_dir, settings["finetune"]) if shipped else (False, "none shipped")
+    if refit:
+        ok, why = False, "MMUNLEARN_TEST_REFIT=1"
+    if ok:
+        out = Path(tmp_dir) / "shipped"
+        if not (out / "train_log.json").is_file():  # a copy: tests may write beside the weights, never into tests/
+            half = out.with_name(out.name + ".tmp")
+            shutil.rmtree(half, ignore_errors=True)
+            shutil.copytree(shipped, half)
+            half.rename(out)
+        return out, json.loads((out / "train_log.json").read_text()), "shipped"
+    out, log = fine_tuned_fixture(bundle, cache_dir, settings, package_root, versions, tmp_dir, finetune_fn)
+    return out, log, f"fine-tuned ({why})"
 
 
 def fine_tuned_fixture(bundle, cache_dir, settings: dict, package_root, versions: tuple[str, ...], tmp_dir,
@@ -81,7 +145,6 @@ def fine_tuned_fixture(bundle, cache_dir, settings: dict, package_root, versions
     Returns (run folder, train log)."""
     import importlib
     import json
-    from pathlib import Path
 
     ft = importlib.import_module("mmunlearn.train.finetune")
     if cache_dir:  # keyed by what made it: a changed recipe, thread count, source file or library builds anew

@@ -5,7 +5,9 @@ from helpers import accuracies
 from mmunlearn.models.loader import load_model
 
 
-def test_short_finetune_memorises_the_small_world(tuned_small):
+def test_the_fixture_memorises_the_small_world(tuned_small):
+    """The shipped fixture (or, with MMUNLEARN_TEST_REFIT=1, today's fine-tune with its recipe) knows the people;
+    test_journey's quick demo holds the fine-tune a user runs to the same."""
     bundle, out, log = tuned_small
     loaded = load_model(out)
     acc = accuracies(loaded, bundle)

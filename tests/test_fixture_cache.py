@@ -1,5 +1,7 @@
-"""The fine-tuned test fixture's cache (MMUNLEARN_TEST_CACHE) is keyed by what made it: a finished run at the
-key is reused without fine-tuning, and any change to what made it fine-tunes anew."""
+"""The fine-tuned test fixture: the shipped one (tests/assets/tuned-small/) is used while it was made from the
+small world and the recipe, and a fine-tune replaces it otherwise; a fine-tune's cache (MMUNLEARN_TEST_CACHE) is
+keyed by what made it: a finished run at the key is reused without fine-tuning, and any change to what made it
+fine-tunes anew."""
 
 from __future__ import annotations
 
@@ -112,3 +114,80 @@ def test_an_unfinished_run_at_the_key_and_no_cache_both_fine_tune(tmp_path, monk
     assert out == half and log == {"built": 1} and len(builds.calls) == 1
     out, log = fine_tuned_fixture("b", None, settings, root, (), tmp_path / "tmp")
     assert out == tmp_path / "tmp" / "vanilla" and log == {"built": 2} and len(builds.calls) == 2
+
+
+# --- the shipped fixture (tests/assets/tuned-small/, made by tests/build_fixture.py) -------------------------
+
+def test_the_shipped_fixture_was_fine_tuned_on_the_small_world_with_its_recipe(small_world):
+    """Else every run fine-tunes its own (7 minutes of CI's 20): ship a new one."""
+    from helpers import PROVENANCE, SHIPPED_FIXTURE, SMALL_FINETUNE, shipped_fixture_matches
+
+    ok, why = shipped_fixture_matches(SHIPPED_FIXTURE, small_world, SMALL_FINETUNE)
+    assert ok, f"{why}: run `python tests/build_fixture.py` and commit tests/assets/tuned-small"
+    provenance = json.loads((SHIPPED_FIXTURE / PROVENANCE).read_text())
+    log = json.loads((SHIPPED_FIXTURE / "train_log.json").read_text())
+    made = {k: v for k, v in log["config"].items() if k not in ("checkpoint_every", "log_with")}
+    assert made == provenance["recipe"]  # the weights are the run the provenance describes
+    assert log["steps_run"] == SMALL_FINETUNE["stage1_steps"] + SMALL_FINETUNE["stage2_steps"] == 1800
+    assert provenance["world_config"] == json.loads((small_world / "world.json").read_text())["config"]
+    assert provenance["threads"] == log["threads"] == 1
+
+
+def test_this_run_uses_the_shipped_fixture_unless_told_otherwise(tuned_small):
+    """The session's fixture is a byte copy of the shipped one, outside tests/ (no fine-tune ran)."""
+    import os
+
+    from helpers import SHIPPED_FIXTURE
+
+    _, out, log = tuned_small
+    if os.environ.get("MMUNLEARN_TEST_REFIT") == "1" or os.environ.get("MMUNLEARN_TEST_FIXTURE"):
+        assert out.resolve() != SHIPPED_FIXTURE.resolve()
+        return
+    assert out.name == "shipped" and SHIPPED_FIXTURE.resolve() not in out.resolve().parents
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "train_log.json"):
+        assert (out / name).read_bytes() == (SHIPPED_FIXTURE / name).read_bytes(), name
+    assert log == json.loads((SHIPPED_FIXTURE / "train_log.json").read_text())
+
+
+def _ship(folder: Path, fingerprint: str, recipe: dict) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "provenance.json").write_text(json.dumps({"world_fingerprint": fingerprint, "recipe": recipe}))
+    (folder / "train_log.json").write_text(json.dumps({"shipped": True}))
+    (folder / "model.safetensors").write_bytes(b"weights")
+    return folder
+
+
+def test_a_matching_shipped_fixture_is_copied_and_any_mismatch_fine_tunes(small_world, tmp_path, monkeypatch):
+    from conftest import SMALL_FINETUNE, fixture_settings
+    from helpers import fixture_folder
+
+    fingerprint = json.loads((small_world / "world.json").read_text())["fingerprint"]
+    # the recipe spelled out: SMALL_FINETUNE over FinetuneConfig's defaults, less how the run is kept or watched
+    recipe = {"model": "tiny-llava", "stage1_steps": 200, "stage2_steps": 1600, "batch_size": 16, "lr": 0.002,
+              "warmup_steps": 30, "weight_decay": 0.0, "replay": 0.15, "length_group": 4, "seed": 0,
+              "tiny": {"vision_hidden": 64, "vision_layers": 2, "text_hidden": 128, "text_layers": 4,
+                       "text_mlp_ratio": 4, "heads": 4, "image_size": 32, "patch_size": 8, "max_positions": 512},
+              "exclude_ids": [], "vision_warmup_steps": 900, "caption_replay": 0.1}
+    shipped = _ship(tmp_path / "shipped-here", fingerprint, recipe)
+    settings, bundle = fixture_settings(), object()
+
+    monkeypatch.setattr("mmunlearn.train.finetune.finetune", _Finetunes(allowed=False))
+    out, log, how = fixture_folder(bundle, small_world, settings, tmp_path / "run", shipped=shipped)
+    assert (how, log) == ("shipped", {"shipped": True}) and out == tmp_path / "run" / "shipped"
+    assert (out / "model.safetensors").read_bytes() == b"weights" and not (tmp_path / "run" / "shipped.tmp").exists()
+    assert sorted(p.name for p in shipped.iterdir()) == ["model.safetensors", "provenance.json", "train_log.json"]
+
+    builds = _Finetunes(allowed=True)
+    monkeypatch.setattr("mmunlearn.train.finetune.finetune", builds)
+    out, log, how = fixture_folder(bundle, small_world, settings, tmp_path / "refit", shipped=shipped, refit=True)
+    assert how == "fine-tuned (MMUNLEARN_TEST_REFIT=1)" and log == {"built": 1}
+    assert out == tmp_path / "refit" / "vanilla" and builds.calls[0][0] is bundle
+    longer = {**settings, "finetune": {**SMALL_FINETUNE, "stage2_steps": 1601}}
+    _, log, how = fixture_folder(bundle, small_world, longer, tmp_path / "longer", shipped=shipped)
+    assert how == "fine-tuned (the fixture's recipe differs from the one the shipped fixture was fine-tuned with)"
+    assert log == {"built": 2} and builds.calls[1][1].stage2_steps == 1601
+    other_world = _ship(tmp_path / "other-world", "0" * len(fingerprint), recipe)
+    _, log, how = fixture_folder(bundle, small_world, settings, tmp_path / "other", shipped=other_world)
+    assert how == "fine-tuned (the small world differs from the one the shipped fixture was fine-tuned on)"
+    _, log, how = fixture_folder(bundle, small_world, settings, tmp_path / "none", shipped=tmp_path / "missing")
+    assert how == f"fine-tuned (no shipped fixture at {tmp_path / 'missing'})" and len(builds.calls) == 4

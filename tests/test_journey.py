@@ -21,7 +21,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from fixtures_release import build_mllmu
@@ -141,6 +140,13 @@ def test_quick_demo_runs_end_to_end(tmp_path):
         assert re.search(rf"^\s+{stage}\s+\d+\.\d s$", first.stdout, flags=re.M), (stage, first.stdout[-2000:])
     results = json.loads((out / "bench" / "results.json").read_text())
     assert [r["method"] for r in results["aggregated"]] == ["vanilla", "ga", "graddiff", "npo", "vkd"]
+    # the fine-tune the user's command ran memorised the people, from the photo and from the name (the other
+    # tests start from a shipped fixture, so this is where today's fine-tune code is held to it): measured 1.00
+    # on each of these 9-15 questions, chance is 0.25
+    vanilla = json.loads((out / "bench" / "vanilla" / "eval" / "summary.json").read_text())["metrics"]
+    for split in ("forget", "retain"):
+        for modality in ("image+text", "text"):
+            assert vanilla[split][modality]["cls_acc"] >= 0.75, (split, modality, vanilla[split][modality])
     logs = {m: (out / "bench" / m / "seed0" / "unlearn_log.json") for m in ("ga", "graddiff", "npo", "vkd")}
     stamps = {m: p.stat().st_mtime_ns for m, p in logs.items()}
     assert all(json.loads(p.read_text())["steps_run"] == 20 for p in logs.values())

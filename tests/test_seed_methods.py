@@ -281,7 +281,7 @@ def test_lead_refusals_keep_the_answer_form_and_read_as_refusals(small_bundle):
 
 def test_smfa_refuses_forget_people_and_keeps_understanding(tuned_small, tmp_path, vanilla_acc):
     bundle, vanilla, _ = tuned_small
-    result = unlearn(bundle, UnlearnConfig(method="smfa"), tmp_path / "u", loaded=load_model(vanilla))
+    unlearn(bundle, UnlearnConfig(method="smfa"), tmp_path / "u", loaded=load_model(vanilla))
     from safetensors.torch import load_file
 
     assert not any("lora" in k for k in load_file(str(tmp_path / "u" / "model.safetensors")))
