@@ -190,21 +190,23 @@ def test_fisher_ratio_mask_keeps_ratio_at_or_above_threshold_with_epsilon_both_s
 
 
 @pytest.mark.parametrize("threshold,expected", [
-    # ratios S_f / (S_r + ε): v (4/2, 1/1, 0/1, 2/0.5) = (2, 1, 0, 4), w (3/1, 3/3) = (3, 1)
-    (0.0, {"v": [1, 0, 0, 1], "w": [1, 0]}),  # keep 1/2 of 6 → 4, 3, 2
-    (1.0, {"v": [1, 1, 0, 1], "w": [1, 1]}),  # ratio ≥ 1
+    # top share, ratios S_f / (S_r + ε): v (4/2, 1/1, 0/1, 2/0.5, 0/ε, 0/3) = (2, 1, 0, 4, 0, 0), w (3/1, 3/3) =
+    # (3, 1); keep 3/8 of 8 → 4, 3, 2
+    (0.0, {"v": [1, 0, 0, 1, 0, 0], "w": [1, 0]}),
+    # threshold, MMUnlearner's (S_f + ε) / (S_r + ε) ≥ 1: the 5th v weight, which neither set reaches, is ε/ε = 1
+    (1.0, {"v": [1, 1, 0, 1, 1, 0], "w": [1, 1]}),
 ])
 def test_vkd_fisher_mask_by_hand(monkeypatch, threshold, expected):
     from mmunlearn.methods import vkd
 
     def fake(model, batches, square, names=None):
-        full = {"v": T([4.0, 1.0, 0.0, 2.0]), "w": T([3.0, 3.0])}
-        keep = {"v": T([2.0, 1.0, 1.0, 0.5]), "w": T([1.0, 3.0])}
+        full = {"v": T([4.0, 1.0, 0.0, 2.0, 0.0, 0.0]), "w": T([3.0, 3.0])}
+        keep = {"v": T([2.0, 1.0, 1.0, 0.5, 0.0, 3.0]), "w": T([1.0, 3.0])}
         return full if names is None else {n: keep[n] for n in names}
 
     monkeypatch.setattr(vkd, "accumulate_gradients", fake)
     monkeypatch.setattr(vkd, "record_batches", lambda *a, **k: iter(()))
-    method = vkd.VKD(vkd.VKD.make_config({"mask_keep": 0.5, "mask_threshold": threshold}))
+    method = vkd.VKD(vkd.VKD.make_config({"mask_keep": 0.375, "mask_threshold": threshold}))
     method._kept_vqa = []
     ctx = SimpleNamespace(model=None, forget_records=[], retain_records=[],
                           adapter=SimpleNamespace(part_of=lambda n: {"v": "V", "w": "W"}[n]))

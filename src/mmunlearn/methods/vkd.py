@@ -81,7 +81,7 @@ class VKDConfig(MethodConfig):
     teacher_cache_mb: float = 2048.0  # teacher features kept on the device (MiB; 0: recompute every step)
     mask: str = "fisher"  # fisher | salun | none
     mask_keep: float = 0.3  # fraction of V+P weights the mask keeps (exact top-k; seed sweep)
-    mask_threshold: float = 0.0  # fisher only: > 0 keeps S_f/S_r ≥ threshold instead of a top fraction
+    mask_threshold: float = 0.0  # fisher: > 0 keeps (S_f+ε)/(S_r+ε) ≥ threshold (1: MMUnlearner's) instead of a top share
     mask_batches: int = 4  # random batches of 8 per Fisher estimate (salun mask: 0 = whole forget set)
     # ours, to forget the face and not only its photos: each forget photo of a step is redrawn with the
     # test split's kinds of transform (rotation, scale, shift, brightness, noise) with this probability
@@ -301,10 +301,15 @@ class VKD(Method):
 
     def _fisher_mask(self, ctx: Context) -> dict[str, torch.Tensor]:
         """Forget image+text Fisher over retain Fisher (image+text for V/P; all retain QA for W when an
-        ablation makes W trainable), then the top `mask_keep` fraction (or S_f/S_r ≥ mask_threshold).
+        ablation makes W trainable), then the top `mask_keep` fraction (or the threshold rule).
         Each retain Fisher covers its side's weights only and the ratio is formed in place in the
-        forget Fisher, so the peak is two fp32 copies of the trainable weights, not four."""
+        forget Fisher, so the peak is two fp32 copies of the trainable weights, not four.
+
+        The threshold rule is MMUnlearner's, ε on both sides ((S_f + ε) / (S_r + ε): a weight neither set
+        reaches has ratio 1, so a threshold of 1 keeps it); the top share ranks S_f / (S_r + ε) (ours: such a
+        weight scores 0, last in the ranking)."""
         cfg, eps = self.cfg, 1e-12
+        both_sides = cfg.mask_threshold > 0
         forget_vqa = ctx.forget_records
         s_f = accumulate_gradients(ctx.model, record_batches(ctx, forget_vqa, cfg.mask_batches), square=True)
         w = [n for n in s_f if ctx.adapter.part_of(n) == "W"]
@@ -312,12 +317,12 @@ class VKD(Method):
         s_vp = accumulate_gradients(ctx.model, record_batches(ctx, self._kept_vqa, cfg.mask_batches), square=True,
                                     names=vp)
         for n in vp:
-            s_f[n].div_(s_vp.pop(n).add_(eps))
+            s_f[n].add_(eps if both_sides else 0.0).div_(s_vp.pop(n).add_(eps))
         if w:
             s_w = accumulate_gradients(ctx.model, record_batches(ctx, ctx.retain_records, cfg.mask_batches),
                                        square=True, names=w)
             for n in w:
-                s_f[n].div_(s_w.pop(n).add_(eps))
+                s_f[n].add_(eps if both_sides else 0.0).div_(s_w.pop(n).add_(eps))
         if cfg.mask_threshold > 0:  # each ratio tensor freed as its mask is made
             return agree_across_processes({n: s_f.pop(n) >= cfg.mask_threshold for n in list(s_f)})
         return agree_across_processes(top_fraction_mask(s_f, cfg.mask_keep))
