@@ -32,7 +32,7 @@ def main() -> None:
     import transformers
 
     from helpers import PROVENANCE, SHIPPED_FIXTURE, SMALL_FINETUNE, SMALL_WORLD, fixture_recipe
-    from mmunlearn.data.store import load_data, save_world
+    from mmunlearn.data.store import load_data, replace_folder, save_world
     from mmunlearn.data.world import WorldConfig, build_world
     from mmunlearn.train.finetune import FinetuneConfig, finetune
 
@@ -59,12 +59,7 @@ def main() -> None:
             "date": time.strftime("%Y-%m-%d"),
         }
         (staging / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
-    old = SHIPPED_FIXTURE.with_name(SHIPPED_FIXTURE.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if SHIPPED_FIXTURE.exists():
-        SHIPPED_FIXTURE.rename(old)
-    staging.rename(SHIPPED_FIXTURE)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(staging, SHIPPED_FIXTURE)
     print(f"shipped {SHIPPED_FIXTURE} ({provenance['wall_time_s']} s at {THREADS} thread)")
 
 

@@ -101,12 +101,12 @@ def shipped_matches(world_dir: Path, bundle, plan: DemoPlan) -> tuple[bool, str]
 
 def _install_shipped(vanilla: Path) -> None:
     """Copy the shipped folder into OUT/vanilla (atomically: a half-copied folder is never a model)."""
+    from .data.store import replace_folder
+
     tmp = vanilla.with_name(vanilla.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(SHIPPED_VANILLA, tmp)
-    if vanilla.exists():
-        shutil.rmtree(vanilla)
-    tmp.rename(vanilla)
+    replace_folder(tmp, vanilla)
 
 
 def _check_plan(out: Path, plan: DemoPlan, overwrite: bool) -> None:

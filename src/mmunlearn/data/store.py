@@ -87,6 +87,18 @@ def atomic_write_json(path: str | Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def replace_folder(staged: str | Path, dest: str | Path) -> None:
+    """Put the finished folder `staged` at `dest`, the one there before moved aside first and removed last: a
+    crash leaves the old folder (at `dest` or `dest.old`) or the new one, never a half-written one."""
+    staged, dest = Path(staged), Path(dest)
+    old = dest.with_name(dest.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        dest.rename(old)
+    staged.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def save_world(world, out: str | Path, overwrite: bool = False) -> Path:
     import datasets
 

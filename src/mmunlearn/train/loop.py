@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..data.store import replace_folder
 from . import zero
 
 CHECKPOINT_DIR = "checkpoint"
@@ -415,12 +416,7 @@ def _save_checkpoint(accelerator, ckpt: Path, inner, optimizer, scheduler, step:
                                                          "processes": accelerator.num_processes}))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        old = ckpt.with_name(ckpt.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if ckpt.exists():
-            ckpt.rename(old)
-        tmp.rename(ckpt)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_folder(tmp, ckpt)
     accelerator.wait_for_everyone()
 
 
