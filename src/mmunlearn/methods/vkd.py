@@ -317,12 +317,16 @@ class VKD(Method):
         s_vp = accumulate_gradients(ctx.model, record_batches(ctx, self._kept_vqa, cfg.mask_batches), square=True,
                                     names=vp)
         for n in vp:
-            s_f[n].add_(eps if both_sides else 0.0).div_(s_vp.pop(n).add_(eps))
+            if both_sides:
+                s_f[n].add_(eps)
+            s_f[n].div_(s_vp.pop(n).add_(eps))
         if w:
             s_w = accumulate_gradients(ctx.model, record_batches(ctx, ctx.retain_records, cfg.mask_batches),
                                        square=True, names=w)
             for n in w:
-                s_f[n].add_(eps if both_sides else 0.0).div_(s_w.pop(n).add_(eps))
+                if both_sides:
+                    s_f[n].add_(eps)
+                s_f[n].div_(s_w.pop(n).add_(eps))
         if cfg.mask_threshold > 0:  # each ratio tensor freed as its mask is made
             return agree_across_processes({n: s_f.pop(n) >= cfg.mask_threshold for n in list(s_f)})
         return agree_across_processes(top_fraction_mask(s_f, cfg.mask_keep))
