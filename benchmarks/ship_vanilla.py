@@ -34,6 +34,7 @@ def main() -> None:
     import mmunlearn
     from mmunlearn.data.store import load_data
     from mmunlearn.demo import PROVENANCE, SHIPPED_VANILLA, make_plan, recipe
+    from mmunlearn.train.finetune import learning_recipe
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world", type=Path, required=True)
@@ -46,7 +47,7 @@ def main() -> None:
         raise SystemExit(f"error: {args.world} is not the default world with a fingerprint ({wanted}); "
                          "build it with `mmunlearn world --out DIR`")
     log = json.loads((args.vanilla / "train_log.json").read_text())
-    made = {k: v for k, v in log["config"].items() if k not in ("checkpoint_every", "log_with")}
+    made = learning_recipe(log["config"])
     expected = recipe(load_data(args.world, plan.forget_split), plan)
     if made != expected:
         diff = {k: (made.get(k), expected.get(k)) for k in set(made) | set(expected) if made.get(k) != expected.get(k)}

@@ -83,17 +83,10 @@ def fixture_cache_key(settings: dict, package_root, versions: tuple[str, ...] = 
 
 
 def fixture_recipe(finetune_settings: dict) -> dict:
-    """Everything the fine-tune of `finetune_settings` learns with (FinetuneConfig with its defaults filled
-    in, as JSON holds it): how the run is kept or watched left out."""
-    import json
-    from dataclasses import asdict
+    """What the fine-tune of `finetune_settings` learns with (FinetuneConfig, defaults filled in)."""
+    from mmunlearn.train.finetune import FinetuneConfig, learning_recipe
 
-    from mmunlearn.train.finetune import FinetuneConfig
-
-    cfg = asdict(FinetuneConfig(**finetune_settings))
-    for key in ("checkpoint_every", "log_with"):
-        cfg.pop(key)
-    return json.loads(json.dumps(cfg))
+    return learning_recipe(FinetuneConfig(**finetune_settings))
 
 
 def shipped_fixture_matches(shipped: Path, world_dir: Path, finetune_settings: dict) -> tuple[bool, str]:
@@ -121,6 +114,8 @@ def fixture_folder(bundle, world_dir, settings: dict, tmp_dir, *, shipped: Path 
     import json
     import shutil
 
+    from mmunlearn.data.store import replace_folder
+
     ok, why = shipped_fixture_matches(shipped, world_dir, settings["finetune"]) if shipped else (False, "none shipped")
     if refit:
         ok, why = False, "MMUNLEARN_TEST_REFIT=1"
@@ -130,7 +125,7 @@ def fixture_folder(bundle, world_dir, settings: dict, tmp_dir, *, shipped: Path 
             half = out.with_name(out.name + ".tmp")
             shutil.rmtree(half, ignore_errors=True)
             shutil.copytree(shipped, half)
-            half.rename(out)
+            replace_folder(half, out)
         return out, json.loads((out / "train_log.json").read_text()), "shipped"
     out, log = fine_tuned_fixture(bundle, cache_dir, settings, package_root, versions, tmp_dir, finetune_fn)
     return out, log, f"fine-tuned ({why})"

@@ -16,7 +16,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -75,15 +75,12 @@ def shipped_provenance() -> dict | None:
 
 def recipe(bundle, plan: DemoPlan) -> dict:
     """The fine-tune settings the demo would run on this world (FinetuneConfig, schedules resolved)."""
-    from .train.finetune import FinetuneConfig, scaled_schedule
+    from .train.finetune import FinetuneConfig, learning_recipe, scaled_schedule
 
     ft = dict(plan.finetune)
     schedule = scaled_schedule(bundle, ft["batch_size"], [], ft.pop("stage0_steps"), ft.pop("stage1_steps"),
                                ft.pop("stage2_steps"))
-    cfg = asdict(FinetuneConfig(model="tiny-llava", checkpoint_every=0, **ft, **schedule))
-    for key in ("checkpoint_every", "log_with"):  # how a run is kept or watched, not what it learns
-        cfg.pop(key)
-    return json.loads(json.dumps(cfg))  # as provenance.json holds it (tuples are lists there)
+    return learning_recipe(FinetuneConfig(model="tiny-llava", checkpoint_every=0, **ft, **schedule))
 
 
 def shipped_matches(world_dir: Path, bundle, plan: DemoPlan) -> tuple[bool, str]:

@@ -327,7 +327,7 @@ class VKD(Method):
                 if both_sides:
                     s_f[n].add_(eps)
                 s_f[n].div_(s_w.pop(n).add_(eps))
-        if cfg.mask_threshold > 0:  # each ratio tensor freed as its mask is made
+        if both_sides:  # the threshold rule; each ratio tensor freed as its mask is made
             return agree_across_processes({n: s_f.pop(n) >= cfg.mask_threshold for n in list(s_f)})
         return agree_across_processes(top_fraction_mask(s_f, cfg.mask_keep))
 

@@ -54,6 +54,18 @@ class FinetuneConfig:
     log_with: str | None = None  # tensorboard | trackio: the loss and lr under OUT/logs/ (train/tracking.py)
 
 
+RUN_KEEPING = ("checkpoint_every", "log_with")  # how a run is kept or watched, not what it learns
+
+
+def learning_recipe(config: FinetuneConfig | dict) -> dict:
+    """What a fine-tune learns with: its config (a FinetuneConfig, or the dict a train_log.json holds) less
+    RUN_KEEPING, as JSON holds it (tuples are lists there). A shipped model's provenance is matched on it."""
+    import json
+
+    cfg = asdict(config) if isinstance(config, FinetuneConfig) else dict(config)
+    return json.loads(json.dumps({k: v for k, v in cfg.items() if k not in RUN_KEEPING}))
+
+
 def world_corpus(bundle: DataBundle):
     from ..data.portraits import BACKGROUND
     from ..data.world import ATTRIBUTE_VALUES
