@@ -6,6 +6,7 @@ that spells out the documented tie rule."""
 from __future__ import annotations
 
 import random
+from contextlib import nullcontext
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -137,8 +138,8 @@ def test_random_scores_match_the_tie_rule_for_any_chunk(monkeypatch):
 def test_salun_mask_is_the_top_fraction_of_absolute_summed_gradients_as_bool(monkeypatch):
     # Σ∇ = a (−3, 1), b (2, −0.5) → |·| = 3, 1, 2, 0.5; keep 1/2 → 3 and 2
     monkeypatch.setattr(masks, "accumulate_gradients",
-                        lambda model, batches, square, names=None: {"a": T([-3.0, 1.0]), "b": T([2.0, -0.5])})
-    out = masks.salun_mask(SimpleNamespace(model=None, forget_records=[]), keep=0.5)
+                        lambda model, batches, square, names=None, **_: {"a": T([-3.0, 1.0]), "b": T([2.0, -0.5])})
+    out = masks.salun_mask(SimpleNamespace(model=None, autocast=nullcontext, forget_records=[]), keep=0.5)
     assert as_lists(out) == {"a": [1, 0], "b": [1, 0]}
 
 
@@ -174,14 +175,14 @@ def test_fisher_ratio_mask_keeps_ratio_at_or_above_threshold_with_epsilon_both_s
     # threshold 2: (0, 1, 0, 1); threshold 1: (1, 1, 0, 1). "v" (V) is in no group: all False.
     calls = []
 
-    def fake(model, batches, square, names=None):
+    def fake(model, batches, square, names=None, **_):
         calls.append(names)
         if names is None:
             return {"w": T([0.0, 2.0, 1.0, 4.0]), "v": T([5.0, 5.0])}
         return {"w": T([0.0, 1.0, 4.0, 2.0])}
 
     monkeypatch.setattr(masks, "accumulate_gradients", fake)
-    ctx = SimpleNamespace(model=None, adapter=SimpleNamespace(part_of=lambda n: {"w": "W", "v": "V"}[n]))
+    ctx = SimpleNamespace(model=None, autocast=nullcontext, adapter=SimpleNamespace(part_of=lambda n: {"w": "W", "v": "V"}[n]))
     out = masks.fisher_ratio_mask(ctx, lambda: [], {"W": lambda: []}, threshold=2.0)
     assert as_lists(out) == {"w": [0, 1, 0, 1], "v": [0, 0]}
     assert calls == [None, ["w"]]  # the preserve Fisher covers its group's weights only
@@ -199,7 +200,7 @@ def test_fisher_ratio_mask_keeps_ratio_at_or_above_threshold_with_epsilon_both_s
 def test_vkd_fisher_mask_by_hand(monkeypatch, threshold, expected):
     from mmunlearn.methods import vkd
 
-    def fake(model, batches, square, names=None):
+    def fake(model, batches, square, names=None, **_):
         full = {"v": T([4.0, 1.0, 0.0, 2.0, 0.0, 0.0]), "w": T([3.0, 3.0])}
         keep = {"v": T([2.0, 1.0, 1.0, 0.5, 0.0, 3.0]), "w": T([1.0, 3.0])}
         return full if names is None else {n: keep[n] for n in names}
@@ -208,7 +209,7 @@ def test_vkd_fisher_mask_by_hand(monkeypatch, threshold, expected):
     monkeypatch.setattr(vkd, "record_batches", lambda *a, **k: iter(()))
     method = vkd.VKD(vkd.VKD.make_config({"mask_keep": 0.375, "mask_threshold": threshold}))
     method._kept_vqa = []
-    ctx = SimpleNamespace(model=None, forget_records=[], retain_records=[],
+    ctx = SimpleNamespace(model=None, autocast=nullcontext, forget_records=[], retain_records=[],
                           adapter=SimpleNamespace(part_of=lambda n: {"v": "V", "w": "W"}[n]))
     assert as_lists(method._fisher_mask(ctx)) == expected
 
@@ -337,7 +338,7 @@ def test_sliced_fisher_gives_the_same_masks_with_its_accumulators_within_one_bf1
     batches = {key: [collate(records[i:i + 4]) for i in range(0, 12, 4)]
                for key, records in (("forget", recs("forget", "image+text")), ("VP", recs("retain", "image+text")),
                                     ("W", recs("retain", "text")))}
-    ctx = SimpleNamespace(model=model, adapter=adapter)
+    ctx = SimpleNamespace(model=model, adapter=adapter, autocast=nullcontext)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     n_weights = sum(p.numel() for p in trainable.values())
     assert n_weights > 1_000_000 and all(p.dtype == torch.float32 for p in trainable.values())
@@ -416,3 +417,93 @@ def test_auto_mask_slices_is_one_on_tiny_models_and_the_fewest_that_keep_a_quart
     three = torch.nn.ParameterList([torch.nn.Parameter(torch.empty(n, device="meta"))
                                     for n in (1_000_000, 100_000_000, 1_000_000)])
     assert masks.auto_mask_slices(three) == 4
+
+
+def test_an_estimate_batch_in_pieces_weights_each_by_its_share_of_answer_tokens(monkeypatch):
+    """Piece a holds 1 answer token and gradient x = (1, 2), piece b 3 tokens and x = (3, −4): the batch's token
+    mean is (1·(1, 2) + 3·(3, −4)) / 4 = (2.5, −2.5), not the pieces' plain sum (4, −2) or mean (2, −1)."""
+    from mmunlearn.data.collate import IGNORE as I
+
+    monkeypatch.setattr(masks, "forward", lambda model, batch: (model, batch["x"]))
+    monkeypatch.setattr(masks, "answer_nll", lambda model, x: (model.w * x).sum())
+    a = {"labels": torch.tensor([[I, 5, I, I]]), "x": T([1.0, 2.0])}  # labels[:, 1:]: one answer token
+    b = {"labels": torch.tensor([[I, 5, 6, 7]]), "x": T([3.0, -4.0])}  # three
+    c = {"labels": torch.tensor([[I, 5]]), "x": T([1.0, 1.0])}  # a batch in one forward
+    entered = []
+
+    class Counted:
+        def __enter__(self):
+            entered.append(1)
+
+        def __exit__(self, *exc):
+            return False
+
+    model = Toy()
+    total = masks.accumulate_gradients(model, [[a, b], c], square=False, names=["w"], autocast=Counted)
+    assert total["w"].tolist() == [3.5, -1.5]  # (2.5, −2.5) + (1, 1)
+    assert len(entered) == 3  # every forward under the engine's autocast
+    # Fisher: the batch's gradient is squared, not each piece's: ((6.25, 6.25) + (1, 1)) / 2 batches
+    fisher = masks.accumulate_gradients(model, [[a, b], c], square=True, names=["w"])
+    assert fisher["w"].tolist() == [3.625, 3.625]
+    assert model.w.grad is None
+
+
+def _estimate_context(untrained_llava, small_bundle, rows: int):
+    from mmunlearn.data.collate import TrainCollator
+    from mmunlearn.methods.base import Context
+    from mmunlearn.models.loader import load_model
+
+    loaded = load_model(untrained_llava)
+    forget = [r for r in small_bundle.train("forget") if r.modality == "image+text"]
+    return Context(model=loaded.model, adapter=loaded.adapter, processor=loaded.processor,
+                   collate=TrainCollator(loaded.adapter, loaded.processor), device=torch.device("cpu"),
+                   forget_records=forget, retain_records=[], next_forget=list, next_retain=list,
+                   rng=random.Random(0), estimate_rows=rows)
+
+
+def test_an_estimate_in_pieces_gives_the_gradient_of_the_whole_batch_on_the_tiny_llava(untrained_llava, small_bundle,
+                                                                                       monkeypatch):
+    """Five forget questions of unequal answer lengths, cut into forwards of at most 2 records (2, 2, 1): the
+    summed and the squared gradients equal those of one forward over the five (autograd on the whole batch,
+    a path that shares nothing with the pieces' weighting), while the pieces' unweighted means do not."""
+    ctx = _estimate_context(untrained_llava, small_bundle, rows=2)
+    records = [r for r in ctx.forget_records if r.task == "generation"][:3] + \
+              [r for r in ctx.forget_records if r.task == "classification"][:2]
+    pieces = ctx.estimate_batch(records)
+    assert [len(p["labels"]) for p in pieces] == [2, 2, 1]
+    per_row = [int((row[1:] != -100).sum()) for p in pieces for row in p["labels"]]
+    assert len(set(per_row)) > 1, per_row  # unequal answers: the weighting matters
+    whole = ctx.batch(records, shard=False)
+    sizes = []
+    real_forward = masks.forward
+    monkeypatch.setattr(masks, "forward", lambda m, batch: (sizes.append(len(batch["labels"])), real_forward(m, batch))[1])
+    for square in (False, True):
+        sizes.clear()
+        cut = masks.accumulate_gradients(ctx.model, [pieces], square=square)
+        assert sizes == [2, 2, 1]
+        one = masks.accumulate_gradients(ctx.model, [whole], square=square)
+        assert sizes == [2, 2, 1, 5]
+        scale = max(float(t.abs().max()) for t in one.values())
+        assert scale > 0
+        assert all(torch.allclose(cut[n], one[n], rtol=1e-4, atol=1e-6 * scale) for n in one), square
+    unweighted = masks.accumulate_gradients(ctx.model, [[p] for p in pieces], square=False)
+    assert not all(torch.allclose(unweighted[n], one[n], rtol=1e-2, atol=1e-6 * scale) for n in one)
+
+
+def test_the_engine_runs_a_mask_estimate_in_forwards_no_larger_than_its_batch(untrained_llava, small_bundle,
+                                                                                tmp_path, monkeypatch):
+    """SalUn sums its saliency over the whole forget set in batches of 16; with --batch-size 4 every forward of
+    that estimate holds at most 4 records (a 7B run sized to fit batch 4 fits its mask too), and every forget
+    record is read once."""
+    from mmunlearn.methods.salun import SalUn
+    from mmunlearn.models.loader import load_model
+    from mmunlearn.train.unlearn import UnlearnConfig, forget_records, unlearn
+
+    sizes = []
+    real_forward = masks.forward
+    monkeypatch.setattr(masks, "forward", lambda m, batch: (sizes.append(len(batch["labels"])), real_forward(m, batch))[1])
+    cfg = UnlearnConfig(method="salun", steps=1, batch_size=4, lr=1e-3)
+    result = unlearn(small_bundle, cfg, tmp_path / "run", loaded=load_model(untrained_llava))
+    n_forget = len(forget_records(small_bundle, SalUn))
+    assert n_forget > 16 and sum(sizes) == n_forget, (n_forget, sizes)
+    assert max(sizes) == 4 and result.log["batch_size"] == 4

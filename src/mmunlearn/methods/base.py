@@ -63,6 +63,11 @@ class Context:
     module: Any = None  # models/forward.StepModule around `model`
     step_module: Any = None  # the same, prepared by accelerate, while a loop runs
     autocast: Callable[[], Any] = nullcontext
+    # Most records one forward of a one-off estimate (a saliency mask's gradients) may hold: the engine
+    # sets the run's per-process batch, so an estimate never needs more activation memory than a training
+    # step (a 16-record SalUn batch of 1,120-token samples is ~16× a batch-1 step's activations at 7B).
+    # 0: each estimate batch in one forward.
+    estimate_rows: int = 0
 
     def local(self, items: Sequence[T]) -> list[T]:
         """This process's share of a global list (items rank, rank + world, ...)."""
@@ -74,6 +79,14 @@ class Context:
         saliency masks, computed identically everywhere)."""
         where = (self.rank, self.world) if shard else (0, 1)
         return {k: v.to(self.device) for k, v in self.collate(records, answers=answers, shard=where).items()}
+
+    def estimate_batch(self, records: list[Record]) -> list[dict]:
+        """One batch of a one-off estimate (every record, on every process), as the forwards that run it: pieces
+        of at most `estimate_rows` records, in order (the collator's option shuffles are drawn per record, so
+        the pieces hold what the whole batch would). `masks.accumulate_gradients` weights each piece's token
+        mean by its share of the batch's answer tokens, which gives the whole batch's gradient."""
+        rows = self.estimate_rows if self.estimate_rows > 0 else max(1, len(records))
+        return [self.batch(records[start:start + rows], shard=False) for start in range(0, len(records), rows)]
 
     def forget_batch(self, answers: Callable[[list[Record]], list[str]] | None = None) -> dict:
         recs = self.next_forget()

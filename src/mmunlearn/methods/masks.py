@@ -13,10 +13,12 @@ parameters (FSDP2) or cuts them per ZeRO partition (DeepSpeed).
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from contextlib import nullcontext
+from typing import Callable, ContextManager, Iterable
 
 import torch
 
+from ..data.collate import IGNORE
 from .base import Context
 from .losses import answer_nll, forward
 
@@ -25,10 +27,22 @@ def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def accumulate_gradients(model: torch.nn.Module, batches: Iterable[dict], square: bool,
-                         names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+def answer_tokens(batch: dict) -> int:
+    """How many answer tokens a collated batch's loss averages over (the labels a causal LM predicts)."""
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def accumulate_gradients(model: torch.nn.Module, batches: Iterable[dict | list[dict]], square: bool,
+                         names: Iterable[str] | None = None,
+                         autocast: Callable[[], ContextManager] = nullcontext) -> dict[str, torch.Tensor]:
     """Σ over batches of ∇NLL (square=False) or mean of (∇NLL)² (square=True, diagonal Fisher), in
     fp32, for the trainable parameters in `names` (default all).
+
+    A batch is one collated dict, or a list of them (`Context.estimate_batch`: one batch cut into forwards
+    no larger than a training step's): each piece's token-mean NLL is weighted by its share of the batch's
+    answer tokens, so the pieces' gradients, summed in `.grad`, are the whole batch's gradient (its token mean),
+    and a Fisher squares that sum, not the pieces. Every forward runs under `autocast` (the engine's: the
+    same precision, and activation memory, as a training step).
 
     fp32, not the parameter's dtype: a bf16 sum over hundreds of batches keeps 8 mantissa bits, enough
     to reorder a top-k. Memory: one fp32 tensor per parameter and nothing model-sized besides. A fp32
@@ -44,7 +58,15 @@ def accumulate_gradients(model: torch.nn.Module, batches: Iterable[dict], square
     count = 0
     model.zero_grad(set_to_none=True)
     for batch in batches:
-        answer_nll(*forward(model, batch)).backward()
+        pieces = batch if isinstance(batch, list) else [batch]
+        tokens = [answer_tokens(piece) for piece in pieces] if len(pieces) > 1 else [1]
+        for piece, share in zip(pieces, tokens):
+            with autocast():
+                loss = answer_nll(*forward(model, piece))
+            if len(pieces) > 1:
+                loss = loss * (share / max(1, sum(tokens)))
+            loss.backward()
+            del loss
         for n, p in params.items():
             if p.grad is None or n in in_grad:
                 continue
@@ -178,7 +200,7 @@ def salun_mask(ctx: Context, keep: float = 0.5, n_batches: int = 0, batch_size: 
         batches = record_batches(ctx, ctx.forget_records, n_batches, batch_size)
     else:
         batches = whole_set_batches(ctx, ctx.forget_records, batch_size)
-    scores = accumulate_gradients(ctx.model, batches, square=False)
+    scores = accumulate_gradients(ctx.model, batches, square=False, autocast=ctx.autocast)
     for g in scores.values():
         g.abs_()
     return agree_across_processes(top_fraction_mask(scores, keep))
@@ -188,7 +210,7 @@ def whole_set_batches(ctx: Context, records: list, batch_size: int = 16):
     """Every record once, in order, in batches of `batch_size` — identical on every process (no shard);
     the masks computed from them are still broadcast from rank 0 (`agree_across_processes`)."""
     for start in range(0, len(records), batch_size):
-        yield ctx.batch(records[start:start + batch_size], shard=False)
+        yield ctx.estimate_batch(records[start:start + batch_size])
 
 
 def parameter_slices(params: dict[str, torch.Tensor], slices: int) -> list[list[str]]:
@@ -252,7 +274,7 @@ def fisher_ratio_mask(
     skip a group it has no weight in). Runs of at most a quarter of the weights keep them within one bf16
     copy of the trainable weights (2 B each; `auto_mask_slices`); the masks are the same as with one."""
     if slices <= 1:
-        s_forget = accumulate_gradients(ctx.model, forget_batches(), square=True)
+        s_forget = accumulate_gradients(ctx.model, forget_batches(), square=True, autocast=ctx.autocast)
         return agree_across_processes(_ratio_masks(ctx, s_forget, preserve_batches, threshold, eps))
     forget = list(forget_batches())  # drawn once, in the order the one-pass estimate draws them
     preserve = {parts: list(batches()) for parts, batches in preserve_batches.items()}
@@ -269,7 +291,8 @@ def fisher_ratio_mask(
                 if n not in grouped:
                     masks[n] = torch.zeros_like(trainable[n], dtype=torch.bool)
             if grouped:
-                s_forget = accumulate_gradients(ctx.model, forget, square=True, names=grouped)
+                s_forget = accumulate_gradients(ctx.model, forget, square=True, names=grouped,
+                                                autocast=ctx.autocast)
                 masks.update(_ratio_masks(ctx, s_forget, preserve_again, threshold, eps, skip_empty=True))
     finally:
         for p in trainable.values():
@@ -289,7 +312,7 @@ def _ratio_masks(ctx: Context, s_forget: dict[str, torch.Tensor],
         group = [n for n in order if n not in masks and ctx.adapter.part_of(n) in parts]
         if skip_empty and not group:
             continue
-        s_keep = accumulate_gradients(ctx.model, batches(), square=True, names=group)
+        s_keep = accumulate_gradients(ctx.model, batches(), square=True, names=group, autocast=ctx.autocast)
         for n in group:
             ratio = s_forget.pop(n).add_(eps).div_(s_keep.pop(n).add_(eps))
             masks[n] = ratio >= threshold
@@ -311,7 +334,7 @@ def record_batches(ctx: Context, records: list, n_batches: int, batch_size: int 
     if not records:
         return
     for _ in range(n_batches):
-        yield ctx.batch([ctx.rng.choice(records) for _ in range(batch_size)], shard=False)
+        yield ctx.estimate_batch([ctx.rng.choice(records) for _ in range(batch_size)])
 
 
 def mmunlearner_sets(forget: list, retain: list) -> tuple[list, list, list]:

@@ -311,18 +311,19 @@ class VKD(Method):
         cfg, eps = self.cfg, 1e-12
         both_sides = cfg.mask_threshold > 0
         forget_vqa = ctx.forget_records
-        s_f = accumulate_gradients(ctx.model, record_batches(ctx, forget_vqa, cfg.mask_batches), square=True)
+        s_f = accumulate_gradients(ctx.model, record_batches(ctx, forget_vqa, cfg.mask_batches), square=True,
+                                   autocast=ctx.autocast)
         w = [n for n in s_f if ctx.adapter.part_of(n) == "W"]
         vp = [n for n in s_f if ctx.adapter.part_of(n) != "W"]
         s_vp = accumulate_gradients(ctx.model, record_batches(ctx, self._kept_vqa, cfg.mask_batches), square=True,
-                                    names=vp)
+                                    names=vp, autocast=ctx.autocast)
         for n in vp:
             if both_sides:
                 s_f[n].add_(eps)
             s_f[n].div_(s_vp.pop(n).add_(eps))
         if w:
             s_w = accumulate_gradients(ctx.model, record_batches(ctx, ctx.retain_records, cfg.mask_batches),
-                                       square=True, names=w)
+                                       square=True, names=w, autocast=ctx.autocast)
             for n in w:
                 if both_sides:
                     s_f[n].add_(eps)

@@ -209,7 +209,8 @@ def unlearn(bundle: DataBundle, cfg: UnlearnConfig, out: Path, loaded: LoadedMod
                   next_retain=samplers["retain"].next if retain else (lambda: []),
                   rng=rng, reference=reference, run_dir=out, pretrain_records=bundle.train("pretrain"),
                   forget_visible_records=[r for r in bundle.train("forget") if r.is_visible_fact],
-                  rank=rank, world=world, module=module, autocast=accelerator.autocast)
+                  rank=rank, world=world, module=module, autocast=accelerator.autocast,
+                  estimate_rows=batch_size)
     t_prep = time.perf_counter()
     method.prepare(ctx)  # masks from the same global batches on every process: identical everywhere
     prep_s = time.perf_counter() - t_prep
