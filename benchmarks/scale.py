@@ -827,6 +827,15 @@ FAKE_METHODS: dict[str, tuple[str, str, dict]] = {
 # What the default command traces (25 min on one core here): every method at batch 1 for LLaVA, the batch
 # dependence on four of them, and the GradDiff / VKD / LoRA comparison for the other two families.
 FAKE_BATCH_METHODS = ("graddiff", "graddiff-lora", "vkd", "vkd-batch-photos")
+# The one-off saliency estimates before the loop (methods/masks.py), traced as a case of their own and set
+# against the traced step of the same method (the value in each pair): #29 asks that they add at most one bf16
+# copy of the trainable weights to a run's peak. First family only, batch 1 (the batch a 7B step fits).
+FAKE_ESTIMATES: dict[str, tuple[str, str, dict, str]] = {
+    "salun-mask": ("salun", "full", {}, "salun"),  # |Σ∇| over the forget set, exact top half
+    "mmunlearner-mask": ("mmunlearner", "full", {}, "mmunlearner"),  # Fisher ratio, `mask_slices` auto (5 at 7B)
+    "vkd-mask": ("vkd", "vision", {}, "vkd"),  # Fisher ratio on V + P, exact top 30 %
+}
+FAKE_ESTIMATE_PIECES = 2  # forwards per estimate batch in the trace (the defaults' 8 or 16 change its time only)
 FAKE_PROMPT_TOKENS = 32  # chat template and question around the photo (8 before it, 24 after)
 FAKE_PROMPT_BEFORE_IMAGE = 8
 FAKE_ANSWER_TOKENS = 512
@@ -1469,21 +1478,21 @@ def trace_step(step_fn, model, mask_active: bool, masks: dict | None, persistent
             "trace_s": round(time.perf_counter() - t0, 2)}
 
 
-def fake_case(fam: FakeFamily, name: str, batch: int, ckpt: bool) -> dict:
-    """One method family, one step, real sizes: set up as train/unlearn.unlearn does, then `trace_step`."""
+@contextlib.contextmanager
+def fake_setup(fam: FakeFamily, method_name: str, scope: str, args: dict, batch: int, ckpt: bool):
+    """One method set up on the fake family as train/unlearn.unlearn does — scope, θ0, fp32 master weights
+    for the trainable ones, the context (its estimates in forwards of `batch` records, as the engine's) — and
+    put back afterwards. Yields (method, ctx, reference, plan)."""
     import torch
 
     from mmunlearn.methods.base import get_method
     from mmunlearn.models.forward import StepModule
-    from mmunlearn.models.reference import build_reference, parameter_count
+    from mmunlearn.models.reference import build_reference
     from mmunlearn.train import precision
     from mmunlearn.train.sampling import RecordSampler
-    from mmunlearn.train.scope import LoraSettings, apply_scope, trainable_count
+    from mmunlearn.train.scope import LoraSettings, apply_scope
     from mmunlearn.train.unlearn import forget_records
 
-    method_name, scope, args = FAKE_METHODS[name]
-    args = {k: batch if v == "batch" else v for k, v in args.items()}
-    t0 = time.perf_counter()
     with fam.mode, static_forward(fam.layout), fake_module_ops():
         model = _reset(fam, ckpt)
         cls = get_method(method_name)
@@ -1501,9 +1510,26 @@ def fake_case(fam: FakeFamily, name: str, batch: int, ckpt: bool) -> dict:
             model=model, adapter=fam.loaded.adapter, processor=fam.loaded.processor, collate=None,
             device=torch.device("cpu"), forget_records=forget, retain_records=retain,
             next_forget=samplers[0].next, next_retain=samplers[1].next, rng=random.Random("method-0-0"),
-            reference=reference, module=module, layout=fam.layout,
+            reference=reference, module=module, layout=fam.layout, estimate_rows=batch,
             autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+        yield method, ctx, reference, plan
+        precision.restore(ctx.model, upcast)
+        del ctx, reference, module, method, samplers
+        _reset(fam, False)
+        gc.collect()
+
+
+def fake_case(fam: FakeFamily, name: str, batch: int, ckpt: bool) -> dict:
+    """One method family, one step, real sizes: set up as train/unlearn.unlearn does, then `trace_step`."""
+    from mmunlearn.models.reference import parameter_count
+    from mmunlearn.train.scope import trainable_count
+
+    method_name, scope, args = FAKE_METHODS[name]
+    args = {k: batch if v == "batch" else v for k, v in args.items()}
+    t0 = time.perf_counter()
+    with fake_setup(fam, method_name, scope, args, batch, ckpt) as (method, ctx, reference, plan):
         step_fn, mask_active = _prepare(method, ctx, name, batch)
+        module = ctx.module
         module.train()
         ctx.step_module = bf16_prepared(module)  # what run_loop binds while its loop runs
         persistent = {"reference": list(reference.module.parameters()) + list(reference.module.buffers())
@@ -1523,10 +1549,124 @@ def fake_case(fam: FakeFamily, name: str, batch: int, ckpt: bool) -> dict:
             out["teacher_calls_in_step"] = method._cache_log["teacher_calls"] - calls_before
             out["distilled_photos"] = min(method.cfg.vkd_images, len(method._kept_images))
         out["per_rank_8"] = per_rank_8(out, fam.units)
-        precision.restore(ctx.model, upcast)
-        del ctx, reference, module, method, step_fn, samplers, persistent, cache
-        _reset(fam, False)
-        gc.collect()
+        ctx.grad_masks = None
+        del step_fn, persistent, cache
+    out["case_s"] = round(time.perf_counter() - t0, 2)
+    return out
+
+
+@contextlib.contextmanager
+def estimate_stand_ins(layout: StaticLayout, rows: int, tracker: "LiveBytes", forwards: list):
+    """While a mask estimate is traced: the reads of values that fake tensors do not have replaced by what they
+    would be or allocate — answer-token counts (every answer is `layout.answer_tokens` long), the streaming
+    top-k (one chunk's keys at a time and each bool mask as its score is freed: the same allocations, the
+    threshold not computed), the masks' kept fraction; each estimate batch holds FAKE_ESTIMATE_PIECES forwards
+    of `rows` records, one batch a side. The tracker files the accumulators as `sums`, the forwards' and
+    backwards' tensors as `activations`, the batches' tensors as `inputs`, what follows an accumulation (ratios,
+    masks) as `masks`; every forward
+    is counted in `forwards` (its records)."""
+    import torch
+
+    import mmunlearn.methods.mmunlearner as mmunlearner
+    import mmunlearn.methods.salun as salun
+    import mmunlearn.methods.vkd as vkd
+    import mmunlearn.models.forward as fwd
+    from mmunlearn.methods import masks
+
+    saved = {(masks, "answer_tokens"): masks.answer_tokens, (masks, "top_fraction_mask"): masks.top_fraction_mask,
+             (masks, "whole_set_batches"): masks.whole_set_batches, (masks, "record_batches"): masks.record_batches,
+             (vkd, "record_batches"): vkd.record_batches, (vkd, "top_fraction_mask"): vkd.top_fraction_mask,
+             (masks, "forward"): masks.forward,
+             (masks, "accumulate_gradients"): masks.accumulate_gradients, (vkd, "accumulate_gradients"):
+             vkd.accumulate_gradients, **{(m, "mask_stats"): m.mask_stats for m in (salun, mmunlearner, vkd)}}
+    per_batch = FAKE_ESTIMATE_PIECES * rows
+
+    def top_fraction_mask(scores, keep):
+        torch.zeros(2 * masks._BINS, dtype=torch.int64)  # the two histograms
+        out = {}
+        for n in list(scores):
+            for key in masks._chunks(scores, n):
+                del key
+            out[n] = torch.empty(scores.pop(n).shape, dtype=torch.bool)
+        return out
+
+    def inputs(batches):  # a batch's input tensors are filed as `inputs`, whenever the estimate draws it
+        for_each = iter(batches)
+        while True:
+            phase, tracker.phase = tracker.phase, "inputs"
+            try:
+                batch = next(for_each)
+            except StopIteration:
+                return
+            finally:
+                tracker.phase = phase
+            yield batch
+
+    def record_batches(ctx, records, n_batches, batch_size=8):
+        return inputs(saved[(masks, "record_batches")](ctx, records, 1, per_batch))
+
+    def whole_set_batches(ctx, records, batch_size=16):
+        return inputs(saved[(masks, "whole_set_batches")](ctx, records[:per_batch], per_batch))
+
+    def forward(model, batch):  # the static-shape answer_logits `static_forward` put in models/forward.py
+        tracker.phase = "activations"
+        forwards.append(len(batch["labels"]))
+        return fwd.answer_logits(model, batch)
+
+    def accumulate_gradients(*args, **kwargs):
+        tracker.phase = "sums"
+        try:
+            return saved[(masks, "accumulate_gradients")](*args, **kwargs)
+        finally:
+            tracker.phase = "masks"
+
+    stand_ins = {"answer_tokens": lambda batch: len(batch["labels"]) * layout.answer_tokens,
+                 "top_fraction_mask": top_fraction_mask, "whole_set_batches": whole_set_batches,
+                 "record_batches": record_batches, "forward": forward, "accumulate_gradients": accumulate_gradients,
+                 "mask_stats": lambda m: {"mask_params": sum(t.numel() for t in m.values())}}
+    for (module, name) in saved:
+        setattr(module, name, stand_ins[name])
+    try:
+        yield
+    finally:
+        for (module, name), value in saved.items():
+            setattr(module, name, value)
+
+
+def fake_estimate_case(fam: FakeFamily, name: str, batch: int, ckpt: bool) -> dict:
+    """A method's one-off mask estimate at real size, traced as the engine runs it before the loop (its own
+    prepare, forwards of `batch` records under bf16 autocast, the masks it leaves the loop), under LiveBytes."""
+    from mmunlearn.train.scope import trainable_count
+
+    method_name, scope, args, _ = FAKE_ESTIMATES[name]
+    t0 = time.perf_counter()
+    with fake_setup(fam, method_name, scope, args, batch, ckpt) as (method, ctx, reference, plan):
+        named = {n: p for n, p in ctx.model.named_parameters() if p.requires_grad}
+        tracker, forwards = LiveBytes(), []
+        tracker.register(list(ctx.model.parameters()), "params")
+        tracker.register(list(ctx.model.buffers()), "buffers")
+        if reference is not None and reference.kind != "disabled-adapter":
+            tracker.register(list(reference.module.parameters()) + list(reference.module.buffers()), "reference")
+        start = tracker.now()
+        hooks = [p.register_post_accumulate_grad_hook(lambda p: tracker.move(p.grad, "grads")) for p in named.values()]
+        try:
+            with estimate_stand_ins(fam.layout, batch, tracker, forwards), tracker:
+                ctx.module.train()
+                method.prepare(ctx)
+                masks = ctx.grad_masks
+        finally:
+            for h in hooks:
+                h.remove()
+        n_train, n_total = trainable_count(ctx.model)
+        out = {"status": "ok", "kind": "estimate", "unlearn_method": method_name, "scope": scope,
+               "gradient_checkpointing": ckpt, "method_args": args, "total_params": n_total,
+               "trainable_params": n_train, "rows_per_forward": batch, "forwards": forwards,
+               "mask_slices": ctx.extra_log.get("mask_slices", 1), "mask_bytes": sum(m.numel() for m in masks.values()),
+               "peak_bytes": tracker.peak, "at_peak": tracker.at_peak, "category_max": tracker.maxima,
+               "start": start, "end": tracker.now(), "flops": sum(tracker.flops.values()),
+               "precision": plan.as_log(), "seq_tokens": fam.layout.seq_tokens()}
+        ctx.grad_masks = None
+        del masks
     out["case_s"] = round(time.perf_counter() - t0, 2)
     return out
 
@@ -1585,7 +1725,7 @@ def fake_plan(families: list[str], methods: list[str] | None, batches: list[int]
               ckpts: list[bool]) -> list[dict]:
     """The default matrix (explicit --methods / --batches replace it): the calibration step; for the first
     family every method at batch 1 and four of them at 2 and 8; for the others those four at 1, 2 and 8;
-    each with checkpointing on and off."""
+    each with checkpointing on and off; and the mask estimates (FAKE_ESTIMATES) at batch 1 for the first family."""
     cases = [{"family": "calibration", "method": "graddiff", "batch": 1, "ckpt": False}]
     for i, family in enumerate(families):
         if methods is not None or batches is not None:
@@ -1594,6 +1734,8 @@ def fake_plan(families: list[str], methods: list[str] | None, batches: list[int]
             grid = [(m, 1) for m in FAKE_METHODS] + [(m, b) for b in (2, 8) for m in FAKE_BATCH_METHODS]
         else:
             grid = [(m, b) for b in (1, 2, 8) for m in FAKE_BATCH_METHODS]
+        if i == 0 and methods is None and batches is None:
+            grid += [(m, 1) for m in FAKE_ESTIMATES]
         cases += [{"family": family, "method": m, "batch": b, "ckpt": c} for m, b in grid for c in ckpts]
     return cases
 
@@ -1647,7 +1789,8 @@ def run_fake(args) -> int:
                     data["models"][case["family"]] = {"parts": fam.parts, "image_tokens": fam.layout.image_tokens,
                                                       "seq_tokens": fam.layout.seq_tokens(), **fam.units,
                                                       "dims": dataclasses.asdict(fam.layout.dims)}
-                res = fake_case(fam, case["method"], case["batch"], case["ckpt"])
+                trace = fake_estimate_case if case["method"] in FAKE_ESTIMATES else fake_case
+                res = trace(fam, case["method"], case["batch"], case["ckpt"])
         except Exception as exc:  # recorded, and the next case runs
             import traceback
 
@@ -1660,7 +1803,8 @@ def run_fake(args) -> int:
         atomic_write_json(out, data)
         print(f"{key}: {res['status']} "
               + (f"{res['flops'] / 1e12:.1f} TFLOP, peak {res['peak_bytes'] / GIB:.1f} GiB, "
-                 f"trace {res['trace_s']:.0f} s" if res["status"] == "ok" else res["error"]), flush=True)
+                 f"traced in {res.get('trace_s', res.get('case_s', 0)):.0f} s" if res["status"] == "ok"
+                 else res["error"]), flush=True)
     runs[-1]["wall_s"] = round(time.time() - start, 1)
     runs[-1]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     data["wall_s"] = round(sum(r["wall_s"] for r in runs), 1)
@@ -1677,7 +1821,7 @@ def _g(b: float | int | None) -> str:
 def _fake_rows(data: dict) -> list[dict]:
     """The model cases in plan order (family, method as FAKE_METHODS lists them, batch, checkpointing on first)."""
     names = list(FAKE_METHODS)
-    cases = [c for c in data["cases"].values() if c["family"] in FAMILIES]
+    cases = [c for c in data["cases"].values() if c["family"] in FAMILIES and c["method"] not in FAKE_ESTIMATES]
     return sorted(cases, key=lambda c: (FAMILIES.index(c["family"]), names.index(c["method"])
                                         if c["method"] in names else 99, c["batch"], not c["ckpt"]))
 
@@ -1816,16 +1960,57 @@ def fake_tables(data: dict) -> str:
                 cells.append(("" if ok else "tight: ") + f"b{best}" + ("" if plain else " ckpt"))
         summary.append(f"| {family} | {method} | " + " | ".join(cells) + " |")
     lines += summary
+    lines += estimate_table(data)
     if any(c.get("placeholder_scalars") for c in data["cases"].values()):
         lines += ["", "_VKD's step reads its distillation loss as a float for its log: under fake tensors no value "
                       "exists, and that read (only that one) returned 0._"]
     return "\n".join(lines)
 
 
+def estimate_rows(data: dict) -> list[dict]:
+    """Each traced mask estimate beside the traced step of its method (same family, batch, checkpointing): what
+    the estimate adds to the run's peak, against one bf16 copy of the trainable weights (2 B each)."""
+    rows = []
+    for name, (_, _, _, step_name) in FAKE_ESTIMATES.items():
+        for c in data["cases"].values():
+            if c["method"] != name or c.get("status") != "ok":
+                continue
+            step = data["cases"].get(fake_case_key({**c, "method": step_name}), {})
+            step_peak = step.get("peak_bytes") if step.get("status") == "ok" else None
+            extra = None if step_peak is None else max(0, c["peak_bytes"] - step_peak)
+            bound = 2 * c["trainable_params"]
+            rows.append({**c, "step": step_name, "step_peak": step_peak, "extra": extra, "bound": bound,
+                         "within": None if extra is None else extra <= bound})
+    return rows
+
+
+def estimate_table(data: dict) -> list[str]:
+    rows = estimate_rows(data)
+    if not rows:
+        return []
+    lines = ["", "The one-off mask estimates before the loop, traced the same way (the method's own `prepare`, bf16 "
+                 f"autocast, forwards of `batch` records as the engine runs them; {FAKE_ESTIMATE_PIECES} forwards a "
+                 "batch and one batch a side, which sets the time, not the peak; the streaming top-k's allocations "
+                 "stood in for, its threshold not computed). \"extra\" is what the estimate adds above its own "
+                 "method's step, i.e. to the run's peak; the bound is one bf16 copy of the trainable weights:", "",
+             "| model | estimate | scope | ckpt | batch | trainable | slices | forwards | peak (GiB) | fp32 sums | "
+             "grads | activations | masks | step's peak | extra | bound (2 B × trainable) | within |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        a = r["at_peak"]
+        lines.append(
+            f"| {r['family']} | {r['method']} | {r['scope']} | {'on' if r['ckpt'] else 'off'} | {r['batch']} | "
+            f"{r['trainable_params'] / 1e6:,.0f} M | {r['mask_slices']} | {len(r['forwards'])} | "
+            f"**{_g(r['peak_bytes'])}** | {_g(a.get('sums', 0))} | {_g(a.get('grads', 0))} | "
+            f"{_g(a.get('activations', 0) + a.get('casts', 0))} | {_g(a.get('masks', 0))} | {_g(r['step_peak'])} | "
+            f"{_g(r['extra'])} | {_g(r['bound'])} | {'—' if r['within'] is None else 'yes' if r['within'] else 'no'} |")
+    return lines
+
+
 def refresh_arithmetic(data: dict) -> dict:
     """Recompute the 8-GPU arithmetic of every traced case from its stored parts (cheap: no tracing)."""
     for c in data["cases"].values():
-        if c.get("status") == "ok" and c["family"] in data.get("models", {}):
+        if c.get("status") == "ok" and c["family"] in data.get("models", {}) and c.get("kind") != "estimate":
             used = c.get("fsdp_mask_weight", OLD_FSDP_MASK_WEIGHT)
             if used != FSDP_WEIGHTS["masks"] and "fsdp_weighted_peak" in c:
                 # the masks are held the whole step, so reweighting them moves every moment alike: the
@@ -1859,9 +2044,11 @@ def fake_main(args) -> int:
         return 2
     args.families = [f.strip() for f in args.families.split(",") if f.strip()]
     args.methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
-    bad = [f for f in args.families if f not in FAMILIES] + [m for m in args.methods or [] if m not in FAKE_METHODS]
+    bad = [f for f in args.families if f not in FAMILIES] + [m for m in args.methods or []
+                                                                 if m not in FAKE_METHODS and m not in FAKE_ESTIMATES]
     if bad:
-        print(f"error: unknown family or method: {', '.join(bad)} (fake methods: {', '.join(FAKE_METHODS)})",
+        print(f"error: unknown family or method: {', '.join(bad)} "
+              f"(fake methods: {', '.join([*FAKE_METHODS, *FAKE_ESTIMATES])})",
               file=sys.stderr)
         return 2
     args.batches = [int(b) for b in args.batches.split(",")] if args.batches else None

@@ -254,6 +254,39 @@ def test_fake_mode_traces_method_families_and_writes_its_table(scale, tmp_path):
     assert {k: c["case_s"] for k, c in json.loads(out.read_text())["cases"].items()} == stamps
 
 
+def test_fake_mode_traces_the_mask_estimates_with_their_accumulators_by_hand(scale, tmp_path):
+    """The one-off mask estimates at the smoke sizes: forwards of one record (the batch), 2 a batch and one batch
+    a side; their accumulators by hand from the parts (n trainable weights, |W| language, |V|+|P| vision side).
+    SalUn: no accumulator (its fp32 sum is the master weights' own .grad). MMUnlearner, one slice at this size:
+    the forget Fisher (4n) with the vision side's preserve Fisher (4(|V|+|P|)), then the language side's
+    forget and preserve Fishers (8|W|) — the larger. VKD on V + P (n = |V|+|P|): both Fishers at once, 8n. Each
+    leaves one bool per trainable weight; the table sets each beside its method's step."""
+    out, readme = tmp_path / "fake.json", tmp_path / "page.md"
+    readme.write_text("<!-- scale-fake:start -->\n<!-- scale-fake:end -->\n")
+    argv = ["--device", "fake", "--config", "smoke", "--families", "llava", "--methods",
+            "salun,vkd,salun-mask,mmunlearner-mask,vkd-mask", "--batches", "1", "--ckpt", "on",
+            "--out", str(out), "--readme", str(readme)]
+    assert scale.main(argv) == 0
+    data = json.loads(out.read_text())
+    parts, cases = data["models"]["llava"]["parts"], data["cases"]
+    assert all(c["status"] == "ok" for c in cases.values()), [c.get("error") for c in cases.values()]
+    n, w, vp = parts["total"], parts["W"], parts["V"] + parts["P"]
+    salun, mmu, vkd = (cases[f"llava/{m}-mask/b1/ckpt"] for m in ("salun", "mmunlearner", "vkd"))
+    assert salun["forwards"] == [1, 1] and salun["category_max"].get("sums", 0) == 0
+    assert 0 < salun["category_max"]["grads"] <= 4 * n
+    assert mmu["mask_slices"] == 1 and mmu["forwards"] == [1] * 6  # forget, vision side, language side
+    assert mmu["category_max"]["sums"] == max(4 * n + 4 * vp, 8 * w) == 8 * w
+    assert vkd["trainable_params"] == vp and vkd["forwards"] == [1] * 4 and vkd["category_max"]["sums"] == 8 * vp
+    for c in (salun, mmu, vkd):
+        assert c["end"] == {**c["start"], "masks": c["trainable_params"]}  # only the bool masks stay
+    rows = {r["method"]: r for r in scale.estimate_rows(data)}
+    assert rows["salun-mask"]["step_peak"] == cases["llava/salun/b1/ckpt"]["peak_bytes"]
+    assert rows["mmunlearner-mask"]["step_peak"] is None  # its step was not traced here: no verdict
+    assert rows["vkd-mask"]["bound"] == 2 * vp
+    text = readme.read_text()
+    assert "| llava | vkd-mask | vision | on | 1 |" in text and "| llava | mmunlearner-mask |" in text
+
+
 def test_mask_slices_table_keeps_every_released_size_within_one_bf16_copy(scale, tmp_path):
     """benchmarks/mask_slices.py on the meta device: at every released size the slices `mask_slices=0` picks
     keep MMUnlearner's fp32 sums within one bf16 copy (2 B a weight), where one pass would hold ~8 B a
