@@ -216,16 +216,24 @@ def test_fake_trace_counts_flops_and_bytes_by_hand(scale):
     assert pure["category_max"]["grads"] == 2 * n
 
 
-def test_fake_mode_traces_method_families_and_writes_its_table(scale, tmp_path):
+@pytest.fixture(scope="module")
+def fake_smoke(scale, tmp_path_factory):
+    """One `--device fake` run at the smoke sizes: four step cases and the three mask estimates."""
+    root = tmp_path_factory.mktemp("fake")
+    out, readme = root / "fake.json", root / "page.md"
+    readme.write_text("before\n<!-- scale-fake:start -->\nSTALE BLOCK\n<!-- scale-fake:end -->\nafter\n")
+    argv = ["--device", "fake", "--config", "smoke", "--families", "llava", "--methods",
+            "graddiff,graddiff-lora,vkd,vkd-batch-photos,salun-mask,mmunlearner-mask,vkd-mask", "--batches", "1",
+            "--ckpt", "on", "--out", str(out), "--readme", str(readme)]
+    assert scale.main(argv) == 0
+    return argv, out, readme
+
+
+def test_fake_mode_traces_method_families_and_writes_its_table(scale, fake_smoke):
     """The smoke sizes through `--device fake`: the project's scopes, θ0 and losses under fake tensors,
     parts by hand (frozen bf16 2 B, trainable fp32 4 B + AdamW 8 B, bool masks 1 B), the table written
     between its markers, and a second run that finds every case done."""
-    out, readme = tmp_path / "fake.json", tmp_path / "page.md"
-    readme.write_text("before\n<!-- scale-fake:start -->\nold\n<!-- scale-fake:end -->\nafter\n")
-    argv = ["--device", "fake", "--config", "smoke", "--families", "llava", "--methods",
-            "graddiff,graddiff-lora,vkd,vkd-batch-photos", "--batches", "1", "--ckpt", "on",
-            "--out", str(out), "--readme", str(readme)]
-    assert scale.main(argv) == 0
+    argv, out, readme = fake_smoke
     data = json.loads(out.read_text())
     cases = data["cases"]
     assert all(c["status"] == "ok" for c in cases.values()), [c.get("error") for c in cases.values()]
@@ -247,26 +255,21 @@ def test_fake_mode_traces_method_families_and_writes_its_table(scale, tmp_path):
     assert vkd["reference"] == "vision-copy" and vkd["distilled_photos"] == 64 and paper["distilled_photos"] == 1
     assert vkd["flops"] > paper["flops"] > 0 and vkd["placeholder_scalars"] == 1
     text = readme.read_text()
-    assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
+    assert text.startswith("before\n") and text.endswith("after\n") and "STALE BLOCK" not in text
     assert "| llava | vkd-batch-photos |" in text and "VKD against full-scope GradDiff" in text
     stamps = {k: c["case_s"] for k, c in cases.items()}
     assert scale.main(argv) == 0  # resumed: nothing left to trace
     assert {k: c["case_s"] for k, c in json.loads(out.read_text())["cases"].items()} == stamps
 
 
-def test_fake_mode_traces_the_mask_estimates_with_their_accumulators_by_hand(scale, tmp_path):
+def test_fake_mode_traces_the_mask_estimates_with_their_accumulators_by_hand(scale, fake_smoke):
     """The one-off mask estimates at the smoke sizes: forwards of one record (the batch), 2 a batch and one batch
     a side; their accumulators by hand from the parts (n trainable weights, |W| language, |V|+|P| vision side).
     SalUn: no accumulator (its fp32 sum is the master weights' own .grad). MMUnlearner, one slice at this size:
     the forget Fisher (4n) with the vision side's preserve Fisher (4(|V|+|P|)), then the language side's
     forget and preserve Fishers (8|W|) — the larger. VKD on V + P (n = |V|+|P|): both Fishers at once, 8n. Each
     leaves one bool per trainable weight; the table sets each beside its method's step."""
-    out, readme = tmp_path / "fake.json", tmp_path / "page.md"
-    readme.write_text("<!-- scale-fake:start -->\n<!-- scale-fake:end -->\n")
-    argv = ["--device", "fake", "--config", "smoke", "--families", "llava", "--methods",
-            "salun,vkd,salun-mask,mmunlearner-mask,vkd-mask", "--batches", "1", "--ckpt", "on",
-            "--out", str(out), "--readme", str(readme)]
-    assert scale.main(argv) == 0
+    _, out, readme = fake_smoke
     data = json.loads(out.read_text())
     parts, cases = data["models"]["llava"]["parts"], data["cases"]
     assert all(c["status"] == "ok" for c in cases.values()), [c.get("error") for c in cases.values()]
@@ -280,9 +283,10 @@ def test_fake_mode_traces_the_mask_estimates_with_their_accumulators_by_hand(sca
     for c in (salun, mmu, vkd):
         assert c["end"] == {**c["start"], "masks": c["trainable_params"]}  # only the bool masks stay
     rows = {r["method"]: r for r in scale.estimate_rows(data)}
-    assert rows["salun-mask"]["step_peak"] == cases["llava/salun/b1/ckpt"]["peak_bytes"]
-    assert rows["mmunlearner-mask"]["step_peak"] is None  # its step was not traced here: no verdict
-    assert rows["vkd-mask"]["bound"] == 2 * vp
+    vkd_step = cases["llava/vkd/b1/ckpt"]["peak_bytes"]
+    assert rows["vkd-mask"]["step_peak"] == vkd_step and rows["vkd-mask"]["bound"] == 2 * vp
+    assert rows["vkd-mask"]["extra"] == max(0, vkd["peak_bytes"] - vkd_step)
+    assert rows["salun-mask"]["step_peak"] is None and rows["salun-mask"]["within"] is None  # no step: no verdict
     text = readme.read_text()
     assert "| llava | vkd-mask | vision | on | 1 |" in text and "| llava | mmunlearner-mask |" in text
 
