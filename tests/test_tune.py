@@ -137,8 +137,8 @@ def tuned_ga(tuned_small, small_world, tmp_path_factory):
         mp.setattr(GradientAscent, "loss", poisoned)
         mp.setattr(E, "score_records", scored)
         mp.setattr(U, "unlearn", unlearned)
-        result = run_tune(small_world, TuneConfig(model=str(vanilla), methods=["ga"], trials=3, eval_records=16),
-                          out, ["p000"], ["p001"], progress=lambda msg: None)
+        result = run_tune(small_world, TuneConfig(model=str(vanilla), methods=["ga"], trials=3, eval_records=16,
+                                                  budget=480), out, ["p000"], ["p001"], progress=lambda msg: None)
     return out, result, seen
 
 
@@ -167,6 +167,10 @@ def test_tune_scores_only_the_tuning_people_prunes_nan_and_records_every_trial(t
     assert saved["methods"]["ga"]["trial"] == min(pool, key=key)["number"]
     chosen = next(t for t in trials if t["number"] == saved["methods"]["ga"]["trial"])
     assert saved["methods"]["ga"]["lr"] == chosen["lr"] and saved["methods"]["ga"]["steps"] == chosen["steps"]
+    # the compute budget: 480 samples at batch 8 → GA's steps in [15, 60], each trial's samples recorded
+    assert saved["budget"]["samples"] == 480 and saved["budget"]["top_steps"] == {"ga": 60}
+    assert all(15 <= t["steps"] <= 60 and t["trained_samples"] == 8 * t["steps"] for t in trials)
+    assert saved["methods"]["ga"]["trained_samples"] == 8 * chosen["steps"]
     # the trials trained on p000 as the forget person, with p002 (the reported forget person) on neither side
     log = json.loads((out / "trials" / "ga" / "trial0" / "unlearn_log.json").read_text())
     assert log["config"]["lr"] == trials[0]["lr"] and log["config"]["steps"] == trials[0]["steps"]
@@ -226,7 +230,7 @@ def test_workers_tune_methods_in_processes_of_their_own(tuned_small, small_world
 
     _, vanilla, _ = tuned_small
     result = run_tune(small_world, TuneConfig(model=str(vanilla), methods=["ga", "graddiff"], trials=1,
-                                              eval_records=8, workers=2),
+                                              eval_records=8, workers=2, budget=64),
                       tmp_path / "t", ["p000"], ["p001"], progress=lambda msg: None)
     pids = {t["method"]: t["pid"] for t in result["trials"]}
     assert set(pids) == {"ga", "graddiff"} and set(result["methods"]) == {"ga", "graddiff"}
@@ -305,6 +309,8 @@ def test_tune_cli_refuses_bad_input_in_one_line(untrained_llava, small_world, tm
     assert res.exit_code == 2 and "go together" in res.output
     res = runner.invoke(app, base + ["--methods", "ga", "--rule", "min:forget/text/bogus"])
     assert res.exit_code == 2 and "unknown metric" in res.output
+    res = runner.invoke(app, base + ["--methods", "ga", "--budget", "-8"])
+    assert res.exit_code == 2 and "--budget" in res.output
     res = runner.invoke(app, base + ["--methods", "ga"])  # 6 people: no tuning population
     assert res.exit_code == 2 and "too small for a tuning population" in res.output
     assert not (tmp_path / "t" / "tuned.json").exists()
@@ -345,3 +351,58 @@ def test_tune_report_table_and_plot_from_a_hand_made_tuned_json(tmp_path):
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
     res = runner.invoke(app, ["report", str(path), "--out", str(tmp_path / "x.html")])
     assert res.exit_code == 2 and "--plot" in res.output
+
+
+def test_trained_samples_sum_every_stage_and_the_budget_gives_the_steps_back():
+    """By hand, at a global batch of 8: GA 60 steps = 480 samples; SMFA (one forgetting adapter, then the anchor
+    as long) 2 × 60 × 8 = 960; smfa-paper (one adapter per modality, then the anchor) 3 × 60 × 8 = 1,440; SMFA
+    with a 10-step anchor (60 + 10) × 8 = 560. A budget of 1,920 samples gives back 240, 120, 80 and 230 steps."""
+    from mmunlearn.methods.base import get_method
+
+    def make(name, **args):
+        cls = get_method(name)
+        return cls(cls.make_config(args))
+
+    ga, smfa, paper, anchored = make("ga"), make("smfa"), make("smfa-paper"), make("smfa", anchor_steps=10)
+    assert [m.trained_samples(60, 8) for m in (ga, smfa, paper, anchored)] == [480, 960, 1440, 560]
+    assert [m.steps_within(1920, 8) for m in (ga, smfa, paper, anchored)] == [240, 120, 80, 230]
+    assert ga.steps_within(7, 8) == 1  # never no steps at all
+
+
+def test_every_method_searches_within_the_same_compute_budget(small_world):
+    """One budget of 1,920 samples at batch 8: every method's steps top out where its stages fill it (GA 240,
+    SMFA 120, smfa-paper 80, VKD 240 where its default is 480) and start at a quarter of that; no top trains more
+    than the budget nor leaves a whole step of it unused."""
+    from mmunlearn.data.store import load_data
+    from mmunlearn.methods.base import get_method, registry
+    from mmunlearn.tune import TuneConfig, TuneContext
+
+    bundle = load_data(small_world, "forget_15")
+    ctx = TuneContext("unused", TuneConfig(model="unused", methods=[], batch_size=8), None, None, None, bundle,
+                      bundle, parameters=2_000_000, budget=1920)
+    tops = {}
+    for name in registry():
+        kind, low, top, scale = ctx.space(name)["steps"]
+        method = get_method(name)(get_method(name).make_config({}))
+        assert kind == "int" and scale == "log" and low == min(top, max(4, top // 4)), name
+        assert method.trained_samples(top, 8) <= 1920 < method.trained_samples(top + 1, 8), name
+        tops[name] = top
+    assert (tops["ga"], tops["smfa"], tops["smfa-paper"], tops["vkd"]) == (240, 120, 80, 240)
+    assert get_method("vkd").default_steps == 480  # the budget, not its default, bounds it
+
+
+def test_the_default_budget_is_the_mean_of_the_methods_default_schedules(small_world, monkeypatch):
+    """Two methods registered: GA's 60 steps (480 samples at batch 8) and smfa-paper's 400 a stage over three
+    stages (9,600): the default budget is their mean, 5,040 samples (630 batches)."""
+    import mmunlearn.methods.base as base
+    from mmunlearn.data.store import load_data
+    from mmunlearn.methods.ga import GradientAscent
+    from mmunlearn.methods.smfa import SMFAPaper
+    from mmunlearn.tune import TuneConfig, TuneContext, default_budget
+
+    bundle = load_data(small_world, "forget_15")
+    monkeypatch.setattr(base, "registry", lambda: {"ga": GradientAscent, "smfa-paper": SMFAPaper})
+    ctx = TuneContext("unused", TuneConfig(model="unused", methods=[], batch_size=8), None, None, None, bundle,
+                      bundle, parameters=2_000_000)
+    assert (GradientAscent.default_steps, SMFAPaper.default_steps) == (60, 400)
+    assert default_budget(ctx) == 5040

@@ -534,7 +534,10 @@ def tune(
     out: Path = typer.Option(..., "--out", help="Tune folder: tuned.json and each trial's logs (an interrupted "
                              "tune continues: tuned methods are kept)."),
     methods: str = typer.Option("all", "--methods", help="Comma-separated method names, or 'all'."),
-    trials: int = typer.Option(16, "--trials", help="Trials per method (the same budget for every method)."),
+    trials: int = typer.Option(16, "--trials", help="Trials per method (the same number for every method)."),
+    budget: int = typer.Option(0, "--budget", help="Trained samples a trial may use (steps × batch, stages "
+                               "summed), the same for every method; 0: the mean of every method's default "
+                               "schedule (docs/tuning.md)."),
     seed: int = typer.Option(100, help="The tuning seed (report with other seeds)."),
     max_records: int = typer.Option(64, "--max-records", "--eval-records", help="Questions each trial is scored "
                                     "on, per split, modality and task the rule reads (seeded)."),
@@ -547,7 +550,7 @@ def tune(
     tune_retain_ids: Optional[str] = typer.Option(None, "--tune-retain-ids", help="People whose kept knowledge "
                                                   "scores the trials (with --tune-forget-ids)."),
 ) -> None:
-    """Search every method's settings (optuna, the same trial budget, one selection rule) on a tuning
+    """Search every method's settings (optuna, the same trials and compute budget, one selection rule) on a tuning
     population no reported run uses → OUT/tuned.json for `bench --tuned` and `unlearn --config`."""
     params = dict(locals())
     from .workflow import tune_run

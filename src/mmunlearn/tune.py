@@ -1,7 +1,12 @@
 """`mmunlearn tune`: the same search, the same budget and the same selection rule for every method.
 
 A method's settings are searched with optuna (TPE, seeded) over the space it declares
-(`Method.search_space`: lr, steps and its own weights), `trials` per method. Every trial unlearns the
+(`Method.search_space`: lr, steps and its own weights), `trials` per method, within one **compute budget**:
+every trial trains on at most `budget` samples (steps × global batch, every stage summed:
+`Method.trained_samples`), so a method's steps are searched over [top / 4, top] with top the most its stages
+fit in the budget. The default budget is the mean of every registered method's default schedule in trained
+samples (`default_budget`): a tune of all methods costs what searches around their own defaults cost
+together, shared out equally instead of 60 steps for a baseline against 480 for VKD. Every trial unlearns the
 **tuning population** — people no reported run forgets or counts as retain (the world's
 `tune_forget` / `tune_retain`, data/world.tune_population; `--tune-forget-ids/--tune-retain-ids` for
 other data) — and is scored on a seeded evaluation subsample of those people only: the reported
@@ -24,7 +29,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,6 +55,7 @@ class TuneConfig:
     rule: str = DEFAULT_RULE
     batch_size: int = 8
     workers: int = 1  # processes tuning methods side by side (one torch thread each when > 1)
+    budget: int = 0  # trained samples a trial may use (steps × batch, stages summed); 0: default_budget
 
 
 def tuning_bundles(root: str | Path, forget_ids: list[str] | None = None,
@@ -173,10 +179,20 @@ class TuneContext:
     train_bundle: DataBundle
     score_bundle: DataBundle  # already cut to the rule's questions (scoring_sample)
     parameters: int = 0  # the model's size: a real-size model is searched around the real preset
+    budget: int = 0  # trained samples a trial may use (run_tune sets it: cfg.budget or default_budget)
 
     def space(self, name: str) -> dict[str, tuple]:
-        """The method's search space, centred on the preset the model's size picks (train/presets.py):
-        a 7B model is never searched around the tiny builds' learning rates."""
+        """The method's search space: lr around the preset the model's size picks (train/presets.py: a 7B
+        model is never searched around the tiny builds' learning rates), steps over [top / 4, top] with top
+        the most steps whose trained samples fit the budget (`Method.steps_within`; no budget: the preset's)."""
+        from .methods.base import get_method
+
+        cls = get_method(name)
+        lr, steps = self.preset_schedule(name)
+        return cls.tuning_space(lr, self.top_steps(name) if self.budget else steps)
+
+    def preset_schedule(self, name: str) -> tuple[float, int]:
+        """(lr, steps) of the method's preset on the tuning data."""
         from .methods.base import get_method
         from .train.presets import REAL_SIZE_PARAMS, preset_defaults
         from .train.unlearn import forget_records
@@ -185,11 +201,33 @@ class TuneContext:
         preset = "real" if self.parameters >= REAL_SIZE_PARAMS else "tiny"
         lr, steps, _ = preset_defaults(cls(cls.make_config({})), preset, forget_records(self.train_bundle, cls),
                                        self.train_bundle.train("retain"), self.cfg.batch_size)
-        return cls.tuning_space(lr, steps)
+        return lr, steps
+
+    def top_steps(self, name: str) -> int:
+        """The most steps a trial of `name` (at its default stages) may take within the budget."""
+        from .methods.base import get_method
+
+        cls = get_method(name)
+        return cls(cls.make_config({})).steps_within(self.budget, self.cfg.batch_size)
 
     @property
     def eval_cfg(self) -> EvalConfig:
         return EvalConfig(splits=self.rule.splits, max_records_per_split=0, seed=self.cfg.seed, progress=False)
+
+
+def default_budget(ctx: TuneContext) -> int:
+    """The mean over every registered method of its preset's default schedule in trained samples, rounded
+    down to a whole number of batches: the compute a search around each method's own defaults would spend
+    in all, shared out equally."""
+    from .methods.base import get_method, registry
+
+    samples = []
+    for name in sorted(registry()):
+        cls = get_method(name)
+        _, steps = ctx.preset_schedule(name)
+        samples.append(cls(cls.make_config({})).trained_samples(steps, ctx.cfg.batch_size))
+    batch = ctx.cfg.batch_size
+    return max(batch, sum(samples) // len(samples) // batch * batch)
 
 
 def run_tune(data: str | Path, cfg: TuneConfig, out: Path, tune_forget: list[str] | None = None,
@@ -209,6 +247,7 @@ def run_tune(data: str | Path, cfg: TuneConfig, out: Path, tune_forget: list[str
 
     model = load_model(cfg.model)
     ctx = TuneContext(str(data), cfg, out, rule, rule, train_bundle, score_bundle, model_parameters(model.model))
+    ctx.budget = cfg.budget or default_budget(ctx)
     vanilla, _ = evaluate(model, score_bundle, ctx.eval_cfg)
     del model
     ctx.resolved = resolve_relative(rule, vanilla["metrics"])
@@ -219,7 +258,10 @@ def run_tune(data: str | Path, cfg: TuneConfig, out: Path, tune_forget: list[str
         "rule_resolved": str(ctx.resolved), "tune_forget": sorted(train_bundle.forget_ids),
         "tune_retain": sorted(score_bundle.retain_ids), "questions": questions,
         "vanilla": summary_numbers(vanilla["metrics"], rule), "methods": {}, "trials": [], "timing": {},
-        "preset": "real" if ctx.parameters >= REAL_SIZE_PARAMS else "tiny"}
+        "preset": "real" if ctx.parameters >= REAL_SIZE_PARAMS else "tiny",
+        "budget": {"samples": ctx.budget, "chosen": "--budget" if cfg.budget else
+                   "default: the mean of every method's default schedule (trained samples)",
+                   "top_steps": {name: ctx.top_steps(name) for name in cfg.methods}}}
     previous = out / "tuned.json"
     if previous.is_file():  # an interrupted tune continues: finished methods are kept
         old = json.loads(previous.read_text())
@@ -241,7 +283,7 @@ def run_tune(data: str | Path, cfg: TuneConfig, out: Path, tune_forget: list[str
             best = found["best"]
             result["methods"][name] = {
                 "lr": best["lr"], "steps": best["steps"], "method_args": best["method_args"],
-                "trial": best["number"], "objective": best["objective"], "feasible": best["feasible"],
+                "trained_samples": best["trained_samples"], "trial": best["number"], "objective": best["objective"], "feasible": best["feasible"],
                 "numbers": best["numbers"], "why": found["why"]}
         atomic_write_json(out / "tuned.json", result)
         progress(f"{name}: trial {found['best']['number'] if found['best'] else '—'} chosen — {found['why']} "
@@ -285,17 +327,19 @@ def _cpu_seconds() -> float:
 
 
 def _expected_cost(name: str) -> float:
-    """A method's upper step bound: a rough order for handing searches to workers."""
+    """A rough order for handing searches to workers: the seed methods' steps cost more (a teacher, several
+    stages), and every method's trials now train on about the same samples."""
     from .methods.base import get_method
 
-    spec = get_method(name).tuning_space().get("steps")
-    return float(spec[2]) if spec else 0.0
+    cls = get_method(name)
+    return float(cls(cls.make_config({})).trained_samples(cls.default_steps, 1))
 
 
 def tune_method(name: str, ctx: TuneContext, progress: Callable[[str], None] | None = None) -> dict:
     """One method's search: `ctx.cfg.trials` optuna trials, then the rule's choice among them."""
     import optuna
 
+    from .methods.base import get_method
     from .models.loader import load_model
     from .train.loop import NonFiniteLossError
     from .train.unlearn import UnlearnConfig, unlearn
@@ -311,7 +355,9 @@ def tune_method(name: str, ctx: TuneContext, progress: Callable[[str], None] | N
         params = suggest(trial, space)
         lr, steps = params.pop("lr", None), params.pop("steps", None)
         run = out / "trials" / name / f"trial{trial.number}"
+        method = get_method(name)
         row = {"method": name, "number": trial.number, "lr": lr, "steps": steps, "method_args": params,
+               "trained_samples": method(method.make_config(params)).trained_samples(steps, cfg.batch_size),
                "state": "complete", "objective": None, "feasible": False, "margin": None, "pid": os.getpid()}
         t = time.perf_counter()
         try:

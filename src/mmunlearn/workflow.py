@@ -748,9 +748,10 @@ def bench_run(*, model: str | Path, data: str | Path, out: str | Path, methods: 
 
 def tune_run(*, model: str | Path, data: str | Path, out: str | Path, methods: str | Sequence[str] = "all",
              trials: int = 16, seed: int = 100, max_records: int = 64, workers: int = 1, rule: str | None = None,
-             tune_forget_ids: str | None = None, tune_retain_ids: str | None = None) -> dict:
-    """`mmunlearn tune`: every method's settings searched with the same budget and one rule on a tuning
-    population no reported run uses → OUT/tuned.json."""
+             tune_forget_ids: str | None = None, tune_retain_ids: str | None = None, budget: int = 0) -> dict:
+    """`mmunlearn tune`: every method's settings searched with the same trials, the same compute budget
+    (`budget` trained samples a trial; 0: tune.default_budget) and one rule on a tuning population no reported
+    run uses → OUT/tuned.json."""
     from .data.store import parse_ids
     from .models.base import adapter_for_folder
     from .train.selection import parse_rule
@@ -760,6 +761,7 @@ def tune_run(*, model: str | Path, data: str | Path, out: str | Path, methods: s
     positive("trials", trials)
     positive("workers", workers)
     positive("max-records", max_records, zero_ok=True)
+    positive("budget", budget, zero_ok=True)
     if (tune_forget_ids is None) != (tune_retain_ids is None):
         raise ValueError("--tune-forget-ids and --tune-retain-ids go together")
     parse_rule(rule or DEFAULT_RULE, allow_relative=True)  # a typo costs one line, not a tune
@@ -767,7 +769,7 @@ def tune_run(*, model: str | Path, data: str | Path, out: str | Path, methods: s
         raise ValueError(f"data {data} does not exist")
     adapter_for_folder(model)
     cfg = TuneConfig(model=str(model), methods=chosen, trials=trials, seed=seed, eval_records=max_records,
-                     rule=rule or DEFAULT_RULE, workers=workers)
+                     rule=rule or DEFAULT_RULE, workers=workers, budget=budget)
     result = run_tune(data, cfg, Path(out), parse_ids(tune_forget_ids, "forget"), parse_ids(tune_retain_ids, "retain"),
                       progress=log.info)
     log.info(f"tuned {len(result['methods'])} method(s) in {result['timing']['total_s']:.0f}s → "

@@ -190,6 +190,15 @@ class Method:
 
         return epochs_to_steps(epochs, len(forget), global_batch)
 
+    def trained_samples(self, steps: int, global_batch: int) -> int:
+        """Records a run of `steps` trains on: steps × global batch, every stage summed (SMFA trains two
+        adapters) — what `mmunlearn tune`'s compute budget counts."""
+        return steps * global_batch
+
+    def steps_within(self, samples: int, global_batch: int) -> int:
+        """The most steps whose `trained_samples` stay within `samples` (at least 1)."""
+        return max(1, samples // max(1, global_batch))
+
     @classmethod
     def tuning_space(cls, lr: float | None = None, steps: int | None = None) -> dict[str, tuple]:
         """lr over [lr/10, lr×10] (log), steps over [steps/4, steps] (log) around the preset's lr and steps

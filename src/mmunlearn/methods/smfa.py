@@ -142,6 +142,19 @@ class SMFA(Method):
         ctx.model = self._sculpt_and_unload(ctx, model, adapters)
         return _combine(results, ctx)
 
+    def trained_samples(self, steps: int, global_batch: int) -> int:
+        """Every forgetting adapter (one per modality with `per_modality`, else one) trains `steps`, then the
+        anchor `anchor_steps` (0: as many): stages summed."""
+        forgetting = 2 if self.cfg.per_modality else 1
+        return (forgetting * steps + (self.cfg.anchor_steps or steps)) * global_batch
+
+    def steps_within(self, samples: int, global_batch: int) -> int:
+        forgetting = 2 if self.cfg.per_modality else 1
+        total = samples // max(1, global_batch)
+        if self.cfg.anchor_steps:
+            return max(1, (total - self.cfg.anchor_steps) // forgetting)
+        return max(1, total // (forgetting + 1))
+
     def _lora_config(self, model):
         """The engine's LoRA settings (r, α, dropout, targets in W), plus the output head if asked."""
         cfg = model.peft_config["default"]
