@@ -406,3 +406,48 @@ def test_the_default_budget_is_the_mean_of_the_methods_default_schedules(small_w
                       bundle, parameters=2_000_000)
     assert (GradientAscent.default_steps, SMFAPaper.default_steps) == (60, 400)
     assert default_budget(ctx) == 5040
+
+
+def test_the_tuned_settings_are_checked_on_the_reported_people_by_hand(tmp_path):
+    """`mmunlearn report tuned.json --bench B`: VKD chose 0.31 on the tuning people's unseen photos and 1.00 on
+    their retain photos; the bench's VKD (tuned) row has 0.51 ± 0.06 and 0.85 ± 0.07: |0.31 − 0.51| = 0.20 and
+    |1.00 − 0.85| = 0.15 exceed 2σ (0.12, 0.14) → ✗, and 0.85 misses the rule's 0.95 × vanilla 0.94 = 0.893.
+    GA: 0.61 → 0.64 ± 0.01 (|0.03| ≤ 2 × the 0.02 floor) and 0.95 → 0.93 ± 0.01, meeting 0.893 → ✓, met.
+    KL was tuned but has no bench row: not checked."""
+    cell = lambda mean, std=0.0: {"mean": mean, "std": std, "n": 3}  # noqa: E731
+    keys = ("test/image+text/cls_acc", "test/text/cls_acc", "retain/image+text/cls_acc", "retain/text/cls_acc")
+    numbers = lambda *v: dict(zip(keys, v))  # noqa: E731
+    tuned = {"format": "mmunlearn-tuned/1", "config": {"trials": 2, "seed": 100, "eval_records": 64},
+             "rule": "min:test/image+text/cls_acc&test/text/cls_acc,retain/image+text/cls_acc>=0.95x,"
+                     "retain/text/cls_acc>=0.95x", "rule_resolved": "r", "tune_forget": ["a"], "tune_retain": ["b"],
+             "vanilla": numbers(0.8, 1.0, 1.0, 1.0), "trials": [],
+             "methods": {m: {"trial": 0, "numbers": n, "lr": 1e-4, "steps": 20, "method_args": {}}
+                         for m, n in (("vkd", numbers(0.31, 1.0, 1.0, 1.0)), ("ga", numbers(0.61, 1.0, 0.95, 1.0)),
+                                      ("kl", numbers(0.5, 1.0, 1.0, 1.0)))}}
+    bench = {"config": {"forget_split": "forget_10"}, "table_markdown": "|x|", "aggregated": [
+        {"method": "vanilla", "test_it": cell(0.97), "test_txt": cell(1.0), "retain_it": cell(0.94),
+         "retain_txt": cell(1.0)},
+        {"method": "vkd (tuned)", "test_it": cell(0.51, 0.06), "test_txt": cell(1.0), "retain_it": cell(0.85, 0.07),
+         "retain_txt": cell(1.0)},
+        {"method": "ga (tuned)", "test_it": cell(0.64, 0.01), "test_txt": cell(1.0), "retain_it": cell(0.93, 0.01),
+         "retain_txt": cell(1.0)},
+        {"method": "ga", "test_it": cell(0.9)}]}
+    (tmp_path / "tuned.json").write_text(json.dumps(tuned))
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "results.json").write_text(json.dumps(bench))
+    page = tmp_path / "tuning.md"
+    page.write_text("<!-- tune:start -->\n<!-- tune:end -->\n")
+    res = runner.invoke(app, ["report", str(tmp_path / "tuned.json"), "--bench", str(tmp_path / "bench"),
+                              "--readme", str(page), "--name", "tune"])
+    assert res.exit_code == 0, res.output
+    text = page.read_text()
+    assert "| method | unseen photos | paraphrased text | retain img | retain txt | rule on reported people |" in text
+    assert ("| vkd | 0.31 → 0.51 ± 0.06 ✗ | 1.00 → 1.00 ± 0.00 ✓ | 1.00 → 0.85 ± 0.07 ✗ | 1.00 → 1.00 ± 0.00 ✓ | "
+            "missed: retain_it 0.85 < 0.89 |") in text
+    assert "| ga | 0.61 → 0.64 ± 0.01 ✓ | 1.00 → 1.00 ± 0.00 ✓ | 0.95 → 0.93 ± 0.01 ✓ | 1.00 → 1.00 ± 0.00 ✓ | met |" in text
+    assert "| kl |" not in text and "1 of 2 methods hold on every key" in text
+    # --bench belongs to a tuned.json, and must be a bench
+    res = runner.invoke(app, ["report", str(tmp_path / "bench"), "--bench", str(tmp_path / "bench")])
+    assert res.exit_code == 2 and "--bench goes with a tuned.json" in res.output
+    res = runner.invoke(app, ["report", str(tmp_path / "tuned.json"), "--bench", str(tmp_path / "nowhere")])
+    assert res.exit_code == 2 and "does not exist" in res.output

@@ -570,6 +570,8 @@ def report(
                                         "each method's choice) into this PNG."),
     tuned_only: bool = typer.Option(False, "--tuned-only", help="With --readme: vanilla and the '(tuned)' rows "
                                     "only (a short README; the full table goes elsewhere)."),
+    bench: Optional[Path] = typer.Option(None, "--bench", help="A tuned.json only: a bench run with --tuned (folder "
+                                         "or results.json); adds whether the tuned settings hold on its people."),
 ) -> None:
     """Print (or write into a README) the table of a bench results.json or a tune's tuned.json — from files
     only; --out: an HTML page (bench or run); --plot: a tune's trade-off PNG."""

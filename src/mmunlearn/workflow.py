@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .data.errors import DataError
-from .train.defaults import BATCH_SIZE, CHECKPOINT_EVERY, LR, STAGE1_STEPS, STAGE2_STEPS
+from .train.defaults import BATCH_SIZE, CHECKPOINT_EVERY, LR
 
 log = logging.getLogger("mmunlearn")
 
@@ -777,13 +777,33 @@ def tune_run(*, model: str | Path, data: str | Path, out: str | Path, methods: s
     return result
 
 
-def report_run(*, results: str | Path, readme: str | Path | None = None, name: str = "bench",
-               out: str | Path | None = None, plot: str | Path | None = None, tuned_only: bool = False) -> str:
-    """`mmunlearn report`: the table of a bench results.json or a tune's tuned.json (from files only), into a
-    README between markers; `out`: one HTML page (bench or run folder); `plot`: a tune's trade-off PNG.
-    Returns the table it printed."""
+def _bench_results(path: Path) -> dict:
+    """A bench's results.json (or its folder), checked: ValueError (one line) for anything else."""
     import json as _json
 
+    from .report.html import resolve
+
+    if not path.exists():
+        raise ValueError(f"{path} does not exist")
+    kind, found = resolve(path)
+    if kind != "bench":
+        raise ValueError(f"{path} is not a bench folder or results.json")
+    try:
+        data = _json.loads(found.read_text())
+    except _json.JSONDecodeError as err:
+        raise ValueError(f"{found} is not valid JSON ({err.msg}, line {err.lineno})") from None
+    if not isinstance(data, dict) or "table_markdown" not in data:
+        raise ValueError(f"{found} is not a bench results file (no table_markdown)")
+    return data
+
+
+def report_run(*, results: str | Path, readme: str | Path | None = None, name: str = "bench",
+               out: str | Path | None = None, plot: str | Path | None = None, tuned_only: bool = False,
+               bench: str | Path | None = None) -> str:
+    """`mmunlearn report`: the table of a bench results.json or a tune's tuned.json (from files only), into a
+    README between markers; `out`: one HTML page (bench or run folder); `plot`: a tune's trade-off PNG;
+    `bench` (with a tuned.json): a bench run with `--tuned`, and whether the tuned settings hold on its people.
+    Returns the table it printed."""
     from .report.html import bench_report, resolve, run_report, write_html
     from .report.tables import markdown_table, nothing_to_forget, tuned_rows, update_readme, write_bench_table
 
@@ -793,13 +813,15 @@ def report_run(*, results: str | Path, readme: str | Path | None = None, name: s
     if readme is not None and not Path(readme).is_file():
         raise ValueError(f"--readme {readme} does not exist")
     if results.is_file() and results.name.endswith(".json") and '"mmunlearn-tuned/' in results.read_text()[:200]:
-        from .report.tuning import tune_plot, tune_table
+        from .report.tuning import carry_over_table, tune_plot, tune_table
         from .tune import read_tuned
 
         tuned_data = read_tuned(results)
         if out is not None:
             raise ValueError("--out (an HTML page) needs a bench or a run folder; a tune draws its plot with --plot")
         table = tune_table(tuned_data)
+        if bench is not None:
+            table += "\n\n" + carry_over_table(tuned_data, _bench_results(Path(bench)))
         log.info(table)
         if plot is not None:
             log.info(f"plot → {tune_plot(tuned_data, Path(plot))}")
@@ -808,14 +830,11 @@ def report_run(*, results: str | Path, readme: str | Path | None = None, name: s
         return table
     if plot is not None:
         raise ValueError("--plot needs a tuned.json (`mmunlearn tune`)")
+    if bench is not None:
+        raise ValueError("--bench goes with a tuned.json: it checks the tune's choices on the bench's people")
     kind, path = resolve(results)
     if kind == "bench":
-        try:
-            data = _json.loads(path.read_text())
-        except _json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err.msg}, line {err.lineno})") from None
-        if not isinstance(data, dict) or "table_markdown" not in data:
-            raise ValueError(f"{path} is not a bench results file (no table_markdown)")
+        data = _bench_results(path)
         chosen = tuned_rows(data) if tuned_only else data
         table = chosen["table_markdown"]
         log.info(data["table_markdown"])

@@ -10,10 +10,8 @@ features, never from the background.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .portraits import BACKGROUND, HAIR, SHIRT, Look, Pose, draw, random_pose, sample_looks
 from .record import OPTION_LETTERS, Record

@@ -3,8 +3,6 @@ and drags everything else down with it, which is what the other methods are meas
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from .base import Context, Method, MethodConfig, register
 from .losses import answer_nll
 

@@ -72,6 +72,75 @@ def tune_table(tuned: dict) -> str:
     return head + "\n".join(lines) + tail
 
 
+# The rule's keys a bench row carries, under the bench's column names (report/tables.COLUMNS)
+BENCH_COLUMNS = {"test/image+text/cls_acc": "test_it", "test/text/cls_acc": "test_txt",
+                 "retain/image+text/cls_acc": "retain_it", "retain/text/cls_acc": "retain_txt",
+                 "understanding_retain/image+text/cls_acc": "und_retain"}
+SPREAD_FLOOR = 0.02  # the least σ a seed spread is taken as (three seeds can agree to the question)
+
+
+def carry_over(tuned: dict, bench: dict) -> list[dict]:
+    """Whether each method's tuned settings hold on the reported people: the chosen trial's number on the tuning
+    people beside the bench's `(tuned)` row (mean ± std over its seeds) for every rule key a bench row carries —
+    `within` when |tuning − reported| ≤ 2 max(σ, SPREAD_FLOOR) — and the rule's constraints resolved against the
+    bench's own vanilla row, checked on the reported mean (`missed`: the ones it fails)."""
+    from ..train.selection import parse_rule
+
+    rule = parse_rule(tuned["rule"], allow_relative=True)
+    rows = {a["method"]: a for a in bench.get("aggregated", [])}
+    vanilla = rows.get("vanilla", {})
+    out = []
+    for method, chosen in tuned["methods"].items():
+        row = rows.get(f"{method} (tuned)")
+        if row is None:
+            continue
+        cells = {}
+        for key, column in BENCH_COLUMNS.items():
+            at_tuning, reported = (chosen.get("numbers") or {}).get(key), row.get(column)
+            if at_tuning is None or not reported:
+                continue
+            spread = 2 * max(reported["std"], SPREAD_FLOOR)
+            cells[key] = {"tuning": at_tuning, "mean": reported["mean"], "std": reported["std"],
+                          "n": reported.get("n", 1), "within": abs(at_tuning - reported["mean"]) <= spread}
+        missed = []
+        for c in rule.constraints:
+            column = BENCH_COLUMNS.get(c.key)
+            if column is None or not row.get(column):
+                continue
+            bound = c.value * vanilla[column]["mean"] if c.relative and vanilla.get(column) else c.value
+            value = row[column]["mean"]
+            if not (value >= bound if c.op == ">=" else value <= bound if c.op == "<=" else True):
+                missed.append(f"{column} {value:.2f} {'<' if c.op == '>=' else '>'} {bound:.2f}")
+        out.append({"method": method, "cells": cells, "missed": missed})
+    return out
+
+
+def carry_over_table(tuned: dict, bench: dict) -> str:
+    """Markdown: per tuned method, tuning people → reported people on each rule key, ✓ within the seed spread."""
+    checks = carry_over(tuned, bench)
+    if not checks:
+        return "_No `(tuned)` bench row to check the tune against._"
+    keys = [k for k in BENCH_COLUMNS if any(k in c["cells"] for c in checks)]
+    labels = dict(COLUMNS)
+    lines = [f"Do the chosen settings hold on the reported people? Each cell: the chosen trial on the tuning people → "
+             f"the bench's `(tuned)` row on `{bench.get('config', {}).get('forget_split', 'the reported split')}` "
+             f"(mean ± std over seeds); ✓ when the two are within 2 σ (σ at least {SPREAD_FLOOR}). Last column: the "
+             f"rule's constraints on the reported people, against the bench's vanilla.", "",
+             "| method | " + " | ".join(labels.get(k, k) for k in keys) + " | rule on reported people |",
+             "|---|" + "---|" * len(keys) + "---|"]
+    for c in checks:
+        cells = []
+        for k in keys:
+            cell = c["cells"].get(k)
+            cells.append("—" if cell is None else f"{cell['tuning']:.2f} → {cell['mean']:.2f}"
+                         + (f" ± {cell['std']:.2f}" if cell["n"] > 1 else "") + (" ✓" if cell["within"] else " ✗"))
+        lines.append(f"| {c['method']} | " + " | ".join(cells) + " | "
+                     + ("met" if not c["missed"] else "missed: " + "; ".join(c["missed"])) + " |")
+    held = sum(all(cell["within"] for cell in c["cells"].values()) and not c["missed"] for c in checks)
+    lines += ["", f"{held} of {len(checks)} methods hold on every key and meet the rule on the reported people."]
+    return "\n".join(lines)
+
+
 def tune_plot(tuned: dict, path: str | Path) -> Path:
     """PNG: every trial as a faint point, each method's chosen trial as a star, vanilla as a cross."""
     import matplotlib

@@ -8,7 +8,6 @@ trackio: its database in OUT/logs/trackio/ unless TRACKIO_DIR says otherwise).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
