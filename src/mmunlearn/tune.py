@@ -283,8 +283,8 @@ def run_tune(data: str | Path, cfg: TuneConfig, out: Path, tune_forget: list[str
             best = found["best"]
             result["methods"][name] = {
                 "lr": best["lr"], "steps": best["steps"], "method_args": best["method_args"],
-                "trained_samples": best["trained_samples"], "trial": best["number"], "objective": best["objective"], "feasible": best["feasible"],
-                "numbers": best["numbers"], "why": found["why"]}
+                "trained_samples": best["trained_samples"], "trial": best["number"], "objective": best["objective"],
+                "feasible": best["feasible"], "numbers": best["numbers"], "why": found["why"]}
         atomic_write_json(out / "tuned.json", result)
         progress(f"{name}: trial {found['best']['number'] if found['best'] else '—'} chosen — {found['why']} "
                  f"({found['seconds']:.0f}s for {cfg.trials} trials)")
