@@ -130,7 +130,8 @@ def test_fisher_ratio_takes_epsilon_on_both_sides(monkeypatch):
     fisher = iter([{"w": torch.tensor([0.0, 2.0, 1.0]), "v": torch.ones(2)},
                    {"w": torch.tensor([0.0, 1.0, 4.0]), "v": torch.ones(2)}])
     monkeypatch.setattr(masks, "accumulate_gradients", lambda model, batches, square, names=None, **_: next(fisher))
-    ctx = SimpleNamespace(model=None, autocast=nullcontext, adapter=SimpleNamespace(part_of=lambda n: {"w": "W", "v": "V"}[n]))
+    ctx = SimpleNamespace(model=None, autocast=nullcontext,
+                          adapter=SimpleNamespace(part_of=lambda n: {"w": "W", "v": "V"}[n]))
     out = masks.fisher_ratio_mask(ctx, lambda: [], {"W": lambda: []}, threshold=1.0)
     assert out["w"].tolist() == [True, True, False] and out["w"].dtype == torch.bool
     assert out["v"].tolist() == [False, False]

@@ -182,7 +182,8 @@ def test_fisher_ratio_mask_keeps_ratio_at_or_above_threshold_with_epsilon_both_s
         return {"w": T([0.0, 1.0, 4.0, 2.0])}
 
     monkeypatch.setattr(masks, "accumulate_gradients", fake)
-    ctx = SimpleNamespace(model=None, autocast=nullcontext, adapter=SimpleNamespace(part_of=lambda n: {"w": "W", "v": "V"}[n]))
+    ctx = SimpleNamespace(model=None, autocast=nullcontext,
+                          adapter=SimpleNamespace(part_of=lambda n: {"w": "W", "v": "V"}[n]))
     out = masks.fisher_ratio_mask(ctx, lambda: [], {"W": lambda: []}, threshold=2.0)
     assert as_lists(out) == {"w": [0, 1, 0, 1], "v": [0, 0]}
     assert calls == [None, ["w"]]  # the preserve Fisher covers its group's weights only
@@ -448,6 +449,18 @@ def test_an_estimate_batch_in_pieces_weights_each_by_its_share_of_answer_tokens(
     assert model.w.grad is None
 
 
+def _record_forwards(monkeypatch) -> list[int]:
+    """The records of every forward the mask estimates run, in order (the list fills as they run)."""
+    sizes, real_forward = [], masks.forward
+
+    def recorded(model, batch):
+        sizes.append(len(batch["labels"]))
+        return real_forward(model, batch)
+
+    monkeypatch.setattr(masks, "forward", recorded)
+    return sizes
+
+
 def _estimate_context(untrained_llava, small_bundle, rows: int):
     from mmunlearn.data.collate import TrainCollator
     from mmunlearn.methods.base import Context
@@ -474,9 +487,7 @@ def test_an_estimate_in_pieces_gives_the_gradient_of_the_whole_batch_on_the_tiny
     per_row = [int((row[1:] != -100).sum()) for p in pieces for row in p["labels"]]
     assert len(set(per_row)) > 1, per_row  # unequal answers: the weighting matters
     whole = ctx.batch(records, shard=False)
-    sizes = []
-    real_forward = masks.forward
-    monkeypatch.setattr(masks, "forward", lambda m, batch: (sizes.append(len(batch["labels"])), real_forward(m, batch))[1])
+    sizes = _record_forwards(monkeypatch)
     for square in (False, True):
         sizes.clear()
         cut = masks.accumulate_gradients(ctx.model, [pieces], square=square)
@@ -499,9 +510,7 @@ def test_the_engine_runs_a_mask_estimate_in_forwards_no_larger_than_its_batch(un
     from mmunlearn.models.loader import load_model
     from mmunlearn.train.unlearn import UnlearnConfig, forget_records, unlearn
 
-    sizes = []
-    real_forward = masks.forward
-    monkeypatch.setattr(masks, "forward", lambda m, batch: (sizes.append(len(batch["labels"])), real_forward(m, batch))[1])
+    sizes = _record_forwards(monkeypatch)
     cfg = UnlearnConfig(method="salun", steps=1, batch_size=4, lr=1e-3)
     result = unlearn(small_bundle, cfg, tmp_path / "run", loaded=load_model(untrained_llava))
     n_forget = len(forget_records(small_bundle, SalUn))

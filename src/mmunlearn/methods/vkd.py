@@ -460,7 +460,7 @@ class VKDPaper(VKD):
     Fisher mask by MMUnlearner's ratio rule, the squared-norm feature distance."""
 
     name = "vkd-paper"
-    summary = "VKD as its paper writes it: uncapped ascent on V+P (MMUnlearner's Fisher rule) + ‖h_s − h_t‖² distillation"
+    summary = "VKD as its paper writes it: uncapped ascent on V+P, MMUnlearner's Fisher rule, ‖h_s − h_t‖² distillation"
     Config = VKDPaperConfig
     search_space = {"vkd_weight": ("log", LAMBDA_SQ_L2 / 5, LAMBDA_SQ_L2 * 10), "mask_threshold": ("log", 0.5, 4.0),
                     "alpha": ("log", 0.5, 10.0)}
