@@ -1993,15 +1993,16 @@ def estimate_table(data: dict) -> list[str]:
                  "batch and one batch a side, which sets the time, not the peak; the streaming top-k's allocations "
                  "stood in for, its threshold not computed). \"extra\" is what the estimate adds above its own "
                  "method's step, i.e. to the run's peak; the bound is one bf16 copy of the trainable weights:", "",
-             "| model | estimate | scope | ckpt | batch | trainable | slices | forwards | peak (GiB) | fp32 sums | "
-             "grads | activations | masks | step's peak | extra | bound (2 B × trainable) | within |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| model | estimate | scope | ckpt | batch | trainable | slices | forwards | peak (GiB) | params + θ0 | "
+             "fp32 sums | grads | activations | masks | step's peak | extra | bound (2 B × trainable) | within |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         a = r["at_peak"]
         lines.append(
             f"| {r['family']} | {r['method']} | {r['scope']} | {'on' if r['ckpt'] else 'off'} | {r['batch']} | "
             f"{r['trainable_params'] / 1e6:,.0f} M | {r['mask_slices']} | {len(r['forwards'])} | "
-            f"**{_g(r['peak_bytes'])}** | {_g(a.get('sums', 0))} | {_g(a.get('grads', 0))} | "
+            f"**{_g(r['peak_bytes'])}** | {_g(a.get('params', 0) + a.get('buffers', 0) + a.get('reference', 0))} | "
+            f"{_g(a.get('sums', 0))} | {_g(a.get('grads', 0))} | "
             f"{_g(a.get('activations', 0) + a.get('casts', 0))} | {_g(a.get('masks', 0))} | {_g(r['step_peak'])} | "
             f"{_g(r['extra'])} | {_g(r['bound'])} | {'—' if r['within'] is None else 'yes' if r['within'] else 'no'} |")
     return lines
