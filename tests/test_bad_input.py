@@ -55,6 +55,8 @@ def _unlearn(model, data, out, *extra, ids=("--forget-split", "forget_15")):
     (["--method", "smfa", "--set", "sculpt=nope"], "smfa sculpt must be one of"),
     (["--method", "mmunlearner", "--set", "mask_slices=-1"], "mmunlearner mask_slices must be ≥ 0"),
     (["--method", "mmunlearner", "--set", "mask_slices=x"], "option mask_slices expects a number (got 'x')"),
+    (["--method", "vkd-paper", "--set", "vkd_distance=l1"], "vkd vkd_distance must be one of ('mse', 'sq_l2')"),
+    (["--method", "vkd", "--set", "augment=2"], "vkd augment is a probability in [0, 1], got 2"),
 ])
 def test_unlearn_refuses_bad_options_before_out_exists(untrained_llava, small_world, tmp_path, extra, needle):
     out = tmp_path / "run"

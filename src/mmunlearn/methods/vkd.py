@@ -65,6 +65,7 @@ FORGET_LOSSES = ("ga", "npo")
 # trained photos at 0.52, 1e-6 took retain photos to 0.84)
 LAMBDA_SQ_L2 = 5e-6
 MASKS = ("fisher", "salun", "none")
+DISTANCES = ("mse", "sq_l2")
 KEEP_SOURCES = ("retain", "retain+pretrain")
 
 
@@ -258,12 +259,15 @@ class VKD(Method):
     forget_modalities = ("image+text",)
     forget_visible = False  # what is visible in the photo is kept, not forgotten
 
-    def prepare(self, ctx: Context) -> None:
-        cfg = self.cfg
+    @classmethod
+    def check_config(cls, cfg: VKDConfig) -> None:
+        """The options alone, when the config is made: a bad --set is refused before --out exists."""
         if cfg.forget_loss not in FORGET_LOSSES:
             raise ValueError(f"vkd forget_loss must be one of {FORGET_LOSSES}, got {cfg.forget_loss!r}")
         if cfg.mask not in MASKS:
             raise ValueError(f"vkd mask must be one of {MASKS}, got {cfg.mask!r}")
+        if cfg.vkd_distance not in DISTANCES:
+            raise ValueError(f"vkd vkd_distance must be one of {DISTANCES}, got {cfg.vkd_distance!r}")
         if cfg.forget_cap < 0:
             raise ValueError(f"vkd forget_cap must be ≥ 0 (0: plain, uncapped ascent), got {cfg.forget_cap}")
         if not 0 <= cfg.augment <= 1:
@@ -276,6 +280,11 @@ class VKD(Method):
             raise ValueError(f"vkd nll_from must be one of {KEEP_SOURCES}, got {cfg.nll_from!r}")
         if cfg.keep_visible < 0:
             raise ValueError(f"vkd keep_visible is a loss weight ≥ 0 (0: off), got {cfg.keep_visible}")
+        if cfg.teacher_cache_mb < 0:
+            raise ValueError(f"vkd teacher_cache_mb must be ≥ 0 (0: no cache), got {cfg.teacher_cache_mb}")
+
+    def prepare(self, ctx: Context) -> None:
+        cfg = self.cfg
         self._visible_vqa = photo_questions(ctx.forget_visible_records)
         if cfg.keep_visible and not self._visible_vqa:
             raise ValueError("vkd keep_visible needs the forget people's visible-feature photo questions "
@@ -290,8 +299,6 @@ class VKD(Method):
         if cfg.vkd_weight and not self._kept_images:
             raise ValueError("VKD distillation needs retain image+text records")
         feature_points(ctx.model, ctx.adapter, cfg.vkd_points)  # fail early on a bad hook point
-        if cfg.teacher_cache_mb < 0:
-            raise ValueError(f"vkd teacher_cache_mb must be ≥ 0 (0: no cache), got {cfg.teacher_cache_mb}")
         self._cache, self._cache_log = None, {"cap_mb": cfg.teacher_cache_mb, "images": 0, "mb": 0.0,
                                               "teacher_calls": 0}
         sharded = "sharded" in str(getattr(ctx.reference, "kind", ""))
