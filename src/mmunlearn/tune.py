@@ -199,7 +199,7 @@ class TuneContext:
 
         cls = get_method(name)
         preset = "real" if self.parameters >= REAL_SIZE_PARAMS else "tiny"
-        lr, steps, _ = preset_defaults(cls(cls.make_config({})), preset, forget_records(self.train_bundle, cls),
+        lr, steps, _ = preset_defaults(cls(), preset, forget_records(self.train_bundle, cls),
                                        self.train_bundle.train("retain"), self.cfg.batch_size)
         return lr, steps
 
@@ -207,8 +207,7 @@ class TuneContext:
         """The most steps a trial of `name` (at its default stages) may take within the budget."""
         from .methods.base import get_method
 
-        cls = get_method(name)
-        return cls(cls.make_config({})).steps_within(self.budget, self.cfg.batch_size)
+        return get_method(name)().steps_within(self.budget, self.cfg.batch_size)
 
     @property
     def eval_cfg(self) -> EvalConfig:
@@ -219,14 +218,10 @@ def default_budget(ctx: TuneContext) -> int:
     """The mean over every registered method of its preset's default schedule in trained samples, rounded
     down to a whole number of batches: the compute a search around each method's own defaults would spend
     in all, shared out equally."""
-    from .methods.base import get_method, registry
+    from .methods.base import registry
 
-    samples = []
-    for name in sorted(registry()):
-        cls = get_method(name)
-        _, steps = ctx.preset_schedule(name)
-        samples.append(cls(cls.make_config({})).trained_samples(steps, ctx.cfg.batch_size))
     batch = ctx.cfg.batch_size
+    samples = [cls().trained_samples(ctx.preset_schedule(name)[1], batch) for name, cls in sorted(registry().items())]
     return max(batch, sum(samples) // len(samples) // batch * batch)
 
 
@@ -332,7 +327,7 @@ def _expected_cost(name: str) -> float:
     from .methods.base import get_method
 
     cls = get_method(name)
-    return float(cls(cls.make_config({})).trained_samples(cls.default_steps, 1))
+    return float(cls().trained_samples(cls.default_steps, 1))
 
 
 def tune_method(name: str, ctx: TuneContext, progress: Callable[[str], None] | None = None) -> dict:

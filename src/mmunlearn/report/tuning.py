@@ -77,18 +77,29 @@ BENCH_COLUMNS = {"test/image+text/cls_acc": "test_it", "test/text/cls_acc": "tes
                  "retain/image+text/cls_acc": "retain_it", "retain/text/cls_acc": "retain_txt",
                  "understanding_retain/image+text/cls_acc": "und_retain"}
 SPREAD_FLOOR = 0.02  # the least σ a seed spread is taken as (three seeds can agree to the question)
+FAILED = {">=": "<", ">": "≤", "<=": ">", "<": "≥"}  # how a number that misses a constraint compares
 
 
 def carry_over(tuned: dict, bench: dict) -> list[dict]:
     """Whether each method's tuned settings hold on the reported people: the chosen trial's number on the tuning
     people beside the bench's `(tuned)` row (mean ± std over its seeds) for every rule key a bench row carries —
-    `within` when |tuning − reported| ≤ 2 max(σ, SPREAD_FLOOR) — and the rule's constraints resolved against the
-    bench's own vanilla row, checked on the reported mean (`missed`: the ones it fails)."""
-    from ..train.selection import parse_rule
+    `within` when |tuning − reported| ≤ 2 max(σ, SPREAD_FLOOR) — and the rule's constraints on those keys,
+    resolved against the bench's own vanilla row (train/selection.resolve_relative) and checked on the reported
+    means (`missed`: the ones they fail)."""
+    from ..train.selection import Rule, lookup, parse_rule, resolve_relative
+
+    def as_metrics(row: dict) -> dict:  # a bench row's means where the rule's lookup finds them
+        metrics: dict = {}
+        for key, column in BENCH_COLUMNS.items():
+            if row.get(column):
+                split, modality, metric = key.split("/")
+                metrics.setdefault(split, {}).setdefault(modality, {})[metric] = row[column]["mean"]
+        return metrics
 
     rule = parse_rule(tuned["rule"], allow_relative=True)
     rows = {a["method"]: a for a in bench.get("aggregated", [])}
-    vanilla = rows.get("vanilla", {})
+    carried = Rule(rule.objective, rule.key, tuple(c for c in rule.constraints if c.key in BENCH_COLUMNS))
+    constraints = resolve_relative(carried, as_metrics(rows.get("vanilla", {}))).constraints
     out = []
     for method, chosen in tuned["methods"].items():
         row = rows.get(f"{method} (tuned)")
@@ -102,15 +113,9 @@ def carry_over(tuned: dict, bench: dict) -> list[dict]:
             spread = 2 * max(reported["std"], SPREAD_FLOOR)
             cells[key] = {"tuning": at_tuning, "mean": reported["mean"], "std": reported["std"],
                           "n": reported.get("n", 1), "within": abs(at_tuning - reported["mean"]) <= spread}
-        missed = []
-        for c in rule.constraints:
-            column = BENCH_COLUMNS.get(c.key)
-            if column is None or not row.get(column):
-                continue
-            bound = c.value * vanilla[column]["mean"] if c.relative and vanilla.get(column) else c.value
-            value = row[column]["mean"]
-            if not (value >= bound if c.op == ">=" else value <= bound if c.op == "<=" else True):
-                missed.append(f"{column} {value:.2f} {'<' if c.op == '>=' else '>'} {bound:.2f}")
+        reported = as_metrics(row)
+        missed = [f"{BENCH_COLUMNS[c.key]} {lookup(reported, c.key):.2f} {FAILED[c.op]} {c.value:.2f}"
+                  for c in constraints if lookup(reported, c.key) is not None and not c.holds(reported)]
         out.append({"method": method, "cells": cells, "missed": missed})
     return out
 
