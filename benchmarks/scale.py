@@ -942,6 +942,23 @@ class LiveBytes:
             if st._cdata not in self.live:
                 self._add(st, category)
 
+    def register_model(self, model, persistent: dict[str, list]) -> None:
+        """The model's weights and buffers, and `persistent` (category → tensors that outlive what is traced)."""
+        self.register(list(model.parameters()), "params")
+        self.register(list(model.buffers()), "buffers")
+        for category, tensors in persistent.items():
+            self.register(tensors, category)
+
+    @contextlib.contextmanager
+    def filing_grads(self, params):
+        """While active, each parameter's gradient is filed as `grads` when autograd stores it."""
+        hooks = [p.register_post_accumulate_grad_hook(lambda p: self.move(p.grad, "grads")) for p in params]
+        try:
+            yield
+        finally:
+            for h in hooks:
+                h.remove()
+
     def move(self, tensor, category: str) -> None:
         """Re-file a storage (autograd made an activation-born tensor a parameter's gradient)."""
         st = tensor.untyped_storage()
@@ -1425,6 +1442,13 @@ def bf16_prepared(module):
     return forward
 
 
+def reference_tensors(reference) -> list:
+    """θ0's own weights and buffers (none for LoRA's disabled adapters: θ0 is then the model itself)."""
+    if reference is None or reference.kind == "disabled-adapter":
+        return []
+    return list(reference.module.parameters()) + list(reference.module.buffers())
+
+
 def trace_step(step_fn, model, mask_active: bool, masks: dict | None, persistent: dict[str, list],
                grad_clip: float = 1.0) -> dict:
     """One optimiser step as train/loop.run_loop takes it — loss, backward, the gradient masks, clipping,
@@ -1438,35 +1462,27 @@ def trace_step(step_fn, model, mask_active: bool, masks: dict | None, persistent
     opt = TracedAdamW(named.values())
     loop_masks = {n: _sharded_like(m, named[n]) for n, m in (masks or {}).items() if n in named}
     tracker = LiveBytes(FSDP_WEIGHTS)
-    tracker.register(list(model.parameters()), "params")
-    tracker.register(list(model.buffers()), "buffers")
-    for category, tensors in persistent.items():
-        tracker.register(tensors, category)
+    tracker.register_model(model, persistent)
     tracker.register(opt.state_tensors(), "optimiser")
     tracker.register(list((masks or {}).values()), "masks")
     tracker.register(list(loop_masks.values()), "masks")  # on one process the loop uses them as they are
     start = tracker.now()
-    hooks = [p.register_post_accumulate_grad_hook(lambda p: tracker.move(p.grad, "grads")) for p in named.values()]
     t0 = time.perf_counter()
-    try:
-        with tracker:
-            terms = step_fn()
-            terms["loss"].backward()
-            backward_done = tracker.now()
-            tracker.phase = "step"
-            if mask_active:
-                for n, m in loop_masks.items():
-                    if named[n].grad is not None:
-                        named[n].grad.mul_(m)
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(list(named.values()), grad_clip)
-            opt.step()
-            for p in named.values():
-                p.grad = None
-            del terms
-    finally:
-        for h in hooks:
-            h.remove()
+    with tracker.filing_grads(named.values()), tracker:
+        terms = step_fn()
+        terms["loss"].backward()
+        backward_done = tracker.now()
+        tracker.phase = "step"
+        if mask_active:
+            for n, m in loop_masks.items():
+                if named[n].grad is not None:
+                    named[n].grad.mul_(m)
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(list(named.values()), grad_clip)
+        opt.step()
+        for p in named.values():
+            p.grad = None
+        del terms
     return {"flops": sum(tracker.flops.values()), "flops_by_op": tracker.flops,
             "peak_bytes": tracker.peak, "at_peak": tracker.at_peak,
             "fsdp_weighted_peak": int(tracker.weighted_peak), "at_fsdp_weighted_peak": tracker.at_weighted_peak,
@@ -1532,8 +1548,7 @@ def fake_case(fam: FakeFamily, name: str, batch: int, ckpt: bool) -> dict:
         module = ctx.module
         module.train()
         ctx.step_module = bf16_prepared(module)  # what run_loop binds while its loop runs
-        persistent = {"reference": list(reference.module.parameters()) + list(reference.module.buffers())
-                      if reference is not None and reference.kind != "disabled-adapter" else []}
+        persistent = {"reference": reference_tensors(reference)}
         cache = getattr(method, "_cache", None)
         persistent["teacher_cache"] = [t for one in (cache._store.values() if cache else []) for t in one.values()]
         calls_before = getattr(method, "_cache_log", {}).get("teacher_calls")
@@ -1643,20 +1658,12 @@ def fake_estimate_case(fam: FakeFamily, name: str, batch: int, ckpt: bool) -> di
     with fake_setup(fam, method_name, scope, args, batch, ckpt) as (method, ctx, reference, plan):
         named = {n: p for n, p in ctx.model.named_parameters() if p.requires_grad}
         tracker, forwards = LiveBytes(), []
-        tracker.register(list(ctx.model.parameters()), "params")
-        tracker.register(list(ctx.model.buffers()), "buffers")
-        if reference is not None and reference.kind != "disabled-adapter":
-            tracker.register(list(reference.module.parameters()) + list(reference.module.buffers()), "reference")
+        tracker.register_model(ctx.model, {"reference": reference_tensors(reference)})
         start = tracker.now()
-        hooks = [p.register_post_accumulate_grad_hook(lambda p: tracker.move(p.grad, "grads")) for p in named.values()]
-        try:
-            with estimate_stand_ins(fam.layout, batch, tracker, forwards), tracker:
-                ctx.module.train()
-                method.prepare(ctx)
-                masks = ctx.grad_masks
-        finally:
-            for h in hooks:
-                h.remove()
+        with tracker.filing_grads(named.values()), estimate_stand_ins(fam.layout, batch, tracker, forwards), tracker:
+            ctx.module.train()
+            method.prepare(ctx)
+            masks = ctx.grad_masks
         n_train, n_total = trainable_count(ctx.model)
         out = {"status": "ok", "kind": "estimate", "unlearn_method": method_name, "scope": scope,
                "gradient_checkpointing": ckpt, "method_args": args, "total_params": n_total,
