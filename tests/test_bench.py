@@ -129,4 +129,45 @@ def test_report_tuned_only_writes_vanilla_and_the_tuned_rows(tmp_path):
     assert res.exit_code == 0, res.output
     text = readme.read_text()
     assert "| ga (tuned) | 0.78 |" in text and "| vanilla | 0.97 |" in text
-    assert "| ga |" not in text and "defaults' rows are left out" in text
+    assert "| ga |" not in text and "defaults' rows and the other columns are left out" in text
+
+
+def test_bench_row_reads_the_attacks_of_a_finished_run_with_the_strangers_median(tmp_path):
+    """A finished run's attacks.json is read, not redone: the identity columns come from the rank attack's
+    forget group and its strangers' baseline, relearning over the floor is the mean gap per ratio."""
+    from mmunlearn.bench import _attack_numbers
+
+    cfg = BenchConfig(model="m", methods=[], attacks=True)
+    relearn = {"AG": 0.25, "AG_cls_acc": 0.5, "after": {"5": 0.6, "50": 0.9},
+               "config": {"ratios": sorted(float(r) for r in cfg.relearn_ratios), "steps": cfg.relearn_steps,
+                          "split": cfg.relearn_split, "generate": True}}
+    rank = {"groups": {"forget": {"top5": 0.3, "median_rank": 13}},
+            "forget_names_on_strangers": {"median_rank": 71, "top5": 0.02}}
+    (tmp_path / "attacks.json").write_text(json.dumps({
+        "probe": {"probes": {"text_only": {"leak": 0.4}}, "mia": {"forget_vs_holdout": {"loss_auc": 0.7}}},
+        "rank": rank, "relearn": relearn}))
+    # no model in the folder: anything missing would have to be computed, and cannot be
+    numbers = _attack_numbers(tmp_path, None, cfg, tmp_path, floor_after={"5": 0.5, "50": 0.5})
+    assert numbers["rank_top5"] == 0.3 and numbers["rank_median"] == 13
+    assert numbers["rank_strangers_median"] == 71
+    assert abs(numbers["relearn_over_floor"] - 0.25) < 1e-12  # ((0.6 - 0.5) + (0.9 - 0.5)) / 2
+    assert numbers["AG"] == 0.25 and numbers["leak_text"] == 0.4 and numbers["mia_auc"] == 0.7
+
+
+def test_tuned_only_table_leads_with_the_identity_columns():
+    """The README's table: unseen photos, name rank beside the strangers' rank and relearning over the floor
+    first, then what the person bar keeps; time and parameter counts stay on the benchmarks page."""
+    from mmunlearn.report.tables import tuned_rows
+
+    def cell(mean):
+        return {"mean": mean, "std": 0.0, "n": 1}
+
+    row = {"test_it": cell(0.5), "rank_top5": cell(0.3), "rank_median": cell(13), "rank_strangers_median": cell(71),
+           "relearn_over_floor": cell(0.1), "forget_it": cell(0.2), "wall_time_s": cell(9.0)}
+    aggregated = [{"method": "vanilla", **row}, {"method": "vkd (tuned)", **row}, {"method": "vkd", **row}]
+    table = tuned_rows({"aggregated": aggregated})["table_markdown"]
+    header = table.splitlines()[0]
+    assert header == ("| method | test cls (img) | name rank top-5 | name rank median | name rank median (strangers) "
+                      "| relearn over floor | forget cls (img) |")
+    assert "| vkd (tuned) | 0.50 | 0.30 | 13 | 71 | +0.10 | 0.20 |" in table
+    assert "| vkd |" not in table and "time (s)" not in table

@@ -123,6 +123,8 @@ def _attack_numbers(model_dir: str | Path, bundle: DataBundle, cfg: BenchConfig,
     probes = data["probe"].get("probes", {})
     mia = (data["probe"].get("mia") or {}).get("forget_vs_holdout", {})
     rank = ((data.get("rank") or {}).get("groups") or {}).get("forget") or {}
+    # where the same model puts the forget people's names on never-seen strangers' photos: a forgotten face's rank
+    strangers = (data.get("rank") or {}).get("forget_names_on_strangers") or {}
     # a relearn run with other settings whose model is gone is not this bench's number: absent, not stale
     relearn = data["relearn"] if _same_relearn(data.get("relearn"), cfg) else {}
     over_floor = None
@@ -132,7 +134,8 @@ def _attack_numbers(model_dir: str | Path, bundle: DataBundle, cfg: BenchConfig,
     return {"AG": relearn.get("AG"), "AG_gen": relearn.get("AG_cls_acc"), "relearn_over_floor": over_floor,
             "leak_text": (probes.get("text_only") or {}).get("leak"),
             "mia_auc": mia.get("loss_auc"),
-            "rank_top5": rank.get("top5"), "rank_median": rank.get("median_rank")}
+            "rank_top5": rank.get("top5"), "rank_median": rank.get("median_rank"),
+            "rank_strangers_median": strangers.get("median_rank")}
 
 
 def _write_run_record(run: Path, bundle: DataBundle, cfg: BenchConfig, method: str, seed: int, steps: int | None,

@@ -353,6 +353,10 @@ def methods(
             typer.echo(f"{'':12s}   --set {options}")
         if space:
             for key, spec in cls.tuning_space().items():
+                if key == "steps":  # the budget, not the preset, sets the top: it depends on the data
+                    typer.echo(f"{'':12s}   tune steps: log [top/4, top], top = the most steps whose trained "
+                               "samples fit the tune's --budget (default: the mean of every method's preset)")
+                    continue
                 kind = "log " if spec[0] == "log" or spec[-1] == "log" else ""
                 values = spec[1] if spec[0] == "cat" else f"[{spec[1]:g}, {spec[2]:g}]"
                 typer.echo(f"{'':12s}   tune {key}: {kind}{values}")
