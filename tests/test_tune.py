@@ -223,6 +223,7 @@ def test_an_interrupted_tune_keeps_finished_methods(tuned_small, small_world, tm
     assert tuned == ["graddiff"] and ga_steps["n"] == 0 and "ga: already tuned" in msgs
     assert again["methods"]["ga"] == first["methods"]["ga"] and set(again["methods"]) == {"ga", "graddiff"}
     assert [t["method"] for t in again["trials"]] == ["ga", "graddiff"]
+    assert again["timing"]["resumed"] == ["ga"]  # its wall time covers graddiff only, and the report says so
 
 
 def test_workers_tune_methods_in_processes_of_their_own(tuned_small, small_world, tmp_path):
@@ -348,6 +349,15 @@ def test_tune_report_table_and_plot_from_a_hand_made_tuned_json(tmp_path):
     assert "| **npo** | **1** | lr 0.0001, 20 steps, beta 0.2 | 0.40 | 0.50 | 0.97 |" in text
     assert "| ✓ (chosen) |" in text and "| pruned |" in text
     assert "| vanilla | | | 0.90 | 0.50 | 1.00 |" in text
+    # a resumed tune: its wall time is the last run's only, and says so; the searches summed by hand
+    tuned["methods"]["kl"] = {**tuned["methods"]["npo"]}
+    tuned["timing"] = {"npo": 240.0, "kl": 180.0, "total_s": 300, "cpu_s": 540, "workers": 2, "resumed": ["npo"]}
+    path.write_text(json.dumps(tuned))
+    res = runner.invoke(app, ["report", str(path)])
+    assert res.exit_code == 0, res.output
+    assert ("Whole tune: resumed; its last run tuned 1 method(s) (kl) in 5 min wall on 2 worker processes, 9 min "
+            "of CPU; npo came from earlier runs. Every method's search summed: 7 min, one worker process each."
+            in res.output.replace("\n", " ")), res.output
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
     res = runner.invoke(app, ["report", str(path), "--out", str(tmp_path / "x.html")])
     assert res.exit_code == 2 and "--plot" in res.output

@@ -266,6 +266,8 @@ def run_tune(data: str | Path, cfg: TuneConfig, out: Path, tune_forget: list[str
             result["methods"], result["trials"], result["timing"] = old["methods"], old["trials"], old["timing"]
             result["timing"].pop("total_s", None)
             result["timing"].pop("cpu_s", None)
+            # the run's wall and CPU time cover only what it tuned: say which methods came from earlier runs
+            result["timing"]["resumed"] = sorted(result["methods"])
     todo = [name for name in cfg.methods if name not in result["methods"]]
     for name in cfg.methods:
         if name in result["methods"]:

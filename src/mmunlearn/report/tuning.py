@@ -65,10 +65,18 @@ def tune_table(tuned: dict) -> str:
     timing = tuned.get("timing", {})
     total, cpu, workers = timing.get("total_s"), timing.get("cpu_s"), timing.get("workers", 1)
     tail = ""
-    if isinstance(total, (int, float)):
-        tail = f"\n\nWhole tune: {total / 60:.0f} min wall"
-        tail += f" on {workers} worker process{'es' if workers > 1 else ''}"
-        tail += f", {cpu / 60:.0f} min of CPU." if isinstance(cpu, (int, float)) else "."
+    on = f" on {workers} worker process{'es' if workers > 1 else ''}"
+    of_cpu = f", {cpu / 60:.0f} min of CPU" if isinstance(cpu, (int, float)) else ""
+    reused = timing.get("resumed")
+    if isinstance(total, (int, float)) and reused:
+        # a resumed tune's wall time is its last run's: give that, and every method's search summed
+        searched = {m: s for m, s in timing.items() if m in tuned["methods"] and isinstance(s, (int, float))}
+        last = [m for m in searched if m not in reused]
+        tail = (f"\n\nWhole tune: resumed; its last run tuned {len(last)} method(s) ({', '.join(last)}) in "
+                f"{total / 60:.0f} min wall{on}{of_cpu}; {', '.join(reused)} came from earlier runs. Every "
+                f"method's search summed: {sum(searched.values()) / 60:.0f} min, one worker process each.")
+    elif isinstance(total, (int, float)):
+        tail = f"\n\nWhole tune: {total / 60:.0f} min wall{on}{of_cpu}."
     return head + "\n".join(lines) + tail
 
 
