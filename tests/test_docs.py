@@ -138,3 +138,12 @@ def test_plot_tradeoff_draws_a_bench(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p[0] for p in module.points(results["aggregated"], "forget_it", "retain_it")] == ["vanilla", "ga"]
     assert module.main([str(tmp_path / "missing.json"), "--out", str(out)]) == 2
+    # the identity frontier needs the attacks' name-rank columns: refused without them, drawn with them
+    identity = tmp_path / "img" / "identity.png"
+    assert module.main([str(tmp_path / "results.json"), "--out", str(out), "--identity-out", str(identity)]) == 2
+    assert not identity.exists()
+    results["aggregated"][1].update(rank_top5=cell(0.3, 0.1, 2), und_forget_unseen=cell(0.8, 0.05, 2),
+                                    rank_median=cell(13.0, 2.0, 2), rank_strangers_median=cell(70.0, 3.0, 2))
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert module.main([str(tmp_path / "results.json"), "--out", str(out), "--identity-out", str(identity)]) == 0
+    assert identity.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

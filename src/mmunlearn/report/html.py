@@ -209,6 +209,14 @@ def bench_report(results_file: Path) -> Report:
         "Classification accuracy on the forget people (lower = forgotten) against the retain people "
         "(higher = kept), mean ± std over seeds" + ("; crosses: tuning trials" if trials else "") + ".",
         [("trade-off scatter", plots.tradeoff(aggregated, trials))]))
+    if any(isinstance(a.get("rank_top5"), dict) for a in aggregated):  # a bench with --attacks
+        report.sections.append(Section(
+            "Identity against understanding",
+            "Forgetting the face, not the photo: the share of the forget people's unseen photos whose true name "
+            "still ranks in the top 5 of every name (lower = forgotten) against understanding of those photos "
+            "(higher = kept); labels: the median name rank beside the median rank of the forget people's names "
+            "on never-seen strangers' photos.",
+            [("identity frontier", plots.identity_frontier(aggregated))]))
     report.sections.append(Section(
         "Per split against vanilla",
         "Classification accuracy per split and modality (img: photo shown, txt: person named); dotted: chance.",

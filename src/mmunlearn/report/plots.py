@@ -85,6 +85,44 @@ def tradeoff(aggregated: Sequence[dict], trials: Sequence[dict] = ()) -> str:
     return _png(fig)
 
 
+# The person bar's identity and understanding axes (issue #17): the true name in the top 5 for at most this
+# share of unseen photos, and understanding of the forget people's unseen photos at ≥ 95 % of vanilla
+NAME_TOP5_BAR = 0.10
+UNDERSTANDING_SHARE = 0.95
+
+
+def identity_frontier(aggregated: Sequence[dict]) -> str:
+    """Where each method leaves the face: the share of unseen photos whose true name still ranks in the top 5
+    (x, lower = forgotten) against understanding of those photos (y, higher = kept), ± std over seeds, with
+    the person bar's lines; the label adds the median name rank beside the strangers'."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 5.2), constrained_layout=True)
+    vanilla = next((a for a in aggregated if a["method"] == "vanilla"), None)
+    bar_y = _stat(vanilla.get("und_forget_unseen")) if vanilla else None
+    for a in aggregated:
+        x, y = _stat(a.get("rank_top5")), _stat(a.get("und_forget_unseen"))
+        if not (x and y):
+            continue
+        if a["method"] == "vanilla":
+            ax.scatter([x[0]], [y[0]], marker="*", s=180, color="black", zorder=3)
+        else:
+            ax.errorbar([x[0]], [y[0]], xerr=[x[1]], yerr=[y[1]], fmt="o", capsize=3, zorder=2)
+        median, strangers = _stat(a.get("rank_median")), _stat(a.get("rank_strangers_median"))
+        ranks = f" ({median[0]:.0f} vs {strangers[0]:.0f})" if median and strangers else ""
+        ax.annotate(a["method"] + ranks, (x[0], y[0]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    ax.axvline(NAME_TOP5_BAR, color="tab:red", linestyle=":", linewidth=1)
+    if bar_y:
+        ax.axhline(UNDERSTANDING_SHARE * bar_y[0], color="tab:red", linestyle=":", linewidth=1)
+    ax.set_xlim(-0.05, 1.05)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("true name in the top 5, share of unseen photos (lower = face forgotten)")
+    ax.set_ylabel("understanding of the unseen photos (higher = kept)")
+    ax.grid(alpha=0.3)
+    ax.set_title("Identity against understanding (★ vanilla; dotted: the person bar, met top left;\n"
+                 "label: median name rank vs the strangers' median)", fontsize=9)
+    return _png(fig)
+
+
 def split_bars(method: str, row: Mapping, vanilla: Mapping | None) -> str:
     """Classification accuracy per split and modality: the method beside vanilla (± std over seeds)."""
     plt = _plt()
