@@ -57,6 +57,8 @@ def _unlearn(model, data, out, *extra, ids=("--forget-split", "forget_15")):
     (["--method", "mmunlearner", "--set", "mask_slices=x"], "option mask_slices expects a number (got 'x')"),
     (["--method", "vkd-paper", "--set", "vkd_distance=l1"], "vkd vkd_distance must be one of ('mse', 'sq_l2')"),
     (["--method", "vkd", "--set", "augment=2"], "vkd augment is a probability in [0, 1], got 2"),
+    (["--method", "vkd", "--set", "forget_loss=strangers"], "vkd forget_loss must be one of ('ga', 'npo', 'stranger')"),
+    (["--method", "vkd", "--set", "keep_visible_loss=mse"], "vkd keep_visible_loss must be one of ('nll', 'kl')"),
 ])
 def test_unlearn_refuses_bad_options_before_out_exists(untrained_llava, small_world, tmp_path, extra, needle):
     out = tmp_path / "run"
@@ -170,3 +172,13 @@ def test_an_unexpected_failure_is_one_line_with_the_way_to_see_more(small_world,
     debug = CliRunner().invoke(app, ["--debug", "eval", "--model", "x", "--data", str(small_world), "--out",
                                      str(tmp_path / "e")])
     assert isinstance(debug.exception, RuntimeError)  # --debug lets the traceback through
+
+
+def test_unlearn_names_a_tiny_builder_as_what_it_is(small_world, tmp_path):
+    """A builder name is not a trained model: the message says how to make one (it used to offer the very name
+    it refused)."""
+    out = tmp_path / "run"
+    one_error(_unlearn("tiny-llava", small_world, out),
+              "tiny-llava is a tiny builder, not a trained model: this command needs a model folder "
+              "(make one with `mmunlearn finetune --model tiny-llava --data DATA --out DIR`)")
+    assert not out.exists()

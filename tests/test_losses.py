@@ -211,3 +211,26 @@ def test_salun_paper_random_labels_are_other_peoples_answers_by_hand():
     assert random_label(ann_name, pool, by_task, rng) == "The name is Bob Ray."
     seen = {random_label(choice, pool, by_task, rng) for _ in range(40)}
     assert seen == {"Ann Lee was born in Brisk (B)", "Ann Lee was born in Tull (C)", "Ann Lee was born in Oss (D)"}
+
+
+def test_sample_kl_weighs_every_sample_alike_over_unequal_answer_lengths():
+    """VKD's stranger target: KL(p_θ0 on a stranger's photo ‖ p_θ on the forget photo) per answer token,
+    a mean per sample, then over samples. A: one answer token, θ (½, ½) against θ0 (¾, ¼):
+    ¾·ln(¾/½) + ¼·ln(¼/½) = 0.130812. B: two tokens, θ (¾, ¼) against θ0 (½, ½): ½·ln(½/¾) + ½·ln(½/¼)
+    = 0.143841, then equal distributions: 0 → B's mean 0.071921. Batch: (0.130812 + 0.071921) / 2 = 0.101366
+    (a token-pooled mean would give (0.130812 + 0.143841 + 0) / 3 = 0.091551)."""
+    from mmunlearn.methods.losses import sample_kl
+
+    a_ref = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    b_first = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)
+    assert a_ref == pytest.approx(0.130812, abs=1e-6) and b_first == pytest.approx(0.143841, abs=1e-6)
+    # position t predicts label t+1; A's only answer token is at position 2, B's at 1 and 2
+    labels = torch.tensor([[IGNORE, IGNORE, 0], [IGNORE, 0, 1]])
+    logits = torch.tensor([[[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]],
+                           [[LN3, 0.0], [0.0, 0.0], [0.0, 0.0]]])
+    ref = torch.tensor([[[0.0, 0.0], [LN3, 0.0], [0.0, 0.0]],
+                        [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])
+    per_sample = sample_kl(ref, logits, labels)
+    assert per_sample.tolist() == pytest.approx([0.130812, 0.071921], abs=1e-6)
+    assert per_sample.mean().item() == pytest.approx(0.101366, abs=1e-6)
+    assert sample_kl(ref, ref, labels).tolist() == pytest.approx([0.0, 0.0], abs=1e-7)

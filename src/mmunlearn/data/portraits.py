@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -91,11 +92,13 @@ class Pose:
     seed: int = 0
 
 
-def sample_looks(n: int, rng: random.Random, min_distance: int = 2) -> list[Look]:
+def sample_looks(n: int, rng: random.Random, min_distance: int = 2, avoid: Sequence[tuple[str, ...]] = ()) -> list[Look]:
     """`n` distinct looks whose identity features differ pairwise in at least `min_distance` places,
-    so that one misread feature never turns one person into another."""
+    so that one misread feature never turns one person into another; `avoid`: identity keys (`Look.key`)
+    the new looks must also stay that far from (people who already exist)."""
     looks: list[Look] = []
     keys: list[tuple[str, ...]] = []
+    known = [tuple(k) for k in avoid]
     attempts = 0
     while len(looks) < n:
         attempts += 1
@@ -111,7 +114,7 @@ def sample_looks(n: int, rng: random.Random, min_distance: int = 2) -> list[Look
             eyes=rng.choice(tuple(EYES)),
         )
         key = look.key()
-        if all(sum(a != b for a, b in zip(key, other)) >= min_distance for other in keys):
+        if all(sum(a != b for a, b in zip(key, other)) >= min_distance for other in keys + known):
             looks.append(look)
             keys.append(key)
     return looks

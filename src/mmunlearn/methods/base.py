@@ -68,6 +68,9 @@ class Context:
     # step (a 16-record SalUn batch of 1,120-token samples is ~16× a batch-1 step's activations at 7B).
     # 0: each estimate batch in one forward.
     estimate_rows: int = 0
+    # Photos of `n` people nobody has seen (data/strangers.py; None where the data cannot vouch for any):
+    # the target a forgotten face is pulled toward
+    strangers: Callable[[int], list] | None = None
 
     def local(self, items: Sequence[T]) -> list[T]:
         """This process's share of a global list (items rank, rank + world, ...)."""

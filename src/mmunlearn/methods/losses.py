@@ -89,6 +89,15 @@ def answer_kl(ref_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tens
     return (kl * mask).sum() / token_count(mask)
 
 
+def sample_kl(ref_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """KL(p_ref ‖ p_θ) over the vocabulary, averaged over each sample's own answer tokens (B,): every sample
+    weighs the same whatever its answer's length (VKD's stranger target, one photo one vote)."""
+    ref, _, mask = _shifted(ref_logits, labels)
+    cur, _, _ = _shifted(logits, labels)
+    kl = F.kl_div(torch.log_softmax(cur, -1), torch.log_softmax(ref, -1), log_target=True, reduction="none").sum(-1)
+    return (kl * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+
 def npo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:
     """NPO: −(2/β)·mean log σ(−β·(log π_θ − log π_ref))."""
     return -(2.0 / beta) * F.logsigmoid(-beta * (logp - ref_logp)).mean()

@@ -37,6 +37,11 @@ identity lives in the face alone), on photos transformed as the ascent's, so the
 to keep on the very photos it is pushed away from; `nll_from="retain+pretrain"` lets the retain NLL
 draw the real people's photo questions too.
 
+`forget_loss="stranger"` (ours, issue #32, not yet measured on the default world): the forget term is the per-sample
+KL from θ0's answers on a never-seen person's photo (data/strangers.py) to θ's on the forget photo, the same
+prompt token for token, instead of an ascent; `keep_visible_loss="kl"` keeps what the photos show by a KL to θ0
+on the same transformed photo instead of an NLL.
+
 Ablations: `vkd_weight=0` (no distillation), `mask=none`, and the engine's `--scope full`.
 *(reconstructed: distance = mean squared error per element by default, `vkd_distance=sq_l2` for the
 literal per-image squared norm; hook points configurable; the per-sample cap on the ascent is ours.)*
@@ -54,11 +59,12 @@ from ..data.portraits import augment
 from ..data.record import Record
 from .base import Context, Method, MethodConfig, register
 from ..models.forward import AnswerLogits, VisualFeatures, feature_points
-from .losses import answer_nll, npo_loss, sample_nll, sequence_logprob
+from .losses import answer_kl, answer_nll, npo_loss, sample_kl, sample_nll, sequence_logprob
 from .masks import (accumulate_gradients, agree_across_processes, mask_stats, record_batches, salun_mask,
                     top_fraction_mask)
 
-FORGET_LOSSES = ("ga", "npo")
+FORGET_LOSSES = ("ga", "npo", "stranger")
+VISIBLE_LOSSES = ("nll", "kl")
 # vkd-paper's λ: its squared norm sums a photo's features (1,088 + 2,048 elements at the tiny LLaVA's two hook
 # points) where `vkd`'s mean squared error averages them; 5e-6 ≈ 0.01 / 2,000 gives about the same pull there
 # (on the default world, seeds 0 and 1: trained photos 0.19 / 0.13, unseen 0.33 / 0.23, text 1.00; 2e-5 kept
@@ -75,11 +81,12 @@ class VKDConfig(MethodConfig):
     alpha: float = 3.0  # retain image+text NLL weight (0: off; chosen in the seed sweep, docs/methods)
     retain_batch: int = 0  # retain records in the retain NLL per step (0: as many as the forget batch)
     vkd_weight: float = 0.01  # λ; 0 = no distillation (ablation; value from the seed sweep)
-    forget_loss: str = "ga"  # ga | npo
+    forget_loss: str = "ga"  # ga | npo | stranger (ours: θ0's answers on a never-seen person's photo, below)
     # GA only: a forget sample whose answer NLL (nats per token) reaches the cap stops being pushed
     # (ours; 0 = SPEC's plain ascent, the `vkd-paper` row; value from the seed sweep)
     forget_cap: float = 0.5
     beta: float = 0.1  # NPO β
+    strangers: int = 64  # forget_loss=stranger: never-seen people drawn as targets (one photo each)
     vkd_points: str = "vision_layer,projector"  # feature_modules keys or full module names, comma-separated
     vkd_distance: str = "mse"  # mse (mean over elements) | sq_l2 (per-image squared norm, mean over images)
     vkd_images: int = 64  # retain images distilled per step (seed sweep: 16 kept fewer retain photos)
@@ -96,6 +103,8 @@ class VKDConfig(MethodConfig):
     # ours, for what the forget people's photos still show: weight of an NLL on their own visible-feature
     # questions (hair, shirt, background, accessory), on photos transformed as the ascent's (0: off)
     keep_visible: float = 0.0
+    # nll: the ground-truth answers; kl: θ0's answer distribution on the same transformed photo (distillation)
+    keep_visible_loss: str = "nll"
     nll_from: str = "retain"  # retain | retain+pretrain: whose photo questions the retain NLL draws
 
 
@@ -278,6 +287,10 @@ class VKD(Method):
             raise ValueError(f"vkd keep_from must be one of {KEEP_SOURCES}, got {cfg.keep_from!r}")
         if cfg.nll_from not in KEEP_SOURCES:
             raise ValueError(f"vkd nll_from must be one of {KEEP_SOURCES}, got {cfg.nll_from!r}")
+        if cfg.keep_visible_loss not in VISIBLE_LOSSES:
+            raise ValueError(f"vkd keep_visible_loss must be one of {VISIBLE_LOSSES}, got {cfg.keep_visible_loss!r}")
+        if cfg.forget_loss == "stranger" and cfg.strangers < 1:
+            raise ValueError(f"vkd strangers must be ≥ 1 with forget_loss=stranger, got {cfg.strangers}")
         if cfg.keep_visible < 0:
             raise ValueError(f"vkd keep_visible is a loss weight ≥ 0 (0: off), got {cfg.keep_visible}")
         if cfg.teacher_cache_mb < 0:
@@ -290,6 +303,12 @@ class VKD(Method):
             raise ValueError("vkd keep_visible needs the forget people's visible-feature photo questions "
                              "(hair, shirt, background: the synthetic world has them), and this data has none")
         ctx.extra_log["vkd_visible_records"] = len(self._visible_vqa) if cfg.keep_visible else 0
+        self._strangers = []
+        if cfg.forget_loss == "stranger":
+            if ctx.strangers is None:
+                raise ValueError("vkd forget_loss=stranger needs photos of never-seen people, and this run has none")
+            self._strangers = ctx.strangers(cfg.strangers)
+            ctx.extra_log["vkd_strangers"] = len(self._strangers)
         retain_vqa, pretrain_vqa = photo_questions(ctx.retain_records), photo_questions(ctx.pretrain_records)
         # the retain NLL's records
         self._retain_vqa = retain_vqa + (pretrain_vqa if cfg.nll_from == "retain+pretrain" else [])
@@ -352,7 +371,9 @@ class VKD(Method):
 
     def reference_kind(self) -> str:
         """The teacher is V + P only, unless NPO needs θ0's answer logits."""
-        return "model" if self.cfg.forget_loss == "npo" else "vision"
+        answers = self.cfg.forget_loss in ("npo", "stranger") or (self.cfg.keep_visible and
+                                                                    self.cfg.keep_visible_loss == "kl")
+        return "model" if answers else "vision"
 
     def _forget_term(self, ctx: Context, forget: dict, logits: torch.Tensor,
                      labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -363,6 +384,9 @@ class VKD(Method):
                 terms = {"nll_forget": nll_f.detach(), "forget_capped": (capped >= self.cfg.forget_cap).float().mean()}
                 return -self.cfg.gamma * capped.mean(), terms
             return -self.cfg.gamma * nll_f, {"nll_forget": nll_f.detach()}
+        if self.cfg.forget_loss == "stranger":  # θ0's answers to the same questions on strangers' photos
+            kl = sample_kl(ctx.reference_logits(self._stranger_batch), logits, labels).mean()
+            return self.cfg.gamma * kl, {"stranger_kl": kl.detach(), "nll_forget": nll_f.detach()}
         logp = sequence_logprob(logits, labels)
         ref_logp = sequence_logprob(ctx.reference_logits(forget), labels)
         npo = npo_loss(logp, ref_logp, self.cfg.beta)
@@ -375,6 +399,12 @@ class VKD(Method):
         if cfg.augment:
             forget_recs = augmented(forget_recs, self._augment_rng(ctx), cfg.augment)
         requests = {"forget": AnswerLogits(ctx.batch(forget_recs))}
+        if cfg.forget_loss == "stranger":
+            # the very batch (prompts, option orders, answer tokens) with each photo swapped for a stranger's:
+            # θ0 reads it, so the target is what θ0 says of someone it never saw, token for token
+            drawn = [ctx.rng.randrange(len(self._strangers)) for _ in forget_recs]
+            self._stranger_batch = {**requests["forget"].batch,
+                                    **ctx.pixel_inputs([self._strangers[i] for i in ctx.local(drawn)])}
         if cfg.vkd_weight:
             n = min(cfg.vkd_images, len(self._kept_images))
             # positions in the kept list (the same draws as sampling the list itself); this process
@@ -411,9 +441,15 @@ class VKD(Method):
             loss = loss + cfg.alpha * nll_r
             terms["nll_retain"] = nll_r.detach()
         if cfg.keep_visible:
-            nll_v = answer_nll(*out["visible"])
-            loss = loss + cfg.keep_visible * nll_v
-            terms["nll_visible"] = nll_v.detach()
+            if cfg.keep_visible_loss == "kl":  # θ0's distribution on the same transformed photo
+                logits, labels = out["visible"]
+                kl_v = answer_kl(ctx.reference_logits(requests["visible"].batch), logits, labels)
+                loss = loss + cfg.keep_visible * kl_v
+                terms["kl_visible"] = kl_v.detach()
+            else:
+                nll_v = answer_nll(*out["visible"])
+                loss = loss + cfg.keep_visible * nll_v
+                terms["nll_visible"] = nll_v.detach()
         return {"loss": loss, **terms}
 
     @staticmethod

@@ -231,8 +231,12 @@ def adapter_for_folder(path: str | Path) -> FamilyAdapter:
     if path.exists() and not path.is_dir():
         raise ModelLoadError(f"{path} is a file, not a model folder (give the Hugging Face folder that holds "
                              "config.json and the weights, or a tiny builder name such as tiny-llava)")
+    if not path.is_dir() and str(path).startswith(_TINY_PREFIX):  # finetune and eval take builders; this did not
+        raise ModelLoadError(f"{path} is a tiny builder, not a trained model: this command needs a model folder "
+                             f"(make one with `mmunlearn finetune --model {path} --data DATA --out DIR`)")
     if not path.is_dir():
-        raise ModelLoadError(f"model folder {path} does not exist (give an HF folder or a tiny builder name such as tiny-llava)")
+        raise ModelLoadError(f"model folder {path} does not exist (give an HF folder, or a tiny builder name such as "
+                             "tiny-llava to finetune or eval)")
     if not config.is_file():
         raise ModelLoadError(f"{path} has no config.json: not a Hugging Face model folder")
     try:

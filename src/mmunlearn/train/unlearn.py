@@ -22,6 +22,7 @@ import torch
 
 from ..data.collate import TrainCollator
 from ..data.store import DataBundle, atomic_write_json
+from ..data.strangers import stranger_photos
 from ..methods.base import Context, Method, get_method
 from ..models.forward import StepModule
 from ..models.loader import LoadedModel, load_model
@@ -210,7 +211,7 @@ def unlearn(bundle: DataBundle, cfg: UnlearnConfig, out: Path, loaded: LoadedMod
                   rng=rng, reference=reference, run_dir=out, pretrain_records=bundle.train("pretrain"),
                   forget_visible_records=[r for r in bundle.train("forget") if r.is_visible_fact],
                   rank=rank, world=world, module=module, autocast=accelerator.autocast,
-                  estimate_rows=batch_size)
+                  estimate_rows=batch_size, strangers=lambda n: stranger_photos(bundle, n, cfg.seed))
     t_prep = time.perf_counter()
     method.prepare(ctx)  # masks from the same global batches on every process: identical everywhere
     prep_s = time.perf_counter() - t_prep

@@ -1,0 +1,38 @@
+"""Photos of people nobody has seen: the target a forgotten face should look like.
+
+A method that pulls the model's answers on a forget person's photos toward what θ0 answers on a stranger's
+photo needs strangers that are in no population at all, not the world's `holdout` people: those are the
+evaluation's strangers (membership inference, the identity ranking's baseline), and training toward them
+would grade a method on the photos it was shaped by. So the strangers are drawn fresh, at least two identity
+features away from every person of the world (holdout included), each in one photo posed as a test photo.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+from PIL import Image
+
+from .portraits import IDENTITY_FEATURES, draw, random_pose, sample_looks
+from .store import DataBundle
+
+
+def drawn_strangers(known_looks: list[dict], n: int, seed: int, size: int) -> list[Image.Image]:
+    """`n` photos of new people: looks two identity features away from each other and from `known_looks`."""
+    rng = random.Random(f"strangers-{seed}")
+    avoid = [tuple(look[f] for f in IDENTITY_FEATURES) for look in known_looks]
+    return [draw(look, random_pose(rng, "test"), size) for look in sample_looks(n, rng, avoid=avoid)]
+
+
+def stranger_photos(bundle: DataBundle, n: int, seed: int) -> list[Image.Image]:
+    """Photos of `n` people the data does not hold, the size of its photos. Drawn for the synthetic world,
+    whose looks are known (profiles.json); other data has no stranger it can vouch for."""
+    if bundle.source != "world":
+        raise ValueError(f"stranger targets need photos of people nobody has seen; they are drawn for the synthetic "
+                         f"world only (this data is {bundle.source!r})")
+    profiles = json.loads((bundle.root / "profiles.json").read_text())
+    photo = next((r.image for recs in bundle.splits.values() for r in recs if r.image is not None), None)
+    if photo is None:
+        raise ValueError("stranger targets need the data's photos, and it has none")
+    return drawn_strangers([p["look"] for p in profiles], n, seed, photo.size[0])

@@ -1,0 +1,46 @@
+"""The strangers a forgotten face is pulled toward (data/strangers.py): new people, never the world's."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from mmunlearn.data.portraits import IDENTITY_FEATURES, Look, sample_looks
+from mmunlearn.data.store import DataBundle
+from mmunlearn.data.strangers import drawn_strangers, stranger_photos
+
+
+def _differences(a: dict, b: dict) -> int:
+    return sum(a[f] != b[f] for f in IDENTITY_FEATURES)
+
+
+def test_drawn_strangers_stay_two_identity_features_from_everyone_known_and_each_other(monkeypatch):
+    known = [look.to_dict() for look in sample_looks(150, random.Random(0))]
+    drawn: list[Look] = []
+    import mmunlearn.data.strangers as strangers
+
+    real = strangers.sample_looks
+    monkeypatch.setattr(strangers, "sample_looks", lambda *a, **k: drawn.extend(real(*a, **k)) or drawn)
+    photos = drawn_strangers(known, 40, seed=3, size=32)
+    assert len(photos) == 40 and {p.size for p in photos} == {(32, 32)}
+    new = [look.to_dict() for look in drawn]
+    # counted feature by feature, against every known person and every other stranger
+    assert min(_differences(s, k) for s in new for k in known) >= 2
+    assert min(_differences(a, b) for i, a in enumerate(new) for b in new[i + 1:]) >= 2
+    # seeded: the same strangers for the same seed
+    assert [p.tobytes() for p in drawn_strangers(known, 40, 3, 32)] == [p.tobytes() for p in photos]
+
+
+def test_adding_avoid_leaves_the_worlds_own_draws_unchanged():
+    assert sample_looks(30, random.Random(1)) == sample_looks(30, random.Random(1), avoid=())
+
+
+def test_strangers_are_refused_for_data_that_cannot_vouch_for_them(tmp_path):
+    bundle = DataBundle("mllmu", tmp_path, "forget_5", {})
+    with pytest.raises(ValueError, match="synthetic world only"):
+        stranger_photos(bundle, 4, 0)
+    (tmp_path / "profiles.json").write_text(json.dumps([]))
+    with pytest.raises(ValueError, match="has none"):
+        stranger_photos(DataBundle("world", tmp_path, "forget_5", {}), 4, 0)
