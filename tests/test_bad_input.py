@@ -182,3 +182,15 @@ def test_unlearn_names_a_tiny_builder_as_what_it_is(small_world, tmp_path):
               "tiny-llava is a tiny builder, not a trained model: this command needs a model folder "
               "(make one with `mmunlearn finetune --model tiny-llava --data DATA --out DIR`)")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("option,needle", [
+    ("forget_loss=stranger", "vkd forget_loss=stranger draws never-seen people for the synthetic world only"),
+    ("keep_visible=1", "vkd keep_visible needs the forget people's visible-feature photo questions"),
+])
+def test_vkd_options_this_data_cannot_serve_are_refused_before_out_exists(untrained_llava, own_file, tmp_path,
+                                                                          option, needle):
+    out = tmp_path / "run"
+    one_error(_unlearn(untrained_llava, own_file, out, "--method", "vkd", "--set", option,
+                       ids=("--forget-ids", "p1")), needle)
+    assert not out.exists()  # no run.json left behind

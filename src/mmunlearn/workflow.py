@@ -441,6 +441,7 @@ def unlearn_run(*, method: str, model: str | Path, data: str | Path, out: str | 
                         log_with=check_tracker(log_with), eval_every=eval_every, eval_records=max_records,
                         eval_splits=list(split_list(eval_splits)), select_by=select_by)
     method_cfg = method_cls.make_config(cfg.method_args)
+    method_cls.check_data(method_cfg, bundle)
     check_launch(bundle, method_cls, cfg, accelerator.num_processes)
     check_rule_data(check_selection(cfg, method_cls, accelerator.num_processes), bundle, cfg.eval_records, cfg.seed)
     loaded = load_model(model, dtype=torch_dtype)

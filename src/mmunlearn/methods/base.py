@@ -239,6 +239,11 @@ class Method:
         """Refuse option values the method cannot run with (a ValueError naming the option): called when the
         config is made, so a command refuses them before --out exists."""
 
+    @classmethod
+    def check_data(cls, cfg: MethodConfig, bundle: Any) -> None:
+        """Refuse options this data cannot serve (a ValueError): called once the data is loaded and before
+        --out exists, so a refused run leaves nothing behind."""
+
 
 _REGISTRY: dict[str, type[Method]] = {}
 

@@ -296,6 +296,17 @@ class VKD(Method):
         if cfg.teacher_cache_mb < 0:
             raise ValueError(f"vkd teacher_cache_mb must be ≥ 0 (0: no cache), got {cfg.teacher_cache_mb}")
 
+    @classmethod
+    def check_data(cls, cfg: VKDConfig, bundle) -> None:
+        """Stranger targets are drawn for the synthetic world only; visible-feature questions exist there only."""
+        if cfg.forget_loss == "stranger" and bundle.source != "world":
+            raise ValueError(f"vkd forget_loss=stranger draws never-seen people for the synthetic world only "
+                             f"(this data is {bundle.source!r})")
+        if cfg.keep_visible and not any(r.is_visible_fact and r.modality == "image+text"
+                                        for r in bundle.train("forget")):
+            raise ValueError("vkd keep_visible needs the forget people's visible-feature photo questions "
+                             "(hair, shirt, background: the synthetic world has them), and this data has none")
+
     def prepare(self, ctx: Context) -> None:
         cfg = self.cfg
         self._visible_vqa = photo_questions(ctx.forget_visible_records)
