@@ -81,21 +81,25 @@ def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return logp.sum(dim=1)
 
 
-def answer_kl(ref_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """KL(p_ref ‖ p_θ) over the vocabulary, averaged over answer tokens."""
+def token_kl(ref_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """KL(p_ref ‖ p_θ) over the vocabulary at every answer position (B, T-1), and the answer mask."""
     ref, _, mask = _shifted(ref_logits, labels)
     cur, _, _ = _shifted(logits, labels)
     kl = F.kl_div(torch.log_softmax(cur, -1), torch.log_softmax(ref, -1), log_target=True, reduction="none").sum(-1)
-    return (kl * mask).sum() / token_count(mask)
+    return kl * mask, mask
+
+
+def answer_kl(ref_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """KL(p_ref ‖ p_θ) over the vocabulary, averaged over answer tokens."""
+    kl, mask = token_kl(ref_logits, logits, labels)
+    return kl.sum() / token_count(mask)
 
 
 def sample_kl(ref_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """KL(p_ref ‖ p_θ) over the vocabulary, averaged over each sample's own answer tokens (B,): every sample
     weighs the same whatever its answer's length (VKD's stranger target, one photo one vote)."""
-    ref, _, mask = _shifted(ref_logits, labels)
-    cur, _, _ = _shifted(logits, labels)
-    kl = F.kl_div(torch.log_softmax(cur, -1), torch.log_softmax(ref, -1), log_target=True, reduction="none").sum(-1)
-    return (kl * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+    kl, mask = token_kl(ref_logits, logits, labels)
+    return kl.sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
 def npo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:

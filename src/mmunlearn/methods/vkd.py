@@ -302,17 +302,13 @@ class VKD(Method):
         if cfg.forget_loss == "stranger" and bundle.source != "world":
             raise ValueError(f"vkd forget_loss=stranger draws never-seen people for the synthetic world only "
                              f"(this data is {bundle.source!r})")
-        if cfg.keep_visible and not any(r.is_visible_fact and r.modality == "image+text"
-                                        for r in bundle.train("forget")):
+        if cfg.keep_visible and not photo_questions([r for r in bundle.train("forget") if r.is_visible_fact]):
             raise ValueError("vkd keep_visible needs the forget people's visible-feature photo questions "
                              "(hair, shirt, background: the synthetic world has them), and this data has none")
 
     def prepare(self, ctx: Context) -> None:
         cfg = self.cfg
-        self._visible_vqa = photo_questions(ctx.forget_visible_records)
-        if cfg.keep_visible and not self._visible_vqa:
-            raise ValueError("vkd keep_visible needs the forget people's visible-feature photo questions "
-                             "(hair, shirt, background: the synthetic world has them), and this data has none")
+        self._visible_vqa = photo_questions(ctx.forget_visible_records)  # check_data: not empty with keep_visible
         ctx.extra_log["vkd_visible_records"] = len(self._visible_vqa) if cfg.keep_visible else 0
         self._strangers = []
         if cfg.forget_loss == "stranger":

@@ -156,6 +156,7 @@ def unlearn(bundle: DataBundle, cfg: UnlearnConfig, out: Path, loaded: LoadedMod
             resume: bool = False) -> UnlearnResult:
     method_cls = get_method(cfg.method)
     method: Method = method_cls(method_cls.make_config(cfg.method_args))
+    method_cls.check_data(method.cfg, bundle)  # the CLI checked before --out; bench, tune and the API here
     seed_everything(cfg.seed)
     loaded = loaded or load_model(cfg.model)
     precision = precision_plan(cfg.mixed_precision, loaded.model, cfg.pure_bf16)
