@@ -49,6 +49,20 @@ def _stat(v: object) -> tuple[float, float] | None:
     return None
 
 
+def _row_point(ax, row: Mapping, x_key: str, y_key: str, label: str, colour: str | None = None,
+               fontsize: int = 8) -> None:
+    """One aggregated row at (x, y): vanilla as a black star, a method as its mean ± std over seeds, labelled;
+    nothing where either number is missing."""
+    x, y = _stat(row.get(x_key)), _stat(row.get(y_key))
+    if not (x and y):
+        return
+    if row["method"] == "vanilla":
+        ax.scatter([x[0]], [y[0]], marker="*", s=180, color="black", zorder=3)
+    else:
+        ax.errorbar([x[0]], [y[0]], xerr=[x[1]], yerr=[y[1]], fmt="o", capsize=3, zorder=2, color=colour)
+    ax.annotate(label, (x[0], y[0]), textcoords="offset points", xytext=(5, 4), fontsize=fontsize)
+
+
 def tradeoff(aggregated: Sequence[dict], trials: Sequence[dict] = ()) -> str:
     """Forget (x) against retain (y) accuracy — trained photos, unseen photos, text: every method ± std over
     seeds, trials faint."""
@@ -64,15 +78,7 @@ def tradeoff(aggregated: Sequence[dict], trials: Sequence[dict] = ()) -> str:
                 ax.scatter([x[0]], [y[0]], s=14, alpha=0.35, color=colour.get(t.get("method", ""), "grey"),
                            marker="x", zorder=1)
         for a in aggregated:
-            x, y = _stat(a.get(x_key)), _stat(a.get(y_key))
-            if not (x and y):
-                continue
-            if a["method"] == "vanilla":
-                ax.scatter([x[0]], [y[0]], marker="*", s=180, color="black", zorder=3)
-            else:
-                ax.errorbar([x[0]], [y[0]], xerr=[x[1]], yerr=[y[1]], fmt="o", capsize=3, zorder=2,
-                            color=colour[a["method"]])
-            ax.annotate(a["method"], (x[0], y[0]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            _row_point(ax, a, x_key, y_key, a["method"], colour.get(a["method"]))
         ax.axvline(CHANCE, color="grey", linestyle=":", linewidth=1)
         ax.set_xlim(-0.05, 1.05)
         ax.set_ylim(-0.05, 1.05)
@@ -100,16 +106,9 @@ def identity_frontier(aggregated: Sequence[dict]) -> str:
     vanilla = next((a for a in aggregated if a["method"] == "vanilla"), None)
     bar_y = _stat(vanilla.get("und_forget_unseen")) if vanilla else None
     for a in aggregated:
-        x, y = _stat(a.get("rank_top5")), _stat(a.get("und_forget_unseen"))
-        if not (x and y):
-            continue
-        if a["method"] == "vanilla":
-            ax.scatter([x[0]], [y[0]], marker="*", s=180, color="black", zorder=3)
-        else:
-            ax.errorbar([x[0]], [y[0]], xerr=[x[1]], yerr=[y[1]], fmt="o", capsize=3, zorder=2)
         median, strangers = _stat(a.get("rank_median")), _stat(a.get("rank_strangers_median"))
         ranks = f" ({median[0]:.0f} vs {strangers[0]:.0f})" if median and strangers else ""
-        ax.annotate(a["method"] + ranks, (x[0], y[0]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        _row_point(ax, a, "rank_top5", "und_forget_unseen", a["method"] + ranks, fontsize=7)
     ax.axvline(NAME_TOP5_BAR, color="tab:red", linestyle=":", linewidth=1)
     if bar_y:
         ax.axhline(UNDERSTANDING_SHARE * bar_y[0], color="tab:red", linestyle=":", linewidth=1)
