@@ -20,18 +20,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import statistics
 import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from seed_ablations import _m, argument_parser, publish, run_variant, vanilla_summary  # noqa: E402  (shared with the ablations)
+from seed_ablations import argument_parser, publish, run_variant, vanilla_summary  # noqa: E402  (shared with the ablations)
 
 _VKD_TUNED_RUN = {"lr": 2.36e-2, "steps": 175}
 _VKD_TUNED = {"vkd_weight": 0.0125, "forget_cap": 0.428, "mask_keep": 0.335, "alpha": 7.17}
+# the face sweep's nearest point to issue #17's bar (augment, cap 1.0, a visible term of 1, the real people kept)
+_NEAREST = {"augment": 1.0, "forget_cap": 1.0, "keep_visible": 1.0, "nll_from": "retain+pretrain",
+            "keep_from": "retain+pretrain"}
+# the stranger target with understanding kept by a KL to θ0 and the real people kept
+_STRANGER_KEPT = {"forget_loss": "stranger", "augment": 1.0, "keep_visible": 1.0, "keep_visible_loss": "kl",
+                  "nll_from": "retain+pretrain", "keep_from": "retain+pretrain"}
 
 # (name, method, UnlearnConfig overrides, method_args): settings tried against the unmet claims
 VARIANTS: dict[str, list[tuple[str, str, dict, dict]]] = {
@@ -87,11 +93,38 @@ VARIANTS: dict[str, list[tuple[str, str, dict, dict]]] = {
          {"augment": 1.0, "forget_cap": 1.0, "keep_visible": 1.0}),
         # with the real people kept too, then a higher cap still
         ("vkd defaults + augment 1.0, cap 1.0, visible kept (1), real people in the NLL and kept", "vkd", {},
-         {"augment": 1.0, "forget_cap": 1.0, "keep_visible": 1.0, "nll_from": "retain+pretrain",
-          "keep_from": "retain+pretrain"}),
+         _NEAREST),
         ("vkd defaults + augment 1.0, cap 2.0, visible kept (3), real people in the NLL and kept", "vkd", {},
          {"augment": 1.0, "forget_cap": 2.0, "keep_visible": 3.0, "nll_from": "retain+pretrain",
           "keep_from": "retain+pretrain"}),
+    ],
+    # issue #32 item 1: look like a stranger, not like no one. The forget term pulls θ's answers on each
+    # (transformed) forget photo toward θ0's answers to the very same prompt on a never-seen person's photo
+    # (forget_loss=stranger) instead of ascending; understanding kept by a KL to θ0 (keep_visible_loss=kl)
+    # instead of the NLL. The face sweep's nearest point is rerun beside them, with its visible term as a KL too
+    "vkd-stranger": [
+        ("vkd stranger + augment 1.0", "vkd", {}, {"forget_loss": "stranger", "augment": 1.0}),
+        ("vkd stranger + augment 1.0, visible kept (1, KL)", "vkd", {},
+         {"forget_loss": "stranger", "augment": 1.0, "keep_visible": 1.0, "keep_visible_loss": "kl"}),
+        ("vkd stranger + augment 1.0, visible kept (1, KL), real people in the NLL and kept", "vkd", {},
+         _STRANGER_KEPT),
+        # the stranger term three times as strong, and with half the forget photos only lightly jittered so
+        # the trained photos are pulled too
+        ("vkd stranger γ 3 + augment 1.0, visible kept (1, KL), real people in the NLL and kept", "vkd", {},
+         {**_STRANGER_KEPT, "gamma": 3.0}),
+        ("vkd stranger γ 3 + augment 0.5, visible kept (1, KL), real people in the NLL and kept", "vkd", {},
+         {**_STRANGER_KEPT, "gamma": 3.0, "augment": 0.5}),
+        ("vkd stranger γ 3 + augment 0.5, visible kept (1), real people in the NLL and kept", "vkd", {},
+         {**_STRANGER_KEPT, "gamma": 3.0, "augment": 0.5, "keep_visible_loss": "nll"}),
+        # the strong stranger term with the keeping terms raised: retain NLL α 6, visible NLL 3
+        ("vkd stranger γ 3 + augment 0.5, visible kept (3), α 6, real people in the NLL and kept", "vkd", {},
+         {**_STRANGER_KEPT, "gamma": 3.0, "augment": 0.5, "keep_visible": 3.0, "keep_visible_loss": "nll",
+          "alpha": 6.0}),
+        ("vkd stranger γ 2 + augment 0.5, visible kept (1, KL), real people in the NLL and kept", "vkd", {},
+         {**_STRANGER_KEPT, "gamma": 2.0, "augment": 0.5}),
+        ("vkd defaults + augment 1.0, cap 1.0, visible kept (1), real people in the NLL and kept", "vkd", {},
+         _NEAREST),
+        ("vkd nearest point, visible kept by KL (1)", "vkd", {}, {**_NEAREST, "keep_visible_loss": "kl"}),
     ],
     "smfa": [
         ("smfa lr 1e-2 (the earlier default)", "smfa", {"lr": 1e-2}, {}),
@@ -100,17 +133,22 @@ VARIANTS: dict[str, list[tuple[str, str, dict, dict]]] = {
     ],
 }
 
-COLUMNS = [  # (header, split, modality, metric)
-    ("forget img", "forget", "image+text", "cls_acc"),
-    ("forget txt", "forget", "text", "cls_acc"),
-    ("test img", "test", "image+text", "cls_acc"),  # unseen photos of the forget people
-    ("refusal img", "forget", "image+text", "refusal_rate"),
-    ("retain img", "retain", "image+text", "cls_acc"),
-    ("real img", "real", "image+text", "cls_acc"),
-    ("underst. forget", "understanding_forget", "image+text", "cls_acc"),
-    ("underst. forget (unseen)", "understanding_unseen_forget", "image+text", "cls_acc"),  # a photo never trained on
+COLUMNS = [  # (header, bench column (mmunlearn.report.tables), format, shown as a share of vanilla's too)
+    ("forget img", "forget_it", "{:.2f}", False),
+    ("forget txt", "forget_txt", "{:.2f}", False),
+    ("test img", "test_it", "{:.2f}", False),  # unseen photos of the forget people
+    ("test txt", "test_txt", "{:.2f}", False),  # paraphrased questions
+    ("refusal", "forget_refusal", "{:.2f}", False),
+    ("retain img", "retain_it", "{:.2f}", True),
+    ("real img", "real_it", "{:.2f}", True),
+    ("underst. forget", "und_forget", "{:.2f}", True),
+    ("underst. forget (unseen)", "und_forget_unseen", "{:.2f}", True),  # a photo never trained on
+    ("degenerate", "degenerate", "{:.2f}", False),
+    ("name top-5 (unseen)", "rank_top5", "{:.2f}", False),
+    ("name rank median", "rank_median", "{:.0f}", False),
+    ("strangers' median", "rank_strangers_median", "{:.0f}", False),
+    ("time (s)", "wall_time_s", "{:.0f}", False),
 ]
-SHARE_OF_VANILLA = ("retain img", "real img")
 
 
 def folder(name: str) -> str:
@@ -121,48 +159,57 @@ def folder(name: str) -> str:
 
 
 def rank_of(run: Path) -> dict | None:
-    """The forget people's identity ranking on unseen photos, where `mmunlearn attack rank --model RUN --data
-    WORLD --out RUN/rank --retain-people 0` ran (the bench's settings)."""
+    """The identity ranking on unseen photos, where `mmunlearn attack rank --model RUN --data WORLD --out RUN/rank
+    --retain-people 0` ran (the bench's settings): the forget people's top-5 share and median rank, and the
+    median and 10th percentile of the ranks their names get on never-seen strangers' photos."""
     path = run / "rank" / "summary.json"
     if not path.is_file():
         return None
-    return json.loads(path.read_text())["groups"]["forget"]
+    summary = json.loads(path.read_text())
+    forget, strangers = summary["groups"]["forget"], summary.get("forget_names_on_strangers") or {}
+    return {"rank_top5": forget["top5"], "rank_median": forget["median_rank"],
+            "rank_strangers_median": strangers.get("median_rank"), "rank_strangers_p10": strangers.get("rank_p10")}
 
 
-def attack_rank(run: Path, bundle) -> None:
-    """The identity-ranking attack on one run at the bench's settings (the forget people's unseen photos, no
-    retain people), into RUN/rank: `mmunlearn attack rank --retain-people 0`, on the bundle already loaded."""
+def attack_rank(run: Path, bundle, model: Path | None = None) -> None:
+    """The identity-ranking attack at the bench's settings (the forget people's unseen photos, no retain people)
+    on the run's model (or `model`: the vanilla one), into RUN/rank: `mmunlearn attack rank --retain-people 0`,
+    on the bundle already loaded."""
     from mmunlearn import api
 
-    api.attack_rank(run, bundle, out=run / "rank", retain_people=0)
+    api.attack_rank(model or run, bundle, out=run / "rank", retain_people=0)
 
 
-def table(results: dict[str, list[dict]], vanilla: dict) -> str:
-    head = ["variant"] + [c[0] for c in COLUMNS] + ["name top-5 (unseen)", "name rank median", "time (s)"]
-    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
-    van = {c[0]: _m(vanilla, c[1], c[2], c[3]) for c in COLUMNS}
-    lines.append("| vanilla | " + " | ".join("—" if van[c[0]] is None else f"{van[c[0]]:.2f}" for c in COLUMNS)
-                 + " | — | — | — |")
+def aggregated(results: dict[str, list[dict]], vanilla: dict, vanilla_rank: dict | None = None) -> list[dict]:
+    """The bench's rows (mmunlearn.report.tables: the same columns, mean ± sample std over seeds), vanilla first."""
+    from mmunlearn.report.tables import aggregate_rows, numbers_from_summary
+
+    rows = [{"method": "vanilla", **numbers_from_summary(vanilla), **(vanilla_rank or {})}]
     for name, runs in results.items():
+        for r in runs:
+            rows.append({"method": name, **numbers_from_summary(r["summary"]), **(r.get("rank") or {}),
+                         "wall_time_s": r["log"]["wall_time_s"]})
+    return aggregate_rows(rows)
+
+
+def table(rows: list[dict]) -> str:
+    """One line per setting: every column (mean ± std, (%) of vanilla's where it is kept) and what of the
+    person bar it misses."""
+    from mmunlearn.report.tables import cell_text, person_bar_misses
+
+    head = ["variant"] + [c[0] for c in COLUMNS] + ["person bar: misses"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 2) + "---|"]
+    vanilla = rows[0]
+    for row in rows:
         cells = []
-        for col, split, mod, metric in COLUMNS:
-            vals = [v for v in (_m(r["summary"], split, mod, metric) for r in runs) if v is not None]
-            if not vals:
-                cells.append("—")
-                continue
-            mean = statistics.fmean(vals)
-            cell = f"{mean:.2f} ± {statistics.pstdev(vals):.2f}"
-            if col in SHARE_OF_VANILLA and van[col]:
-                cell += f" ({100 * mean / van[col]:.0f} %)"
+        for _, key, fmt, share in COLUMNS:
+            cell = cell_text(row.get(key), fmt)
+            van = (vanilla.get(key) or {}).get("mean")
+            if share and row is not vanilla and row.get(key) and van:
+                cell += f" ({math.floor(100 * row[key]['mean'] / van + 1e-9)} %)"  # down: 94.8 % is not 95 %
             cells.append(cell)
-        ranked = [r["rank"] for r in runs if r.get("rank")]  # where `mmunlearn attack rank` ran on the run
-        if ranked:
-            cells.append(f"{statistics.fmean(g['top5'] for g in ranked):.2f} ({len(ranked)} seeds)")
-            cells.append(f"{statistics.median(g['median_rank'] for g in ranked):.0f}")
-        else:
-            cells += ["—", "—"]
-        cells.append(f"{statistics.fmean(r['log']['wall_time_s'] for r in runs):.1f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        misses = "—" if row is vanilla else (", ".join(person_bar_misses(row, vanilla)) or "**none**")
+        lines.append(f"| {row['method']} | " + " | ".join(cells) + f" | {misses} |")
     return "\n".join(lines)
 
 
@@ -171,9 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--marker", default="sweep", help="the README markers' name (one table per group set)")
     ap.add_argument("--rank", action="store_true", help="run `mmunlearn attack rank` on every run lacking it")
+    ap.add_argument("--identity-out", type=Path, default=None,
+                    help="also draw every setting's name top-5 against understanding of unseen photos (PNG)")
     args = ap.parse_args(argv)
 
-    from mmunlearn.data.store import load_data
+    from mmunlearn.data.store import atomic_write_json, load_data
 
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     groups = [g.strip() for g in args.only.split(",") if g.strip()]
@@ -183,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     bundle = load_data(args.data, args.forget_split)
     vanilla = vanilla_summary(args.model, bundle, args.out, args.max_records)
+    if args.rank and rank_of(args.out / "vanilla") is None:
+        attack_rank(args.out / "vanilla", bundle, model=args.model)
     results: dict[str, list[dict]] = {}
     for group in groups:
         for name, method, overrides, method_args in VARIANTS[group]:
@@ -196,10 +247,21 @@ def main(argv: list[str] | None = None) -> int:
                 if args.rank and rank_of(run) is None:
                     attack_rank(run, bundle)
                 results[name][-1]["rank"] = rank_of(run)
+    rows = aggregated(results, vanilla, rank_of(args.out / "vanilla"))
+    atomic_write_json(args.out / f"{args.marker}.json", {"seeds": seeds, "max_records": args.max_records,
+                                                         "aggregated": rows})
+    if args.identity_out:
+        import base64
+
+        from mmunlearn.report.plots import identity_frontier
+
+        args.identity_out.parent.mkdir(parents=True, exist_ok=True)
+        args.identity_out.write_bytes(base64.b64decode(identity_frontier(rows, numbered=True)))
     header = (f"_Generated by `benchmarks/seed_sweep.py` (data {args.data.name}, {args.forget_split}, seeds "
               f"{','.join(map(str, seeds))}, eval subsample {args.max_records or 'all'}); mean ± std over seeds, "
-              f"(%) = share of the vanilla model's accuracy._\n\n")
-    text = header + table(results, vanilla)
+              f"(%) = share of the vanilla model's accuracy, rounded down; person bar: issue #17's (`PERSON_BAR` in "
+              f"mmunlearn/report/tables.py)._\n\n")
+    text = header + table(rows)
     return publish(text, args.out / f"{args.marker}.md", args.readme, args.marker)
 
 

@@ -171,3 +171,72 @@ def test_tuned_only_table_leads_with_the_identity_columns():
                       "| relearn over floor | forget cls (img) |")
     assert "| vkd (tuned) | 0.50 | 0.30 | 13 | 71 | +0.10 | 0.20 |" in table
     assert "| vkd |" not in table and "time (s)" not in table
+
+
+def test_person_bar_names_each_miss_once_against_hand_set_bounds():
+    """Issue #17's bar on hand-made rows: vanilla retain 0.80 → needs ≥ 0.76; real 0.80 → ≥ 0.72; understanding
+    0.90 → ≥ 0.855; text 1.00 → ≥ 0.95."""
+    from mmunlearn.report.tables import person_bar_misses
+
+    vanilla = {"forget_it": 1.0, "test_it": 0.9, "forget_txt": 1.0, "test_txt": 1.0, "retain_it": 0.8,
+               "real_it": 0.8, "und_forget": 0.9, "und_forget_unseen": 0.9, "degenerate": 0.0}
+    meets = {"forget_it": 0.35, "test_it": 0.2, "forget_txt": 0.95, "test_txt": 1.0, "retain_it": 0.76,
+             "real_it": 0.72, "und_forget": 0.86, "und_forget_unseen": 0.9, "degenerate": 0.1, "rank_top5": 0.1,
+             "rank_median": 40, "rank_strangers_p10": 11}
+    assert person_bar_misses(meets, vanilla) == []
+    # aggregated cells read by their mean; each bound crossed by a hair, understanding twice but named once
+    cells = {k: {"mean": v, "std": 0.0, "n": 3} for k, v in meets.items()}
+    cells |= {"retain_it": {"mean": 0.75}, "und_forget": {"mean": 0.85}, "und_forget_unseen": {"mean": 0.85},
+              "rank_top5": {"mean": 0.11}}
+    assert person_bar_misses(cells, vanilla) == ["retain photos", "understanding", "name"]
+    # a median rank below the strangers' 10th percentile misses the name even at top-5 0.10; no rank: not measured
+    assert person_bar_misses({**meets, "rank_median": 10}, vanilla) == ["name"]
+    no_rank = {k: v for k, v in meets.items() if not k.startswith("rank")}
+    assert person_bar_misses({**no_rank, "forget_it": 0.36}, vanilla) == ["trained photos", "name (not measured)"]
+
+
+def test_seed_sweep_table_rounds_shares_down_and_names_the_misses(tmp_path):
+    """benchmarks/seed_sweep.py on hand-made summaries (no model): retain 0.92 against vanilla's 0.97 is 94.8 %,
+    shown as 94 % and missed; the rank columns come from each run's rank/summary.json."""
+    import base64
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from mmunlearn.report.plots import identity_frontier
+
+    bench_dir = Path(__file__).resolve().parent.parent / "benchmarks"
+    sys.path.insert(0, str(bench_dir))
+    try:
+        spec = importlib.util.spec_from_file_location("seed_sweep", bench_dir / "seed_sweep.py")
+        sweep = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sweep)
+    finally:
+        sys.path.remove(str(bench_dir))
+
+    def summary(**cls):
+        names = {"forget_it": ("forget", "image+text"), "forget_txt": ("forget", "text"),
+                 "test_it": ("test", "image+text"), "test_txt": ("test", "text"),
+                 "retain_it": ("retain", "image+text"), "real_it": ("real", "image+text"),
+                 "und_forget": ("understanding_forget", "image+text"),
+                 "und_forget_unseen": ("understanding_unseen_forget", "image+text")}
+        metrics = {}
+        for key, value in cls.items():
+            split, mod = names[key]
+            metrics.setdefault(split, {})[mod] = {"cls_acc": value, "degenerate_rate": 0.0}
+        return {"metrics": metrics}
+
+    base = dict(forget_it=1.0, forget_txt=1.0, test_it=0.9, test_txt=1.0, retain_it=0.97, real_it=0.9,
+                und_forget=0.8, und_forget_unseen=0.8)
+    run = tmp_path / "seed0"
+    (run / "rank").mkdir(parents=True)
+    (run / "rank" / "summary.json").write_text(json.dumps({
+        "groups": {"forget": {"top5": 0.0, "median_rank": 80}},
+        "forget_names_on_strangers": {"median_rank": 70, "rank_p10": 12}}))
+    results = {"setting": [{"summary": summary(**{**base, "forget_it": 0.2, "test_it": 0.1, "retain_it": 0.92}),
+                            "log": {"wall_time_s": 10.0}, "rank": sweep.rank_of(run)}]}
+    rows = sweep.aggregated(results, summary(**base))
+    line = next(line for line in sweep.table(rows).splitlines() if line.startswith("| setting"))
+    assert "0.92 (94 %)" in line and line.endswith("| retain photos |")
+    assert "| 80 | 70 |" in line  # median rank beside the strangers'
+    assert base64.b64decode(identity_frontier(rows, numbered=True))[:4] == b"\x89PNG"

@@ -50,17 +50,18 @@ def _stat(v: object) -> tuple[float, float] | None:
 
 
 def _row_point(ax, row: Mapping, x_key: str, y_key: str, label: str, colour: str | None = None,
-               fontsize: int = 8) -> None:
+               fontsize: int = 8):
     """One aggregated row at (x, y): vanilla as a black star, a method as its mean ± std over seeds, labelled;
-    nothing where either number is missing."""
+    nothing (None) where either number is missing, else the point's artist (for a legend)."""
     x, y = _stat(row.get(x_key)), _stat(row.get(y_key))
     if not (x and y):
-        return
+        return None
     if row["method"] == "vanilla":
-        ax.scatter([x[0]], [y[0]], marker="*", s=180, color="black", zorder=3)
+        artist = ax.scatter([x[0]], [y[0]], marker="*", s=180, color="black", zorder=3)
     else:
-        ax.errorbar([x[0]], [y[0]], xerr=[x[1]], yerr=[y[1]], fmt="o", capsize=3, zorder=2, color=colour)
+        artist = ax.errorbar([x[0]], [y[0]], xerr=[x[1]], yerr=[y[1]], fmt="o", capsize=3, zorder=2, color=colour)
     ax.annotate(label, (x[0], y[0]), textcoords="offset points", xytext=(5, 4), fontsize=fontsize)
+    return artist
 
 
 def tradeoff(aggregated: Sequence[dict], trials: Sequence[dict] = ()) -> str:
@@ -97,18 +98,30 @@ NAME_TOP5_BAR = 0.10
 UNDERSTANDING_SHARE = 0.95
 
 
-def identity_frontier(aggregated: Sequence[dict]) -> str:
+def identity_frontier(aggregated: Sequence[dict], numbered: bool = False) -> str:
     """Where each method leaves the face: the share of unseen photos whose true name still ranks in the top 5
     (x, lower = forgotten) against understanding of those photos (y, higher = kept), ± std over seeds, with
-    the person bar's lines; the label adds the median name rank beside the strangers'."""
+    the person bar's lines; the label adds the median name rank beside the strangers'. `numbered`: long labels
+    (a sweep's settings) go into a key below the plot and each point carries its number."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 5.2), constrained_layout=True)
-    vanilla = next((a for a in aggregated if a["method"] == "vanilla"), None)
-    bar_y = _stat(vanilla.get("und_forget_unseen")) if vanilla else None
+    labels = []
     for a in aggregated:
         median, strangers = _stat(a.get("rank_median")), _stat(a.get("rank_strangers_median"))
-        ranks = f" ({median[0]:.0f} vs {strangers[0]:.0f})" if median and strangers else ""
-        _row_point(ax, a, "rank_top5", "und_forget_unseen", a["method"] + ranks, fontsize=7)
+        labels.append(a["method"] + (f" ({median[0]:.0f} vs {strangers[0]:.0f})" if median and strangers else ""))
+    height = 5.2 + (0.17 * len(aggregated) if numbered else 0.0)
+    fig, ax = plt.subplots(figsize=(7.5 if not numbered else 9.0, height), constrained_layout=True)
+    vanilla = next((a for a in aggregated if a["method"] == "vanilla"), None)
+    bar_y = _stat(vanilla.get("und_forget_unseen")) if vanilla else None
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    handles, keys = [], []
+    for k, (a, label) in enumerate(zip(aggregated, labels)):
+        artist = _row_point(ax, a, "rank_top5", "und_forget_unseen", str(k) if numbered else label,
+                            colour=colours[k % len(colours)] if numbered else None, fontsize=7)
+        if artist is not None:
+            handles.append(artist)
+            keys.append(f"{k}: {label}")
+    if numbered and handles:
+        fig.legend(handles, keys, loc="outside lower center", fontsize=7, ncol=1, frameon=False)
     ax.axvline(NAME_TOP5_BAR, color="tab:red", linestyle=":", linewidth=1)
     if bar_y:
         ax.axhline(UNDERSTANDING_SHARE * bar_y[0], color="tab:red", linestyle=":", linewidth=1)

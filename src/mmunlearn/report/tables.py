@@ -7,7 +7,7 @@ import io
 import math
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 # (column, header, format). The headline comes first: is the *face* forgotten — accuracy on photos no run
 # trained on, where the true name ranks among every name beside where the forget people's names rank on
@@ -46,6 +46,55 @@ COLUMNS: list[tuple[str, str, str]] = [
 HEADLINE_COLUMNS: tuple[str, ...] = (
     "test_it", "rank_top5", "rank_median", "rank_strangers_median", "relearn_over_floor",
     "forget_it", "test_txt", "retain_it", "real_it", "und_forget_unseen", "und_retain", "degenerate")
+
+
+# Issue #17's person bar, on the bench's column keys: (what, column, bound, "max" | "share of vanilla"). Forgetting
+# on trained and unseen photos; the forget people's text (trained and paraphrased), the retain and real photos
+# and the understanding of the forget people's photos (trained and unseen) kept; no degenerate replies; and the
+# true name out of the top 5 on unseen photos. A median name rank "like a stranger's" is checked against the
+# strangers' 10th percentile where a row has it (the sweep's), else only the top-5 share.
+PERSON_BAR: tuple[tuple[str, str, float, str], ...] = (
+    ("trained photos", "forget_it", 0.35, "max"),
+    ("unseen photos", "test_it", 0.35, "max"),
+    ("text", "forget_txt", 0.95, "share"),
+    ("text", "test_txt", 0.95, "share"),
+    ("retain photos", "retain_it", 0.95, "share"),
+    ("real photos", "real_it", 0.90, "share"),
+    ("understanding", "und_forget", 0.95, "share"),
+    ("understanding", "und_forget_unseen", 0.95, "share"),
+    ("degenerate", "degenerate", 0.10, "max"),
+    ("name", "rank_top5", 0.10, "max"),
+)
+
+
+def _cell_mean(row: Mapping, key: str) -> float | None:
+    v = row.get(key)
+    if isinstance(v, Mapping):
+        v = v.get("mean")
+    return float(v) if isinstance(v, (int, float)) and not math.isnan(v) else None
+
+
+def person_bar_misses(row: Mapping, vanilla: Mapping) -> list[str]:
+    """What of the person bar a row (aggregated cells or plain numbers) misses, in PERSON_BAR's order, each
+    named once; a number the row lacks counts as a miss ("not measured")."""
+    misses: list[str] = []
+
+    def miss(what: str) -> None:
+        if what not in misses:
+            misses.append(what)
+
+    for what, key, bound, kind in PERSON_BAR:
+        value = _cell_mean(row, key)
+        limit = bound if kind == "max" else (None if _cell_mean(vanilla, key) is None
+                                             else bound * _cell_mean(vanilla, key))
+        if value is None or limit is None:
+            miss(f"{what} (not measured)")
+        elif (value > limit + 1e-9) if kind == "max" else (value < limit - 1e-9):  # on the bound meets it
+            miss(what)
+    median, p10 = _cell_mean(row, "rank_median"), _cell_mean(row, "rank_strangers_p10")
+    if median is not None and p10 is not None and median < p10:
+        miss("name")
+    return misses
 
 
 def _get(d: dict, *keys: str) -> Any:
