@@ -46,3 +46,26 @@ def test_strangers_are_refused_for_data_that_cannot_vouch_for_them(tmp_path):
     (tmp_path / "profiles.json").write_text(json.dumps([]))
     with pytest.raises(ValueError, match="has none"):
         stranger_photos(DataBundle("world", tmp_path, "forget_5", {}), 4, 0)
+
+
+def test_identity_cues_redraw_changes_exactly_the_named_features():
+    """benchmarks/identity_cues.py: a redrawn look differs from the person's in each changed feature and in no other."""
+    import importlib.util
+    import random
+    from pathlib import Path
+
+    from mmunlearn.data.portraits import IDENTITY_FEATURES
+
+    spec = importlib.util.spec_from_file_location(
+        "identity_cues", Path(__file__).resolve().parent.parent / "benchmarks" / "identity_cues.py")
+    cues = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cues)
+    look = {"face_shape": "square", "skin": "olive", "hair_colour": "brown", "hairstyle": "long",
+            "accessory": "glasses", "shirt": "pink", "eyes": "green"}
+    rng = random.Random(0)
+    for _ in range(20):
+        for change in (("shirt",), ("face_shape", "skin", "hairstyle"), ()):
+            new = cues.redrawn_look(look, change, rng)
+            assert {k for k in look if new[k] != look[k]} == set(change)
+    labels = [label for label, _ in cues.variants()]
+    assert len(labels) == 1 + len(IDENTITY_FEATURES) + 3 and labels[-1] == "a never-seen stranger"
