@@ -219,7 +219,7 @@ def test_an_interrupted_tune_keeps_finished_methods(tuned_small, small_world, tm
     tuned.clear()
     ga_steps["n"] = 0
     msgs = []
-    again = run_tune(small_world, cfg, tmp_path / "t", ["p000"], ["p001"], progress=msgs.append)
+    again = run_tune(small_world, cfg, tmp_path / "t", ["p000"], ["p001"], progress=msgs.append, resume=True)
     assert tuned == ["graddiff"] and ga_steps["n"] == 0 and "ga: already tuned" in msgs
     assert again["methods"]["ga"] == first["methods"]["ga"] and set(again["methods"]) == {"ga", "graddiff"}
     assert [t["method"] for t in again["trials"]] == ["ga", "graddiff"]
@@ -314,7 +314,34 @@ def test_tune_cli_refuses_bad_input_in_one_line(untrained_llava, small_world, tm
     assert res.exit_code == 2 and "--budget" in res.output
     res = runner.invoke(app, base + ["--methods", "ga"])  # 6 people: no tuning population
     assert res.exit_code == 2 and "too small for a tuning population" in res.output
-    assert not (tmp_path / "t" / "tuned.json").exists()
+    assert not (tmp_path / "t").exists()  # nothing half-written
+
+
+def test_tune_out_is_fresh_unless_resume_with_the_same_settings_or_overwrite(untrained_llava, small_world, tmp_path):
+    """tune's --out follows every command's convention: a non-empty folder is refused; --resume continues only the
+    tune made with the same settings (the worker count aside) and names what differs; --overwrite leaves the
+    folder as it was when the data fails its checks. Each refusal comes before any model work."""
+    out = tmp_path / "t"
+    out.mkdir()
+    old_cfg = {"model": str(untrained_llava), "methods": ["ga"], "trials": 3, "seed": 100, "eval_records": 64,
+               "rule": None, "batch_size": 8, "workers": 1, "budget": 0}
+    from mmunlearn.tune import DEFAULT_RULE
+
+    old_cfg["rule"] = DEFAULT_RULE
+    (out / "tuned.json").write_text(json.dumps({"config": old_cfg, "methods": {}, "trials": [], "timing": {}}))
+    base = ["tune", "--model", str(untrained_llava), "--data", str(small_world), "--out", str(out), "--methods", "ga"]
+    res = runner.invoke(app, base)
+    assert res.exit_code == 2 and "is not empty" in res.output and "--resume" in res.output
+    res = runner.invoke(app, base + ["--trials", "5", "--seed", "7", "--resume"])
+    assert res.exit_code == 2 and "other settings (seed, trials)" in res.output
+    res = runner.invoke(app, base + ["--resume", "--overwrite"])
+    assert res.exit_code == 2 and "exclude each other" in res.output
+    # the same settings (2 workers now) pass the resume check and stop at the 6-person world; so does --overwrite,
+    # which has not emptied the folder
+    for flag in (["--trials", "3", "--workers", "2", "--resume"], ["--overwrite"]):
+        res = runner.invoke(app, base + flag)
+        assert res.exit_code == 2 and "too small for a tuning population" in res.output, res.output
+        assert json.loads((out / "tuned.json").read_text())["config"] == old_cfg
 
 
 def test_tune_report_table_and_plot_from_a_hand_made_tuned_json(tmp_path):

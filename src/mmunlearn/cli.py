@@ -535,8 +535,7 @@ def bench(
 def tune(
     model: Path = typer.Option(..., "--model", help="The fine-tuned (vanilla) HF folder every trial starts from."),
     data: Path = typer.Option(..., "--data", "--world", help=DATA_HELP),
-    out: Path = typer.Option(..., "--out", help="Tune folder: tuned.json and each trial's logs (an interrupted "
-                             "tune continues: tuned methods are kept)."),
+    out: Path = typer.Option(..., "--out", help="Tune folder (fresh): tuned.json and each trial's logs."),
     methods: str = typer.Option("all", "--methods", help="Comma-separated method names, or 'all'."),
     trials: int = typer.Option(16, "--trials", help="Trials per method (the same number for every method)."),
     budget: int = typer.Option(0, "--budget", help="Trained samples a trial may use (steps × batch, stages "
@@ -553,6 +552,9 @@ def tune(
                                                   "(default: the world's tuning population)."),
     tune_retain_ids: Optional[str] = typer.Option(None, "--tune-retain-ids", help="People whose kept knowledge "
                                                   "scores the trials (with --tune-forget-ids)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted tune in --out (the same "
+                                "settings): its tuned methods are kept, the others searched."),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),
 ) -> None:
     """Search every method's settings (optuna, the same trials and compute budget, one selection rule) on a tuning
     population no reported run uses → OUT/tuned.json for `bench --tuned` and `unlearn --config`."""

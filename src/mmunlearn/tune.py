@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -225,16 +226,40 @@ def default_budget(ctx: TuneContext) -> int:
     return max(batch, sum(samples) // len(samples) // batch * batch)
 
 
+def previous_tune(out: Path, cfg: TuneConfig) -> dict | None:
+    """The tuned.json an interrupted tune left in OUT, to continue from: None where there is none; ValueError
+    (one line, naming what differs) where it was made with other settings (the worker count may change)."""
+    path = out / "tuned.json"
+    if not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err.msg}); start again with --overwrite") from None
+    mine = {k: v for k, v in asdict(cfg).items() if k != "workers"}
+    theirs = {k: v for k, v in (old.get("config") or {}).items() if k != "workers"}
+    differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    if differ:
+        raise ValueError(f"--resume: the tune in {out} was made with other settings ({', '.join(differ)}); "
+                         f"give the same ones, or start again with --overwrite")
+    return old
+
+
 def run_tune(data: str | Path, cfg: TuneConfig, out: Path, tune_forget: list[str] | None = None,
-             tune_retain: list[str] | None = None, progress: Callable[[str], None] | None = None) -> dict:
+             tune_retain: list[str] | None = None, progress: Callable[[str], None] | None = None,
+             resume: bool = False, overwrite: bool = False) -> dict:
     """Tune every method of `cfg.methods`; writes OUT/tuned.json (atomically, after each method).
-    `progress`: where each line goes (default: the `mmunlearn` logger, INFO)."""
+    `progress`: where each line goes (default: the `mmunlearn` logger, INFO). `resume`: continue the tune
+    OUT holds (previous_tune): its finished methods are kept, not searched again. `overwrite`: OUT is emptied
+    first, once the data has passed its checks (bad input leaves OUT as it was)."""
     from .models.loader import load_model
 
     progress = progress or logging.getLogger("mmunlearn").info
     rule = parse_rule(cfg.rule, allow_relative=True)
     train_bundle, score_bundle = tuning_bundles(data, tune_forget, tune_retain)
     score_bundle = scoring_sample(score_bundle, rule, cfg.eval_records, cfg.seed)
+    if overwrite and out.exists():
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     cpu0 = _cpu_seconds()
@@ -257,17 +282,13 @@ def run_tune(data: str | Path, cfg: TuneConfig, out: Path, tune_forget: list[str
         "budget": {"samples": ctx.budget, "chosen": "--budget" if cfg.budget else
                    "default: the mean of every method's default schedule (trained samples)",
                    "top_steps": {name: ctx.top_steps(name) for name in cfg.methods}}}
-    previous = out / "tuned.json"
-    if previous.is_file():  # an interrupted tune continues: finished methods are kept
-        old = json.loads(previous.read_text())
-        same = {k: v for k, v in old.get("config", {}).items() if k != "workers"} == \
-            {k: v for k, v in result["config"].items() if k != "workers"}
-        if same and old.get("rule") == cfg.rule:
-            result["methods"], result["trials"], result["timing"] = old["methods"], old["trials"], old["timing"]
-            result["timing"].pop("total_s", None)
-            result["timing"].pop("cpu_s", None)
-            # the run's wall and CPU time cover only what it tuned: say which methods came from earlier runs
-            result["timing"]["resumed"] = sorted(result["methods"])
+    old = previous_tune(out, cfg) if resume else None
+    if old is not None:  # an interrupted tune continues: finished methods are kept
+        result["methods"], result["trials"], result["timing"] = old["methods"], old["trials"], old["timing"]
+        result["timing"].pop("total_s", None)
+        result["timing"].pop("cpu_s", None)
+        # the run's wall and CPU time cover only what it tuned: say which methods came from earlier runs
+        result["timing"]["resumed"] = sorted(result["methods"])
     todo = [name for name in cfg.methods if name not in result["methods"]]
     for name in cfg.methods:
         if name in result["methods"]:

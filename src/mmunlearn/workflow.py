@@ -749,14 +749,16 @@ def bench_run(*, model: str | Path, data: str | Path, out: str | Path, methods: 
 
 def tune_run(*, model: str | Path, data: str | Path, out: str | Path, methods: str | Sequence[str] = "all",
              trials: int = 16, seed: int = 100, max_records: int = 64, workers: int = 1, rule: str | None = None,
-             tune_forget_ids: str | None = None, tune_retain_ids: str | None = None, budget: int = 0) -> dict:
+             tune_forget_ids: str | None = None, tune_retain_ids: str | None = None, budget: int = 0,
+             resume: bool = False, overwrite: bool = False) -> dict:
     """`mmunlearn tune`: every method's settings searched with the same trials, the same compute budget
     (`budget` trained samples a trial; 0: tune.default_budget) and one rule on a tuning population no reported
-    run uses → OUT/tuned.json."""
+    run uses → OUT/tuned.json. A fresh OUT, like every command's; `resume` continues the interrupted tune there
+    (the same settings), `overwrite` starts again."""
     from .data.store import parse_ids
     from .models.base import adapter_for_folder
     from .train.selection import parse_rule
-    from .tune import DEFAULT_RULE, TuneConfig, run_tune
+    from .tune import DEFAULT_RULE, TuneConfig, previous_tune, run_tune
 
     chosen = chosen_methods(methods)
     positive("trials", trials)
@@ -769,10 +771,15 @@ def tune_run(*, model: str | Path, data: str | Path, out: str | Path, methods: s
     if not Path(data).exists():
         raise ValueError(f"data {data} does not exist")
     adapter_for_folder(model)
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    check_out(out, overwrite=overwrite, resume=resume)
     cfg = TuneConfig(model=str(model), methods=chosen, trials=trials, seed=seed, eval_records=max_records,
                      rule=rule or DEFAULT_RULE, workers=workers, budget=budget)
+    if resume:
+        previous_tune(Path(out), cfg)  # other settings: one line now, not after the vanilla evaluation
     result = run_tune(data, cfg, Path(out), parse_ids(tune_forget_ids, "forget"), parse_ids(tune_retain_ids, "retain"),
-                      progress=log.info)
+                      progress=log.info, resume=resume, overwrite=overwrite)
     log.info(f"tuned {len(result['methods'])} method(s) in {result['timing']['total_s']:.0f}s → "
              f"{Path(out) / 'tuned.json'}")
     return result
