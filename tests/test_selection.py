@@ -50,6 +50,18 @@ def test_malformed_rules_are_refused(text, needle):
     assert needle in str(err.value) and str(err.value).startswith("--select-by")
 
 
+def test_identity_keys_are_tunes_only_and_ranked_on_the_unseen_photos():
+    text = "min:test/image+text/cls_acc&identity/image+text/top5,identity/image+text/median_rank>=20"
+    with pytest.raises(RuleError, match="only `mmunlearn tune`"):
+        parse_rule(text)  # unlearn --select-by: its evaluations have no ranking
+    rule = parse_rule(text, allow_relative=True)
+    assert rule.objective_keys == ("test/image+text/cls_acc", "identity/image+text/top5")
+    assert rule.splits == ("test",)  # the ranking reads the unseen photos' questions
+    for bad in ("min:identity/text/top5", "min:identity/image+text/cls_acc"):
+        with pytest.raises(RuleError, match="identity keys are identity/image\\+text/METRIC"):
+            parse_rule(bad, allow_relative=True)
+
+
 def _evals(*values, key=("retain", "text", "cls_acc"), other=None):
     rows = []
     for i, v in enumerate(values):

@@ -142,6 +142,46 @@ def tuned_ga(tuned_small, small_world, tmp_path_factory):
     return out, result, seen
 
 
+def test_a_rule_reading_identity_ranks_vanilla_and_every_trial_and_selects_on_it(tuned_small, small_world, tmp_path,
+                                                                              monkeypatch):
+    """`identity/image+text/…` keys (issue #32): the rank attack runs on vanilla and after each trial, on the
+    tuning forget person's unseen photos only, and its numbers are what the objective and constraints read. The
+    ranking is replaced by hand-set numbers (the attack itself is tested in test_rank_attack): vanilla top-5 1.0,
+    then 0.6 and 0.2 for the two trials; the objective is their mean with unseen-photo accuracy, so the second
+    trial wins unless its accuracy exceeds the first's by 0.8. A rule without identity keys never ranks."""
+    import mmunlearn.eval.attacks.rank as R
+    from mmunlearn.methods.ga import GradientAscent
+
+    _, vanilla, _ = tuned_small
+    ranked = []
+    top5 = iter([1.0, 0.6, 0.2])
+
+    def fake_rank(loaded, bundle, cfg):
+        ranked.append((cfg.photos, cfg.retain_people, cfg.holdout, sorted(bundle.forget_ids)))
+        t = next(top5)
+        return {"groups": {"forget": {"top1": t / 2, "top5": t, "mrr": t / 3, "median_rank": 10 - 5 * t}}}, []
+
+    monkeypatch.setattr(R, "run_rank", fake_rank)
+    monkeypatch.setattr(GradientAscent, "search_space", {"steps": ("int", 1, 2)})
+    rule = "min:test/image+text/cls_acc&identity/image+text/top5,identity/image+text/median_rank>=1"
+    cfg = TuneConfig(model=str(vanilla), methods=["ga"], trials=2, eval_records=8, budget=16, rule=rule)
+    result = run_tune(small_world, cfg, tmp_path / "t", ["p000"], ["p001"], progress=lambda msg: None)
+    assert ranked == [("test", 0, False, ["p000"])] * 3  # vanilla, then each trial
+    assert result["vanilla"]["identity/image+text/top5"] == 1.0
+    rows = result["trials"]
+    assert [r["numbers"]["identity/image+text/top5"] for r in rows] == [0.6, 0.2]
+    assert [r["numbers"]["identity/image+text/median_rank"] for r in rows] == [7.0, 9.0]
+    for r in rows:
+        assert r["objective"] == pytest.approx((r["numbers"]["test/image+text/cls_acc"] + r["numbers"][
+            "identity/image+text/top5"]) / 2)
+    assert result["methods"]["ga"]["trial"] == 1
+
+    ranked.clear()
+    run_tune(small_world, TuneConfig(model=str(vanilla), methods=["ga"], trials=1, eval_records=8, budget=16),
+             tmp_path / "plain", ["p000"], ["p001"], progress=lambda msg: None)
+    assert ranked == []
+
+
 def test_tune_scores_only_the_tuning_people_prunes_nan_and_records_every_trial(tuned_ga, small_world):
     from mmunlearn.data.store import load_data
 

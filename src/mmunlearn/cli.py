@@ -547,7 +547,8 @@ def tune(
     workers: int = typer.Option(1, "--workers", help="Processes tuning methods side by side (one torch thread "
                                 "each); e.g. 2 on 2 cores."),
     rule: Optional[str] = typer.Option(None, "--rule", help="Selection rule (default: tune.DEFAULT_RULE, see the "
-                                       "README and docs/tuning.md); constraints may be relative to vanilla: >=0.95x."),
+                                       "README and docs/tuning.md); constraints may be relative to vanilla: >=0.95x; "
+                                       "identity/image+text/top5 (top1, mrr, median_rank) reads the name ranking."),
     tune_forget_ids: Optional[str] = typer.Option(None, "--tune-forget-ids", help="People to forget while tuning "
                                                   "(default: the world's tuning population)."),
     tune_retain_ids: Optional[str] = typer.Option(None, "--tune-retain-ids", help="People whose kept knowledge "

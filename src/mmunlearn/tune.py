@@ -36,7 +36,8 @@ from typing import Any, Callable
 
 from .data.store import DataBundle, atomic_write_json, load_data, world_tune_ids
 from .eval.evaluator import EvalConfig, evaluate
-from .train.selection import Rule, lookup, objective_value, parse_rule, resolve_relative
+from .train.selection import (IDENTITY_METRICS, IDENTITY_SPLIT, Rule, lookup, objective_value, parse_rule,
+                              resolve_relative)
 
 TUNED_FORMAT = "mmunlearn-tuned/1"
 DEFAULT_RULE = ("min:test/image+text/cls_acc&test/text/cls_acc,"
@@ -108,6 +109,8 @@ def scoring_sample(score: DataBundle, rule: Rule, per_group: int, seed: int) -> 
     people: dict[str, set[str] | None] = {}
     for key in dict.fromkeys(rule.keys):
         split, modality, metric = key.split("/")
+        if split == IDENTITY_SPLIT:  # ranked on the photos of the forget people's unseen-photo questions
+            split, modality, metric = "test", "image+text", "cls_acc"
         base = base_split(split)
         tasks = METRIC_TASKS.get(metric, {"classification", "cloze", "generation"})
         wanted.setdefault(base, set()).update((modality, task) for task in tasks)
@@ -226,6 +229,20 @@ def default_budget(ctx: TuneContext) -> int:
     return max(batch, sum(samples) // len(samples) // batch * batch)
 
 
+def add_identity(metrics: dict, loaded, bundle: DataBundle, rule: Rule) -> dict:
+    """Where the rule reads `identity/…` keys: the rank attack on the forget people's unseen photos of the scored
+    questions (no retain or holdout people: only the forget group is read), under the metrics' `identity` split.
+    Where it does not, nothing runs and `metrics` comes back as it was."""
+    if not any(k.split("/", 1)[0] == IDENTITY_SPLIT for k in rule.keys):
+        return metrics
+    from .eval.attacks.rank import RankConfig, run_rank
+
+    summary, _ = run_rank(loaded, bundle, RankConfig(photos="test", retain_people=0, holdout=False))
+    forget = summary["groups"]["forget"] or {}
+    metrics[IDENTITY_SPLIT] = {"image+text": {m: forget.get(m) for m in IDENTITY_METRICS}}
+    return metrics
+
+
 def previous_tune(out: Path, cfg: TuneConfig) -> dict | None:
     """The tuned.json an interrupted tune left in OUT, to continue from: None where there is none; ValueError
     (one line, naming what differs) where it was made with other settings (the worker count may change)."""
@@ -269,6 +286,7 @@ def run_tune(data: str | Path, cfg: TuneConfig, out: Path, tune_forget: list[str
     ctx = TuneContext(str(data), cfg, out, rule, rule, train_bundle, score_bundle, model_parameters(model.model))
     ctx.budget = cfg.budget or default_budget(ctx)
     vanilla, _ = evaluate(model, score_bundle, ctx.eval_cfg)
+    add_identity(vanilla["metrics"], model, score_bundle, rule)
     del model
     ctx.resolved = resolve_relative(rule, vanilla["metrics"])
     progress(f"vanilla on the tuning people: {json.dumps(summary_numbers(vanilla['metrics'], rule))}")
@@ -383,6 +401,7 @@ def tune_method(name: str, ctx: TuneContext, progress: Callable[[str], None] | N
                                                           batch_size=cfg.batch_size, seed=cfg.seed,
                                                           method_args=params), run, loaded=load_model(cfg.model))
             summary, _ = evaluate(res.loaded, ctx.score_bundle, ctx.eval_cfg)
+            add_identity(summary["metrics"], res.loaded, ctx.score_bundle, ctx.rule)
         except NonFiniteLossError as exc:
             row.update(state="pruned", why=str(exc), wall_time_s=round(time.perf_counter() - t, 1))
             trials.append(row)

@@ -8,7 +8,9 @@ A rule is an objective, then optional constraints, comma-separated:
 
 An objective may average several keys joined by `&` (min:test/image+text/cls_acc&test/text/cls_acc). In
 `mmunlearn tune` a constraint's number may end in `x`: a multiple of the vanilla model's value
-(retain/image+text/cls_acc>=0.95x), resolved before any trial (`resolve_relative`).
+(retain/image+text/cls_acc>=0.95x), resolved before any trial (`resolve_relative`), and the rule may read the
+identity ranking of the forget people's unseen photos (`identity/image+text/top5`, `top1`, `mrr`,
+`median_rank`: the rank attack's numbers, computed for each trial only when the rule reads them).
 
 Keys are `split/modality/metric` paths into the evaluator's summary["metrics"] (eval/evaluator.py), so
 the numbers the rule reads are the numbers `mmunlearn eval` reports. Ties go to the earliest step (the
@@ -33,6 +35,10 @@ RULE_SPLITS = SPLITS + tuple(f"{s}_{pop}" for s in POPULATION_SPLITS for pop in 
 # scores are aggregate()'s, beside the median
 RULE_METRICS = tuple(sorted(set(METRIC_KEYS.values()) | {"truth_ratio_forget_score", "truth_ratio_retain_score"})) \
     + ("n",)
+# `mmunlearn tune` only: the rank attack's numbers on the forget people's unseen photos (issue #32: identity in
+# the objective the search sees), under the pseudo-split "identity"
+IDENTITY_SPLIT = "identity"
+IDENTITY_METRICS = ("top1", "top5", "mrr", "median_rank")
 OBJECTIVES = ("min", "max", "last")
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
@@ -87,6 +93,7 @@ class Rule:
         out: list[str] = []
         for k in self.keys:
             split = base_split(k.split("/", 1)[0])
+            split = "test" if split == IDENTITY_SPLIT else split  # ranked on the forget people's unseen photos
             if split not in out:
                 out.append(split)
         return tuple(out)
@@ -96,13 +103,22 @@ class Rule:
         return ",".join([head, *(str(c) for c in self.constraints)])
 
 
-def check_key(key: str) -> str:
-    """A `split/modality/metric` key with known parts (the modality may itself contain no '/')."""
+def check_key(key: str, allow_identity: bool = False) -> str:
+    """A `split/modality/metric` key with known parts (the modality may itself contain no '/');
+    `identity/image+text/METRIC` where `allow_identity` (tune)."""
     parts = key.strip().split("/")
     if len(parts) != 3 or not all(parts):
         raise RuleError(f"--select-by: {key!r} is not a split/modality/metric key "
                         "(e.g. retain/image+text/cls_acc)")
     split, modality, metric = parts
+    if split == IDENTITY_SPLIT:
+        if not allow_identity:
+            raise RuleError(f"--select-by: {key!r} reads the identity ranking, which only `mmunlearn tune` "
+                            "computes for its trials")
+        if modality != "image+text" or metric not in IDENTITY_METRICS:
+            raise RuleError(f"--select-by: {key!r}: identity keys are identity/image+text/METRIC with METRIC "
+                            f"one of {', '.join(IDENTITY_METRICS)}")
+        return "/".join(parts)
     if split not in RULE_SPLITS:
         raise RuleError(f"--select-by: unknown split {split!r} in {key!r}; splits: {', '.join(RULE_SPLITS)}")
     if modality not in MODALITIES:
@@ -114,7 +130,8 @@ def check_key(key: str) -> str:
 
 def parse_rule(text: str, allow_relative: bool = False) -> Rule:
     """`OBJECTIVE[,CONSTRAINT...]` → Rule; RuleError (a ValueError) says what is wrong. Relative
-    constraints (`>=0.95x`) only where a vanilla model's numbers exist (`allow_relative`: tune)."""
+    constraints (`>=0.95x`) and identity keys only where a vanilla model's numbers exist and trials are
+    ranked (`allow_relative`: tune)."""
     items = [part.strip() for part in (text or "").split(",")]
     if not text or not text.strip() or any(not part for part in items):
         raise RuleError(f"--select-by: empty rule or empty item in {text!r}; expected e.g. "
@@ -126,7 +143,7 @@ def parse_rule(text: str, allow_relative: bool = False) -> Rule:
         objective, sep, key = head.partition(":")
         if not sep or objective not in ("min", "max"):
             raise RuleError(f"--select-by: the rule must start with min:KEY, max:KEY or last (got {head!r})")
-        key = "&".join(check_key(k) for k in key.split("&"))
+        key = "&".join(check_key(k, allow_relative) for k in key.split("&"))
     constraints = []
     for item in rest:
         m = _CONSTRAINT.match(item)
@@ -141,7 +158,8 @@ def parse_rule(text: str, allow_relative: bool = False) -> Rule:
         if m.group(4) and not allow_relative:
             raise RuleError(f"--select-by: {item!r} is relative to the vanilla model (the x suffix), which only "
                             "`mmunlearn tune` measures; give an absolute number")
-        constraints.append(Constraint(check_key(m.group(1)), m.group(2), value, relative=bool(m.group(4))))
+        constraints.append(Constraint(check_key(m.group(1), allow_relative), m.group(2), value,
+                                      relative=bool(m.group(4))))
     return Rule(objective, key, tuple(constraints))
 
 
