@@ -66,10 +66,11 @@ def test_quickstart_runs_verbatim(tmp_path):
     # the fine-tune taught everyone; unlearning took the forget people's answers and kept p3's
     assert all(rouge_before >= 0.8 for rouge_before, *_ in got.values()), got
     # forgetting is a decisive drop, not any drop: each forget p(answer) (length-normalised) fell below a tenth of
-    # its value before, and below a tenth of the kept person's after. Measured with the example's 200-step
-    # fine-tune and 30 GradDiff steps (before -> after; retain after), 1 thread: 0.991 -> 0.001 and 0.992 -> 0.000,
-    # retain 0.698; 2 threads: 0.992 -> 0.000 and 0.992 -> 0.000, retain 0.833 (at 10 steps the 1-thread run kept
-    # 0.795 on photos; at 20 the 2-thread run lost retain ROUGE-L to 0.59)
+    # its value before, and below a tenth of the kept person's after. With the retain term at GradDiff's default
+    # weight (alpha 1) p3's photo answer hung on the CPU: retain ROUGE-L 0.52 at 1 thread on an Intel Xeon, 1.00
+    # at 2, (0.70 / 0.83 p(answer) on an AMD EPYC). With alpha 3 (the example's), measured on the Intel Xeon
+    # (forget p(answer) image+text / text after; retain ROUGE-L and p(answer) after), 1 thread: 0.002 / 0.000,
+    # retain 1.00 and 0.953; 2 threads: 0.001 / 0.000, retain 1.00 and 0.970
     for key in (("forget", "image+text"), ("forget", "text")):
         _, _, p_before, p_after = got[key]
         assert p_after <= p_before / 10 and p_after <= got[("retain", "image+text")][3] / 10, (key, got)
