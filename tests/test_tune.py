@@ -528,3 +528,24 @@ def test_the_tuned_settings_are_checked_on_the_reported_people_by_hand(tmp_path)
     assert res.exit_code == 2 and "--bench goes with a tuned.json" in res.output
     res = runner.invoke(app, ["report", str(tmp_path / "tuned.json"), "--bench", str(tmp_path / "nowhere")])
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_tune_report_shows_the_identity_numbers_a_rule_read():
+    """A tune whose rule read `identity/…` keys: its table gains those columns, after the usual ones, from each
+    trial's numbers; a rule without them keeps the table as it was."""
+    from mmunlearn.report.tuning import tune_table
+
+    rule = "min:test/image+text/cls_acc&identity/image+text/top5,identity/image+text/median_rank>=2"
+    numbers = {"test/image+text/cls_acc": 0.5, "identity/image+text/top5": 0.25, "identity/image+text/median_rank": 12}
+    trial = {"method": "ga", "number": 0, "lr": 1e-3, "steps": 4, "method_args": {}, "state": "complete",
+             "objective": 0.375, "feasible": True, "margin": 0.0, "numbers": numbers, "wall_time_s": 2.0}
+    tuned = {"config": {"trials": 1, "seed": 100, "eval_records": 16, "batch_size": 8, "methods": ["ga"]},
+             "rule": rule, "rule_resolved": rule, "tune_forget": ["p000"], "tune_retain": ["p001"],
+             "vanilla": {"test/image+text/cls_acc": 0.9, "identity/image+text/top5": 1.0,
+                         "identity/image+text/median_rank": 1},
+             "methods": {"ga": {"trial": 0}}, "trials": [trial], "timing": {}}
+    table = tune_table(tuned)
+    assert "| underst. retain | degenerate | name top-5 | name rank median | meets rule |" in table
+    assert "| vanilla | | | 0.90 | — | — | — | — | — | 1.00 | 1.00 | | |" in table
+    assert "| 0.50 | — | — | — | — | — | 0.25 | 12.00 | ✓ (chosen) |" in table
+    assert "name top-5" not in tune_table({**tuned, "rule": "min:test/image+text/cls_acc"})

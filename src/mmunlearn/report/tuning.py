@@ -4,6 +4,7 @@ each method's chosen trial marked."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 X_KEY = "test/image+text/cls_acc"  # the tuning forget people's unseen photos
@@ -12,6 +13,17 @@ COLUMNS = (("test/image+text/cls_acc", "unseen photos"), ("test/text/cls_acc", "
            ("retain/image+text/cls_acc", "retain img"), ("retain/text/cls_acc", "retain txt"),
            ("understanding_retain/image+text/cls_acc", "underst. retain"),
            ("forget/text/degenerate_rate", "degenerate"))
+
+
+IDENTITY_LABELS = {"top1": "name top-1", "top5": "name top-5", "mrr": "name MRR", "median_rank": "name rank median"}
+
+
+def _columns(tuned: dict) -> tuple[tuple[str, str], ...]:
+    """COLUMNS, then the identity ranking's numbers where the tune's rule read them (`identity/…` keys)."""
+    from ..train.selection import IDENTITY_SPLIT
+
+    keys = re.findall(rf"{IDENTITY_SPLIT}/image\+text/(\w+)", tuned.get("rule") or "")
+    return COLUMNS + tuple((f"{IDENTITY_SPLIT}/image+text/{m}", IDENTITY_LABELS.get(m, m)) for m in dict.fromkeys(keys))
 
 
 def _num(v) -> str:
@@ -49,10 +61,11 @@ def tune_table(tuned: dict) -> str:
     missing = [m for m in asked if m not in tuned["methods"]]
     if missing:  # an interrupted tune: say which methods it has not reached
         head += f"_Tuned so far: {len(asked) - len(missing)} of {len(asked)} methods; not yet: {', '.join(missing)}._\n\n"
-    lines = ["| method | trial | settings | " + " | ".join(label for _, label in COLUMNS) + " | meets rule | time (s) |",
-             "|---|---:|---|" + "---:|" * len(COLUMNS) + "---|---:|"]
+    columns = _columns(tuned)
+    lines = ["| method | trial | settings | " + " | ".join(label for _, label in columns) + " | meets rule | time (s) |",
+             "|---|---:|---|" + "---:|" * len(columns) + "---|---:|"]
     vanilla = tuned.get("vanilla", {})
-    lines.append("| vanilla | | | " + " | ".join(_num(vanilla.get(k)) for k, _ in COLUMNS) + " | | |")
+    lines.append("| vanilla | | | " + " | ".join(_num(vanilla.get(k)) for k, _ in columns) + " | | |")
     for method, chosen in [(m, tuned["methods"].get(m)) for m in dict.fromkeys(t["method"] for t in tuned["trials"])]:
         for t in (t for t in tuned["trials"] if t["method"] == method):
             pick = chosen is not None and t["number"] == chosen["trial"]
@@ -60,7 +73,7 @@ def tune_table(tuned: dict) -> str:
             numbers = t.get("numbers") or {}
             state = "pruned" if t["state"] == "pruned" else ("✓" if t["feasible"] else "")
             lines.append(f"| {mark}{method}{mark} | {mark}{t['number']}{mark} | {_args(t)} | "
-                         + " | ".join(_num(numbers.get(k)) for k, _ in COLUMNS)
+                         + " | ".join(_num(numbers.get(k)) for k, _ in columns)
                          + f" | {state}{' (chosen)' if pick else ''} | {t.get('wall_time_s', 0):.0f} |")
     timing = tuned.get("timing", {})
     total, cpu, workers = timing.get("total_s"), timing.get("cpu_s"), timing.get("workers", 1)
