@@ -1,17 +1,20 @@
 """Seed-method settings over several training seeds, on a larger evaluation (issue #5's unmet claims).
 
     python benchmarks/seed_sweep.py --model runs/vanilla --data runs/world --out runs/sweep \
-        [--only vkd,smfa] [--seeds 0,1,2] [--max-records 600] [--rank] [--readme docs/methods/seed-ablations.md]
+        [--only vkd,smfa] [--seeds 0,1,2] [--max-records 600] [--rank] [--identity-out PNG] \
+        [--readme docs/methods/seed-ablations.md]
 
 Why: one seed and a 300-record evaluation (~50 photo questions per split) cannot tell a setting that keeps
 90 % of the "real" photos from one that keeps 85 % — seed-to-seed spread is ±0.05–0.10. Each variant below
 runs on every seed (forget_10) and is evaluated on up to `--max-records` records per split; the table gives
-the mean ± std over seeds and, for retain and real photos, the share of the vanilla model's accuracy.
+the bench's columns (mean ± sample std over seeds; for retain and real photos and understanding, also the share
+of the vanilla model's, rounded down) and what of issue #17's person bar each setting misses.
 
 Runs are kept (OUT/VARIANT/seedN with unlearn_log.json and eval/summary.json) and reused when their
 summary exists. Where `mmunlearn attack rank --model OUT/VARIANT/seedN --data WORLD --out
 OUT/VARIANT/seedN/rank --retain-people 0` ran, the identity-ranking columns are filled (else "—");
-`--rank` runs it on every run that lacks it.
+`--rank` runs it on every run that lacks it, and on the vanilla model. The rows go to OUT/MARKER.json;
+`--identity-out PNG` draws every setting's name top-5 against understanding of the unseen photos.
 With `--readme FILE` the table replaces the text between `<!-- MARKER:start -->` and `<!-- MARKER:end -->`
 in FILE (`--marker`, default `sweep`; the published tables live in docs/methods/seed-ablations.md).
 """
