@@ -216,7 +216,7 @@ def test_vkd_stranger_target_forgets_the_photos_by_pulling_them_toward_a_strange
     people's photos to θ's on the forget photos, so the term falls as training goes, and the forget person's photo
     answers go (trained photos and unseen ones) while their text and the retain people stay.
 
-    Measured on the shipped fixture at 1 / 2 torch threads (MMUNLEARN_TEST_THREADS): the logged KL fell from 1.60 /
+    Measured on the shipped fixture, Intel Xeon, 1 / 2 torch threads (MMUNLEARN_TEST_THREADS): the KL fell from 1.60 /
     1.61 (first two logs) to 0.50 / 0.51 (last five), 0.31×; the forget person's photos (7 trained, 21 unseen
     questions) 0.39 / 0.57, from 1.00; text and retain 1.00. Niced beside other work at 1 thread it fell 0.65×
     and left 0.57. The bounds leave 0.15× of the KL and 5 questions of slack on the weakest run."""
