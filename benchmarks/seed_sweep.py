@@ -168,10 +168,11 @@ def rank_of(run: Path) -> dict | None:
     path = run / "rank" / "summary.json"
     if not path.is_file():
         return None
+    from mmunlearn.bench import rank_numbers
+
     summary = json.loads(path.read_text())
-    forget, strangers = summary["groups"]["forget"], summary.get("forget_names_on_strangers") or {}
-    return {"rank_top5": forget["top5"], "rank_median": forget["median_rank"],
-            "rank_strangers_median": strangers.get("median_rank"), "rank_strangers_p10": strangers.get("rank_p10")}
+    return {**rank_numbers(summary),
+            "rank_strangers_p10": (summary.get("forget_names_on_strangers") or {}).get("rank_p10")}
 
 
 def attack_rank(run: Path, bundle, model: Path | None = None) -> None:

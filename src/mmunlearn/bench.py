@@ -122,9 +122,6 @@ def _attack_numbers(model_dir: str | Path, bundle: DataBundle, cfg: BenchConfig,
         atomic_write_json(path, data)
     probes = data["probe"].get("probes", {})
     mia = (data["probe"].get("mia") or {}).get("forget_vs_holdout", {})
-    rank = ((data.get("rank") or {}).get("groups") or {}).get("forget") or {}
-    # where the same model puts the forget people's names on never-seen strangers' photos: a forgotten face's rank
-    strangers = (data.get("rank") or {}).get("forget_names_on_strangers") or {}
     # a relearn run with other settings whose model is gone is not this bench's number: absent, not stale
     relearn = data["relearn"] if _same_relearn(data.get("relearn"), cfg) else {}
     over_floor = None
@@ -133,8 +130,16 @@ def _attack_numbers(model_dir: str | Path, bundle: DataBundle, cfg: BenchConfig,
         over_floor = sum(gaps) / len(gaps) if gaps else None
     return {"AG": relearn.get("AG"), "AG_gen": relearn.get("AG_cls_acc"), "relearn_over_floor": over_floor,
             "leak_text": (probes.get("text_only") or {}).get("leak"),
-            "mia_auc": mia.get("loss_auc"),
-            "rank_top5": rank.get("top5"), "rank_median": rank.get("median_rank"),
+            "mia_auc": mia.get("loss_auc"), **rank_numbers(data.get("rank"))}
+
+
+def rank_numbers(rank: dict | None) -> dict[str, float | None]:
+    """The bench's identity columns from a rank attack's summary: the forget people's top-5 share and median rank
+    on their unseen photos, and where the same model puts their names on never-seen strangers' photos (a
+    forgotten face's rank)."""
+    forget = ((rank or {}).get("groups") or {}).get("forget") or {}
+    strangers = (rank or {}).get("forget_names_on_strangers") or {}
+    return {"rank_top5": forget.get("top5"), "rank_median": forget.get("median_rank"),
             "rank_strangers_median": strangers.get("median_rank")}
 
 

@@ -233,7 +233,7 @@ def add_identity(metrics: dict, loaded, bundle: DataBundle, rule: Rule) -> dict:
     """Where the rule reads `identity/…` keys: the rank attack on the forget people's unseen photos of the scored
     questions (no retain or holdout people: only the forget group is read), under the metrics' `identity` split.
     Where it does not, nothing runs and `metrics` comes back as it was."""
-    if not any(k.split("/", 1)[0] == IDENTITY_SPLIT for k in rule.keys):
+    if not rule.identity_keys:
         return metrics
     from .eval.attacks.rank import RankConfig, run_rank
 

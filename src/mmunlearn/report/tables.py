@@ -68,6 +68,7 @@ PERSON_BAR: tuple[tuple[str, str, float, str], ...] = (
 
 
 def _cell_mean(row: Mapping, key: str) -> float | None:
+    """A row's number under `key`: a run's plain number or an aggregated cell's mean; None when absent or NaN."""
     v = row.get(key)
     if isinstance(v, Mapping):
         v = v.get("mean")
@@ -269,11 +270,9 @@ def nothing_to_forget(vanilla_row: dict | None) -> str | None:
     has (photo, text) near chance. Forgetting measured from there measures nothing."""
     if not vanilla_row:
         return None
-    def value(cell):  # a run's row holds numbers, an aggregated row {"mean", "std", "n"}
-        return cell.get("mean") if isinstance(cell, dict) else cell
-
-    cells = {label: value(vanilla_row.get(key)) for key, label in (("forget_it", "photos"), ("forget_txt", "text"))}
-    cells = {k: v for k, v in cells.items() if isinstance(v, (int, float)) and not math.isnan(v)}
+    # a run's row holds numbers, an aggregated row {"mean", "std", "n"}
+    cells = {label: _cell_mean(vanilla_row, key) for key, label in (("forget_it", "photos"), ("forget_txt", "text"))}
+    cells = {k: v for k, v in cells.items() if v is not None}
     if cells and all(v <= NEAR_CHANCE for v in cells.values()):
         shown = ", ".join(f"{k} {v:.2f}" for k, v in cells.items())
         return (f"nothing to forget: vanilla answers the forget people's questions near chance ({shown}; chance "

@@ -88,6 +88,11 @@ class Rule:
         return (*self.objective_keys, *(c.key for c in self.constraints))
 
     @property
+    def identity_keys(self) -> tuple[str, ...]:
+        """The keys that read the identity ranking (tune ranks each trial only when there are any)."""
+        return tuple(dict.fromkeys(k for k in self.keys if k.split("/", 1)[0] == IDENTITY_SPLIT))
+
+    @property
     def splits(self) -> tuple[str, ...]:
         """Evaluator splits the rule reads (understanding_* come from the understanding split)."""
         out: list[str] = []
