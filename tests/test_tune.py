@@ -266,6 +266,67 @@ def test_an_interrupted_tune_keeps_finished_methods(tuned_small, small_world, tm
     assert again["timing"]["resumed"] == ["ga"]  # its wall time covers graddiff only, and the report says so
 
 
+def test_set_fixes_a_method_option_in_every_trial_and_leaves_it_out_of_the_search(tuned_small, small_world, tmp_path,
+                                                                                monkeypatch):
+    """`tune --set alpha=7.5`: GradDiff searches alpha over [0.3, 10] by default; with it fixed, optuna is never asked
+    for alpha, every trial trains with 7.5 (read from the method's own config inside its loss), tuned.json's choice
+    carries it for `unlearn --config` and `bench --tuned`, and the table says it once, above the rows."""
+    import optuna
+
+    from mmunlearn.methods.graddiff import GradDiff
+    from mmunlearn.report.tuning import tune_table
+
+    _, vanilla, _ = tuned_small
+    asked, alphas, loss = [], set(), GradDiff.loss
+    suggest_float = optuna.trial.Trial.suggest_float
+
+    def recorded_suggest(self, name, *args, **kwargs):
+        asked.append(name)
+        return suggest_float(self, name, *args, **kwargs)
+
+    def recorded_loss(self, ctx, step):
+        alphas.add(self.cfg.alpha)
+        return loss(self, ctx, step)
+
+    monkeypatch.setattr(optuna.trial.Trial, "suggest_float", recorded_suggest)
+    monkeypatch.setattr(GradDiff, "loss", recorded_loss)
+    monkeypatch.setattr(GradDiff, "search_space", {**GradDiff.search_space, "steps": ("int", 2, 3)})
+    cfg = TuneConfig(model=str(vanilla), methods=["graddiff"], trials=2, eval_records=4, budget=64, fixed={"alpha": 7.5})
+    result = run_tune(small_world, cfg, tmp_path / "t", ["p000"], ["p001"], progress=lambda msg: None)
+    assert asked == ["lr", "lr"] and alphas == {7.5}  # lr searched in both trials, alpha in neither
+    assert [t["method_args"] for t in result["trials"]] == [{"alpha": 7.5}] * 2
+    assert result["methods"]["graddiff"]["method_args"] == {"alpha": 7.5}
+    table = tune_table(result)
+    assert "_Every trial also used alpha 7.5 (`--set`, not searched)._" in table
+    assert "alpha 7.5" not in table.split("| method |", 1)[1]  # not repeated on each row
+
+
+def test_tune_set_refuses_what_no_trial_could_use(untrained_llava, small_world, tmp_path):
+    """Each refusal is one line, exit 2, before --out exists: an option a tuned method lacks (named), lr and steps
+    (what a tune searches), a value the method cannot run with, and a resume with other fixed options."""
+    base = ["tune", "--model", str(untrained_llava), "--data", str(small_world), "--out", str(tmp_path / "t")]
+    res = runner.invoke(app, base + ["--methods", "npo,graddiff", "--set", "beta=0.2"])
+    assert res.exit_code == 2 and "method 'graddiff' has no option(s) beta" in res.output
+    res = runner.invoke(app, base + ["--methods", "graddiff", "--set", "lr=0.1"])
+    assert res.exit_code == 2 and "lr are searched" in res.output
+    res = runner.invoke(app, base + ["--methods", "vkd", "--set", "forget_loss=bogus"])
+    assert res.exit_code == 2 and "forget_loss" in res.output
+    assert not (tmp_path / "t").exists()
+    out = tmp_path / "r"
+    out.mkdir()
+    from dataclasses import asdict
+
+    old = asdict(TuneConfig(model=str(untrained_llava), methods=["graddiff"], trials=3))
+    del old["fixed"]  # a tuned.json from before --set: it fixed nothing
+    (out / "tuned.json").write_text(json.dumps({"config": old, "methods": {}, "trials": [], "timing": {}}))
+    base = ["tune", "--model", str(untrained_llava), "--data", str(small_world), "--out", str(out), "--methods",
+            "graddiff", "--trials", "3", "--resume"]
+    res = runner.invoke(app, base + ["--set", "alpha=2"])
+    assert res.exit_code == 2 and "other settings (fixed)" in res.output
+    res = runner.invoke(app, base)  # nothing fixed either time: passes the check, stops at the 6-person world
+    assert res.exit_code == 2 and "too small for a tuning population" in res.output, res.output
+
+
 def test_workers_tune_methods_in_processes_of_their_own(tuned_small, small_world, tmp_path):
     import os
 

@@ -553,6 +553,8 @@ def tune(
                                                   "(default: the world's tuning population)."),
     tune_retain_ids: Optional[str] = typer.Option(None, "--tune-retain-ids", help="People whose kept knowledge "
                                                   "scores the trials (with --tune-forget-ids)."),
+    set_items: list[str] = typer.Option([], "--set", help="Method option KEY=VALUE (repeatable) every trial uses, "
+                                        "left out of the search, e.g. --set augment=1.0 (every tuned method needs it)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted tune in --out (the same "
                                 "settings): its tuned methods are kept, the others searched."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),

@@ -30,7 +30,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -58,6 +58,9 @@ class TuneConfig:
     batch_size: int = 8
     workers: int = 1  # processes tuning methods side by side (one torch thread each when > 1)
     budget: int = 0  # trained samples a trial may use (steps × batch, stages summed); 0: default_budget
+    # method options every trial uses (`tune --set`), left out of the search: e.g. VKD's augment, which its
+    # search space lacks, so that a search explores the settings that forget unseen photos
+    fixed: dict[str, Any] = field(default_factory=dict)
 
 
 def tuning_bundles(root: str | Path, forget_ids: list[str] | None = None,
@@ -153,6 +156,19 @@ def suggest(trial, space: dict[str, tuple]) -> dict[str, Any]:
     return out
 
 
+def check_fixed(methods: list[str], fixed: dict[str, Any]) -> None:
+    """`tune --set`: options every trial of every tuned method uses. ValueError (one line) for lr or steps (they
+    are what a tune searches) and for an option a tuned method does not have or cannot run with."""
+    from .methods.base import get_method
+
+    searched = sorted({"lr", "steps"} & set(fixed))
+    if searched:
+        raise ValueError(f"--set fixes method options; {' and '.join(searched)} are searched (use `unlearn` for a fixed "
+                         f"schedule)")
+    for name in methods:
+        get_method(name).make_config(fixed)  # names the method and the option it lacks
+
+
 def summary_numbers(metrics: dict, rule: Rule) -> dict[str, float | None]:
     return {k: lookup(metrics, k) for k in dict.fromkeys(rule.keys)}
 
@@ -193,7 +209,8 @@ class TuneContext:
 
         cls = get_method(name)
         lr, steps = self.preset_schedule(name)
-        return cls.tuning_space(lr, self.top_steps(name) if self.budget else steps)
+        space = cls.tuning_space(lr, self.top_steps(name) if self.budget else steps)
+        return {k: v for k, v in space.items() if k not in self.cfg.fixed}  # `--set` options are not searched
 
     def preset_schedule(self, name: str) -> tuple[float, int]:
         """(lr, steps) of the method's preset on the tuning data."""
@@ -211,7 +228,8 @@ class TuneContext:
         """The most steps a trial of `name` (at its default stages) may take within the budget."""
         from .methods.base import get_method
 
-        return get_method(name)().steps_within(self.budget, self.cfg.batch_size)
+        method = get_method(name)
+        return method(method.make_config(self.cfg.fixed)).steps_within(self.budget, self.cfg.batch_size)
 
     @property
     def eval_cfg(self) -> EvalConfig:
@@ -254,7 +272,10 @@ def previous_tune(out: Path, cfg: TuneConfig) -> dict | None:
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON ({err.msg}); start again with --overwrite") from None
     mine = {k: v for k, v in asdict(cfg).items() if k != "workers"}
-    theirs = {k: v for k, v in (old.get("config") or {}).items() if k != "workers"}
+    # a setting added after that tune was written had its default there (`fixed`: none)
+    defaults = {f.name: f.default_factory() if f.default_factory is not MISSING else f.default
+                for f in fields(TuneConfig) if f.default is not MISSING or f.default_factory is not MISSING}
+    theirs = {k: v for k, v in {**defaults, **(old.get("config") or {})}.items() if k != "workers"}
     differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
     if differ:
         raise ValueError(f"--resume: the tune in {out} was made with other settings ({', '.join(differ)}); "
@@ -390,6 +411,7 @@ def tune_method(name: str, ctx: TuneContext, progress: Callable[[str], None] | N
     def objective(trial):
         params = suggest(trial, space)
         lr, steps = params.pop("lr", None), params.pop("steps", None)
+        params = {**cfg.fixed, **params}
         run = out / "trials" / name / f"trial{trial.number}"
         method = get_method(name)
         row = {"method": name, "number": trial.number, "lr": lr, "steps": steps, "method_args": params,

@@ -750,17 +750,20 @@ def bench_run(*, model: str | Path, data: str | Path, out: str | Path, methods: 
 def tune_run(*, model: str | Path, data: str | Path, out: str | Path, methods: str | Sequence[str] = "all",
              trials: int = 16, seed: int = 100, max_records: int = 64, workers: int = 1, rule: str | None = None,
              tune_forget_ids: str | None = None, tune_retain_ids: str | None = None, budget: int = 0,
-             resume: bool = False, overwrite: bool = False) -> dict:
+             set_items: Sequence[str] = (), resume: bool = False, overwrite: bool = False) -> dict:
     """`mmunlearn tune`: every method's settings searched with the same trials, the same compute budget
     (`budget` trained samples a trial; 0: tune.default_budget) and one rule on a tuning population no reported
-    run uses → OUT/tuned.json. A fresh OUT, like every command's; `resume` continues the interrupted tune there
-    (the same settings), `overwrite` starts again."""
+    run uses → OUT/tuned.json; `set_items` (KEY=VALUE): method options every trial uses, not searched. A fresh
+    OUT, like every command's; `resume` continues the interrupted tune there (the same settings), `overwrite`
+    starts again."""
     from .data.store import parse_ids
     from .models.base import adapter_for_folder
     from .train.selection import parse_rule
-    from .tune import DEFAULT_RULE, TuneConfig, previous_tune, run_tune
+    from .tune import DEFAULT_RULE, TuneConfig, check_fixed, previous_tune, run_tune
 
     chosen = chosen_methods(methods)
+    fixed = parse_set_items(set_items)
+    check_fixed(chosen, fixed)
     positive("trials", trials)
     positive("workers", workers)
     positive("max-records", max_records, zero_ok=True)
@@ -775,7 +778,7 @@ def tune_run(*, model: str | Path, data: str | Path, out: str | Path, methods: s
         raise ValueError("--resume and --overwrite exclude each other")
     check_out(out, overwrite=overwrite, resume=resume)
     cfg = TuneConfig(model=str(model), methods=chosen, trials=trials, seed=seed, eval_records=max_records,
-                     rule=rule or DEFAULT_RULE, workers=workers, budget=budget)
+                     rule=rule or DEFAULT_RULE, workers=workers, budget=budget, fixed=fixed)
     if resume:
         previous_tune(Path(out), cfg)  # other settings: one line now, not after the vanilla evaluation
     result = run_tune(data, cfg, Path(out), parse_ids(tune_forget_ids, "forget"), parse_ids(tune_retain_ids, "retain"),
