@@ -610,3 +610,9 @@ def test_tune_report_shows_the_identity_numbers_a_rule_read():
     assert "| vanilla | | | 0.90 | — | — | — | — | — | 1.00 | 1.00 | | |" in table
     assert "| 0.50 | — | — | — | — | — | 0.25 | 12.00 | ✓ (chosen) |" in table
     assert "name top-5" not in tune_table({**tuned, "rule": "min:test/image+text/cls_acc"})
+    # every other key a rule of one's own judged gets its column too, labelled from the key, in the rule's order
+    rule = "min:test/image+text/cls_acc,real/image+text/cls_acc>=0.9x,understanding_unseen_forget/image+text/cls_acc>=0.5"
+    table = tune_table({**tuned, "rule": rule, "vanilla": {"real/image+text/cls_acc": 0.8}})
+    assert "| degenerate | real img | underst. forget (unseen) img | meets rule |" in table
+    assert "| vanilla | | | — | — | — | — | — | — | 0.80 | — | | |" in table
+    assert "| 0.50 | — | — | — | — | — | — | — | ✓ (chosen) |" in table

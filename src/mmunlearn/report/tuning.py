@@ -15,15 +15,30 @@ COLUMNS = (("test/image+text/cls_acc", "unseen photos"), ("test/text/cls_acc", "
            ("forget/text/degenerate_rate", "degenerate"))
 
 
+SPLIT_LABELS = {"test": "unseen", "understanding": "underst.", "understanding_forget": "underst. forget",
+                "understanding_retain": "underst. retain", "understanding_unseen": "underst. (unseen)",
+                "understanding_unseen_forget": "underst. forget (unseen)",
+                "understanding_unseen_retain": "underst. retain (unseen)"}
 IDENTITY_LABELS = {"top1": "name top-1", "top5": "name top-5", "mrr": "name MRR", "median_rank": "name rank median"}
 
 
-def _columns(tuned: dict) -> tuple[tuple[str, str], ...]:
-    """COLUMNS, then the identity ranking's numbers where the tune's rule read them (`identity/…` keys)."""
+def _label(key: str) -> str:
+    """A column header for a rule key COLUMNS lacks: "real img", "underst. forget (unseen) img", "name top-5"."""
     from ..train.selection import IDENTITY_SPLIT
 
-    keys = re.findall(rf"{IDENTITY_SPLIT}/image\+text/(\w+)", tuned.get("rule") or "")
-    return COLUMNS + tuple((f"{IDENTITY_SPLIT}/image+text/{m}", IDENTITY_LABELS.get(m, m)) for m in dict.fromkeys(keys))
+    split, modality, metric = key.split("/")
+    if split == IDENTITY_SPLIT:
+        return IDENTITY_LABELS.get(metric, f"name {metric}")
+    words = SPLIT_LABELS.get(split, split.replace("_", " "))
+    return f"{words} {'img' if modality == 'image+text' else 'txt'}" + ("" if metric == "cls_acc" else f" {metric}")
+
+
+def _columns(tuned: dict) -> tuple[tuple[str, str], ...]:
+    """COLUMNS, then every other key the tune's rule read (a rule of one's own: what its constraints judged), the
+    identity ranking's included. Found in the rule's text, so a tuned.json whose rule does not parse still shows."""
+    shown = {key for key, _ in COLUMNS}
+    keys = re.findall(r"([a-z_]+/(?:image\+text|text)/\w+)", tuned.get("rule") or "")
+    return COLUMNS + tuple((key, _label(key)) for key in dict.fromkeys(keys) if key not in shown)
 
 
 def _num(v) -> str:
