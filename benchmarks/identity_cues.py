@@ -11,8 +11,11 @@ drawn from the person's own look with some identity features changed (each chang
 a test-strength pose), and on photos of never-seen strangers (`data/strangers.py`). Accuracy near the
 stranger's means the changed features carried the identity; near the own photo's, they did not. Every
 question is asked on `--draws` photos (different poses and values), and the table gives the mean.
-With `--readme FILE` the table replaces the text between `<!-- identity-cues:start -->` and
-`<!-- identity-cues:end -->` in FILE.
+With `--readme FILE` the table replaces the text between `<!-- MARKER:start -->` and `<!-- MARKER:end -->` in
+FILE (`--marker`, default `identity-cues`).
+
+A "face" identity world (`mmunlearn world --identity face`) is redrawn over its own identity features (face shape,
+skin, hair colour, hairstyle, facial hair), every photo in clothes of its own, as the world draws them.
 """
 
 from __future__ import annotations
@@ -32,21 +35,24 @@ UNDERSTANDING_FEATURES = ("hair_colour", "shirt", "accessory")
 
 def redrawn_look(look: dict, change: tuple[str, ...], rng: random.Random) -> dict:
     """`look` with each feature of `change` set to another of its values."""
-    from mmunlearn.data.portraits import FEATURE_VALUES
+    from mmunlearn.data.portraits import FACIAL_HAIR, FEATURE_VALUES
 
-    return {**look, **{f: rng.choice([v for v in FEATURE_VALUES[f] if v != look[f]]) for f in change}}
+    values = {**FEATURE_VALUES, "facial_hair": FACIAL_HAIR}
+    return {**look, **{f: rng.choice([v for v in values[f] if v != look.get(f, "none")]) for f in change}}
 
 
-def variants() -> list[tuple[str, tuple[str, ...] | None]]:
+def variants(identity: str = "look") -> list[tuple[str, tuple[str, ...] | None]]:
     """(label, identity features changed); None: a never-seen stranger's photo instead."""
-    from mmunlearn.data.portraits import IDENTITY_FEATURES
+    from mmunlearn.data.portraits import IDENTITIES
 
-    rest = tuple(f for f in IDENTITY_FEATURES if f not in UNDERSTANDING_FEATURES)
+    features = IDENTITIES[identity]
+    asked = tuple(f for f in UNDERSTANDING_FEATURES if f in features)
+    rest = tuple(f for f in features if f not in asked)
+    both = [(f"{', '.join(asked)} changed (the rest kept)", asked)] if len(asked) > 1 else []  # else a row above
     return ([("own look (a new photo)", ())]
-            + [(f"{f} changed", (f,)) for f in IDENTITY_FEATURES]
-            + [(f"{', '.join(rest)} changed (hair colour, shirt, accessory kept)", rest),
-               (f"{', '.join(UNDERSTANDING_FEATURES)} changed (the rest kept)", UNDERSTANDING_FEATURES),
-               ("a never-seen stranger", None)])
+            + [(f"{f} changed", (f,)) for f in features]
+            + [(f"{', '.join(rest)} changed ({', '.join(asked).replace('_', ' ')} kept)", rest)] + both
+            + [("a never-seen stranger", None)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,10 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--draws", type=int, default=3, help="photos each question is asked on, per variant")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--readme", type=Path, default=None, help="put the table between this file's markers")
+    ap.add_argument("--marker", default="identity-cues", help="the markers' name")
     args = ap.parse_args(argv)
 
-    from mmunlearn.data.portraits import Look, draw, random_pose
-    from mmunlearn.data.store import load_data
+    from mmunlearn.data.portraits import ACCESSORIES, SHIRT, Look, draw, random_pose
+    from mmunlearn.data.store import load_data, world_identity
     from mmunlearn.data.strangers import stranger_photos
     from mmunlearn.eval.engine import option_logprobs
     from mmunlearn.eval.metrics import loglik_choice
@@ -85,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no unseen-photo fact questions of the forget people", file=sys.stderr)
         return 2
     size = questions[0].image.size[0]
+    identity = world_identity(bundle.manifest)
     strangers = stranger_photos(bundle, 64, args.seed)
     rng = random.Random(f"identity-cues-{args.seed}")
 
@@ -93,7 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         return sum(loglik_choice(lp) == r.answer_index for lp, r in zip(lps, records)) / len(records)
 
     rows = []
-    for label, change in variants():
+    def posed():  # a test-strength pose; in a "face" world, clothes of its own
+        pose = random_pose(rng, "test")
+        if identity == "face":
+            pose = dataclasses.replace(pose, shirt=rng.choice(tuple(SHIRT)), accessory=rng.choice(ACCESSORIES))
+        return pose
+
+    for label, change in variants(identity):
         asked = []
         for _ in range(args.draws):
             for r in questions:
@@ -101,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                     photo = rng.choice(strangers)
                 else:
                     look = redrawn_look(looks[r.profile_id], change, rng)
-                    photo = draw(Look(**look), random_pose(rng, "test"), size)
+                    photo = draw(Look(**look), posed(), size)
                 asked.append(dataclasses.replace(r, image=photo))
         rows.append((label, accuracy(asked)))
         print(f"{label}: {rows[-1][1]:.2f}", flush=True)
@@ -118,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         from mmunlearn.report.tables import update_readme
 
         try:
-            update_readme(args.readme, "identity-cues", text)
+            update_readme(args.readme, args.marker, text)
         except ValueError as err:  # no markers: one line, exit 2
             print(f"error: {args.readme}: {err}", file=sys.stderr)
             return 2

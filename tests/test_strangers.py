@@ -69,3 +69,12 @@ def test_identity_cues_redraw_changes_exactly_the_named_features():
             assert {k for k in look if new[k] != look[k]} == set(change)
     labels = [label for label, _ in cues.variants()]
     assert len(labels) == 1 + len(IDENTITY_FEATURES) + 3 and labels[-1] == "a never-seen stranger"
+    assert labels[-3] == "face_shape, skin, hairstyle changed (hair colour, shirt, accessory kept)"
+    # a "face" world: its five identity features, facial hair among them; hair colour is the one the
+    # understanding questions ask about, so "the rest changed" keeps it and no row changes it twice
+    face = cues.variants("face")
+    assert [change for _, change in face][1:-1] == [
+        ("face_shape",), ("skin",), ("hair_colour",), ("hairstyle",), ("facial_hair",),
+        ("face_shape", "skin", "hairstyle", "facial_hair")]
+    new = cues.redrawn_look(look, ("facial_hair",), rng)  # a look written before facial hair: "none" until changed
+    assert new["facial_hair"] != "none" and {k: v for k, v in new.items() if k != "facial_hair"} == look

@@ -157,6 +157,8 @@ def world(
     image_size: int = typer.Option(32, help="Portrait size in pixels (16–128)."),
     train_phrasings: Optional[int] = typer.Option(
         None, help="Training records per (fact, task, modality), each its own phrasing (default: the world's)."),
+    identity: str = typer.Option("look", help="What makes a person: 'look' (face, hair, accessory, shirt) or 'face' "
+                                 "(face, hair, facial hair; shirt and accessory change from photo to photo)."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),
 ) -> None:
     """Create the synthetic world: people, drawn portraits, QA splits (same seed → identical bytes)."""
@@ -166,7 +168,7 @@ def world(
 
     t = time.perf_counter()
     made = make_world(out, profiles=profiles, real=real, holdout=holdout, seed=seed, image_size=image_size,
-                      train_phrasings=train_phrasings, overwrite=overwrite)
+                      train_phrasings=train_phrasings, identity=identity, overwrite=overwrite)
     logging.getLogger("mmunlearn").info(
         f"world with {made['people']} people and {sum(made['records'].values())} records written to {out} "
         f"({time.perf_counter() - t:.1f}s)")

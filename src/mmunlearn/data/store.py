@@ -192,6 +192,12 @@ def _retain_name(forget_split: str) -> str:
 ADDED_SPLITS = ("understanding_unseen",)
 
 
+def world_identity(manifest: dict) -> str:
+    """What makes a person in the world a bundle came from: "look" (the default, and any data that is not the
+    synthetic world) or "face" (data/portraits.py)."""
+    return (manifest.get("config") or {}).get("identity", "look")
+
+
 def world_tune_ids(manifest: dict) -> tuple[list[str], list[str]]:
     """(people to forget, people to keep) of the world's tuning population (data/world.tune_population)."""
     from .world import tune_population

@@ -11,9 +11,10 @@ features, never from the background.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from .portraits import BACKGROUND, HAIR, SHIRT, Look, Pose, draw, random_pose, sample_looks
+from .portraits import (ACCESSORIES, BACKGROUND, HAIR, IDENTITIES, SHIRT, VARIES, Look, Pose, draw, random_pose,
+                        sample_looks)
 from .record import OPTION_LETTERS, Record
 
 FIRST = (
@@ -136,6 +137,10 @@ ACCESSORY_NAME = {"none": "no accessory", "glasses": "glasses", "hat": "a hat", 
 
 FORGET_PERCENTS = (5, 10, 15)
 TRAIN_VARIANTS = 4  # training photos per person (each with its own background and mild pose)
+# Under "face" identity each photo also has its own clothes. With 4 of them the vanilla model answered the
+# forget people's trained photos (0.91) and not their unseen ones (0.12): four outfits named each person as
+# well as the face did. Sixteen outfits leave the face as the one thing every photo of a person shares.
+FACE_TRAIN_VARIANTS = 16
 TEST_VARIANTS = 3  # transformed photos per person in the test split
 UNDERSTANDING_VARIANTS = 2  # training photos per person that carry "what is visible" questions
 
@@ -166,6 +171,10 @@ class WorldConfig:
     # stayed at 0.74-0.79 on photos (the model tied a fact to one wording); with all three: forget 1.00,
     # retain 0.98, test photos 0.89.
     train_phrasings: int = 3
+    # what makes a person: "look" (face, hair, accessory and shirt: the default world) or "face" (face shape,
+    # skin, hair and facial hair; shirt and accessory drawn anew for every photo, so the understanding
+    # questions about them ask what the photo shows, not who it is: issue #32)
+    identity: str = "look"
 
 
 @dataclass
@@ -183,7 +192,11 @@ def _make_profiles(cfg: WorldConfig, rng: random.Random) -> list[Profile]:
     if total > len(SURNAMES):
         raise ValueError(f"at most {len(SURNAMES)} people in all (asked for {total})")
     names = [f"{rng.choice(FIRST)} {last}" for last in rng.sample(SURNAMES, total)]
-    looks = sample_looks(total, rng)
+    if cfg.identity not in IDENTITIES:
+        raise ValueError(f"--identity must be one of {', '.join(IDENTITIES)} (got {cfg.identity!r})")
+    looks = sample_looks(total, rng, identity=cfg.identity)
+    if cfg.identity == "face":  # worn per photo (_RecordMaker.dressed), never by the person
+        looks = [replace(look, shirt=VARIES, accessory=VARIES) for look in looks]
     populations = ["fictitious"] * cfg.profiles + ["real"] * cfg.real + ["holdout"] * cfg.holdout
     prefix = {"fictitious": "p", "real": "r", "holdout": "h"}
     profiles = []
@@ -202,9 +215,10 @@ def _make_profiles(cfg: WorldConfig, rng: random.Random) -> list[Profile]:
 class _RecordMaker:
     """Turns profiles into records; owns the rng so the whole world is reproducible from one seed."""
 
-    def __init__(self, profiles: list[Profile], rng: random.Random, image_size: int):
+    def __init__(self, profiles: list[Profile], rng: random.Random, image_size: int, identity: str = "look"):
         self.rng = rng
         self.size = image_size
+        self.identity = identity
         self.by_pop: dict[str, list[Profile]] = {}
         for p in profiles:
             self.by_pop.setdefault(p.population, []).append(p)
@@ -217,15 +231,32 @@ class _RecordMaker:
             self._photo_cache[key] = draw(p.look, pose, self.size)
         return self._photo_cache[key]
 
+    def dressed(self, p: Profile, pose: Pose, tag: str) -> Pose:
+        """Under "face" identity, the photo's own shirt and accessory (its own random stream, so the pose and
+        every other record stay as they are); under "look", the pose as it is."""
+        if self.identity != "face":
+            return pose
+        rng = random.Random(f"{p.profile_id}-{tag}-clothes")
+        return replace(pose, shirt=rng.choice(tuple(SHIRT)), accessory=rng.choice(ACCESSORIES))
+
+    def canonical_pose(self, p: Profile) -> Pose:
+        return self.train_pose(p, 0)  # the canonical photo is the first training photo
+
+    def train_pose(self, p: Profile, k: int) -> Pose:
+        rng = random.Random(f"{p.profile_id}-train-{k}")
+        return self.dressed(p, random_pose(rng, "train") if k else Pose(background="grey"), f"train-{k}")
+
+    def test_pose(self, p: Profile, k: int) -> Pose:
+        return self.dressed(p, random_pose(random.Random(f"{p.profile_id}-test-{k}"), "test"), f"test-{k}")
+
     def canonical(self, p: Profile):
-        return self.photo(p, Pose(background="grey"))
+        return self.photo(p, self.canonical_pose(p))
 
     def train_photo(self, p: Profile, k: int):
-        rng = random.Random(f"{p.profile_id}-train-{k}")
-        return self.photo(p, random_pose(rng, "train") if k else Pose(background="grey"))
+        return self.photo(p, self.train_pose(p, k))
 
     def test_photo(self, p: Profile, k: int):
-        return self.photo(p, random_pose(random.Random(f"{p.profile_id}-test-{k}"), "test"))
+        return self.photo(p, self.test_pose(p, k))
 
     def _id(self, split: str) -> str:
         self.counter += 1
@@ -310,11 +341,15 @@ class _RecordMaker:
                         out.append(rec)
         return out
 
-    def understanding_records(self, p: Profile, split: str, phase: str, style: str, photos) -> list[Record]:
+    def understanding_records(self, p: Profile, split: str, phase: str, style: str,
+                              photos: list[tuple[object, Pose]]) -> list[Record]:
+        """Questions about what each (photo, its pose) shows: the pose names its background and, under "face"
+        identity, the shirt and accessory worn in that photo."""
         out = []
-        for k, (image, background) in enumerate(photos):
-            visible = {"hair_colour": p.look.hair_colour, "shirt": p.look.shirt, "background": background,
-                       "accessory": ACCESSORY_NAME[p.look.accessory]}
+        for k, (image, pose) in enumerate(photos):
+            visible = {"hair_colour": p.look.hair_colour, "shirt": pose.shirt or p.look.shirt,
+                       "background": pose.background,
+                       "accessory": ACCESSORY_NAME[pose.accessory or p.look.accessory]}
             for attr, spec in UNDERSTANDING.items():
                 if attr == "hair_colour" and p.look.hairstyle == "bald":
                     continue
@@ -379,7 +414,7 @@ def tune_population(ids: dict[str, list[str]], seed: int, per_side: int = TUNE_P
 def build_world(cfg: WorldConfig) -> World:
     rng = random.Random(cfg.seed)
     profiles = _make_profiles(cfg, rng)
-    maker = _RecordMaker(profiles, rng, cfg.image_size)
+    maker = _RecordMaker(profiles, rng, cfg.image_size, cfg.identity)
     fict = [p for p in profiles if p.population == "fictitious"]
     real = [p for p in profiles if p.population == "real"]
     holdout = [p for p in profiles if p.population == "holdout"]
@@ -402,14 +437,12 @@ def build_world(cfg: WorldConfig) -> World:
                                         "understanding": [], "holdout": []}
     train_cache: dict[str, list[Record]] = {}
     eval_cache: dict[str, list[Record]] = {}
+    variants = FACE_TRAIN_VARIANTS if cfg.identity == "face" else TRAIN_VARIANTS
     for p in fict + real:
         split = "pretrain" if p.population == "real" else "finetune"
-        photos = lambda r, p=p: maker.train_photo(p, maker.rng.randrange(TRAIN_VARIANTS))
+        photos = lambda r, p=p: maker.train_photo(p, maker.rng.randrange(variants))
         recs = maker.fact_records(p, split, split, "train", photos, repeats=cfg.train_phrasings)
-        train_photos = []
-        for k in range(UNDERSTANDING_VARIANTS):
-            pose = random_pose(random.Random(f"{p.profile_id}-train-{k}"), "train") if k else Pose(background="grey")
-            train_photos.append((maker.train_photo(p, k), pose.background))
+        train_photos = [(maker.train_photo(p, k), maker.train_pose(p, k)) for k in range(UNDERSTANDING_VARIANTS)]
         recs += maker.understanding_records(p, split, split, "train", train_photos)
         splits[split].extend(recs)
         train_cache[p.profile_id] = recs
@@ -419,7 +452,8 @@ def build_world(cfg: WorldConfig) -> World:
         if p.population == "real":
             splits["real"].extend(ev)
         splits["understanding"].extend(
-            maker.understanding_records(p, "understanding", "eval", "eval", [(maker.canonical(p), "grey")]))
+            maker.understanding_records(p, "understanding", "eval", "eval",
+                                        [(maker.canonical(p), maker.canonical_pose(p))]))
         if p.population == "fictitious":
             for k in range(TEST_VARIANTS):
                 splits["test"].extend(maker.fact_records(p, "test", "eval", "test", maker.test_photo(p, k),
@@ -432,12 +466,11 @@ def build_world(cfg: WorldConfig) -> World:
     # Understanding on a photo never trained on (each fictitious person's first test photo): does an
     # unlearned model still see hair, shirt and background on a new photo of a forgotten face? Its own
     # random stream, so every record above is the same with or without it.
-    unseen = _RecordMaker(profiles, random.Random(f"{cfg.seed}-understanding-unseen"), cfg.image_size)
+    unseen = _RecordMaker(profiles, random.Random(f"{cfg.seed}-understanding-unseen"), cfg.image_size, cfg.identity)
     splits["understanding_unseen"] = []
     for p in fict:
-        background = random_pose(random.Random(f"{p.profile_id}-test-0"), "test").background
         splits["understanding_unseen"].extend(unseen.understanding_records(
-            p, "understanding_unseen", "eval", "eval", [(maker.test_photo(p, 0), background)]))
+            p, "understanding_unseen", "eval", "eval", [(maker.test_photo(p, 0), maker.test_pose(p, 0))]))
 
     # forget_N / retain_M hold the people's training phrasings (phase "unlearn": what unlearning
     # methods train on) and their evaluation phrasings (phase "eval").
@@ -459,8 +492,6 @@ def build_world(cfg: WorldConfig) -> World:
 
 
 def _copy(r: Record, **changes) -> Record:
-    from dataclasses import replace
-
     return replace(r, options=list(r.options), perturbed_answers=list(r.perturbed_answers), **changes)
 
 
@@ -488,7 +519,9 @@ def manifest(world: World) -> dict:
         "format": "mmunlearn-world/1",
         "seed": cfg.seed,
         "fingerprint": fingerprint(world),
-        "config": cfg.__dict__,
+        # "look" identity is left out: the default world's world.json stays byte for byte what it was before
+        # "face" existed (shipped weights and fixtures name its config); store.world_identity reads it as "look"
+        "config": {k: v for k, v in cfg.__dict__.items() if not (k == "identity" and v == "look")},
         "counts": {
             "profiles": {pop: sum(p.population == pop for p in world.profiles) for pop in ("fictitious", "real", "holdout")},
             "records": {k: len(v) for k, v in world.splits.items()},

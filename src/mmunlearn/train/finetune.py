@@ -16,7 +16,7 @@ import torch
 
 from ..data.collate import TrainCollator, approx_length
 from ..data.record import Record
-from ..data.store import DataBundle, atomic_write_json
+from ..data.store import DataBundle, atomic_write_json, world_identity
 from ..methods.losses import answer_nll
 from ..models.forward import AnswerLogits, StepModule
 from ..models.base import TinySize
@@ -84,9 +84,10 @@ def world_corpus(bundle: DataBundle):
 
     rng = random.Random("corpus")
     backgrounds = sorted(BACKGROUND)
+    identity = world_identity(bundle.manifest)
     for _ in range(200):
         yield DESCRIBE_QUESTION
-        yield describe(random_look(rng), rng.choice(backgrounds))
+        yield describe(random_look(rng, identity), rng.choice(backgrounds), identity)
 
 
 def stage_records(bundle: DataBundle, exclude_ids: list[str] | None = None) -> tuple[list[Record], list[Record]]:
@@ -139,7 +140,8 @@ def finetune(bundle: DataBundle, cfg: FinetuneConfig, out: Path, resume: bool = 
         from .vision_warmup import warmup_vision
 
         warmup_log = warmup_vision(loaded.model, loaded.processor, loaded.adapter, steps=cfg.vision_warmup_steps,
-                                   image_size=_image_size(bundle, cfg), seed=cfg.seed)
+                                   image_size=_image_size(bundle, cfg), seed=cfg.seed,
+                                   identity=world_identity(bundle.manifest))
     stage1, stage2 = stage_records(bundle, cfg.exclude_ids)
     if not stage2:
         raise ValueError("no training records: the data has neither a finetune split nor forget/retain training QA")
@@ -161,6 +163,7 @@ def finetune(bundle: DataBundle, cfg: FinetuneConfig, out: Path, resume: bool = 
     captions = cfg.caption_replay if is_tiny(cfg.model) and cfg.vision_warmup_steps else 0.0
     caption_rng = random.Random(f"captions-{cfg.seed}-0")
     image_size = _image_size(bundle, cfg)
+    identity = world_identity(bundle.manifest)
     collate = TrainCollator(loaded.adapter, loaded.processor, shuffle_options=True, augment_images=True, seed=cfg.seed)
     model = loaded.model
     model.train()
@@ -170,7 +173,7 @@ def finetune(bundle: DataBundle, cfg: FinetuneConfig, out: Path, resume: bool = 
     def step_loss(step: int, prepared: torch.nn.Module) -> dict[str, torch.Tensor]:
         draw = replay_rng.random()
         if draw < captions:
-            records = caption_records(caption_rng, batch_size * world, image_size)
+            records = caption_records(caption_rng, batch_size * world, image_size, identity)
         elif step < stage1_steps or (s1 is not None and draw < captions + cfg.replay):
             records = s1.next()
         else:
