@@ -129,6 +129,16 @@ VARIANTS: dict[str, list[tuple[str, str, dict, dict]]] = {
          _NEAREST),
         ("vkd nearest point, visible kept by KL (1)", "vkd", {}, {**_NEAREST, "keep_visible_loss": "kl"}),
     ],
+    # the same question on a "face" identity world (`mmunlearn world --identity face`, its own vanilla): shirt and
+    # accessory change from photo to photo, so forgetting who is pictured no longer means unbinding the name from
+    # what the understanding questions ask about (run with --data and --model of that world)
+    "vkd-face-world": [
+        ("vkd (defaults: cap 0.5, 480 steps)", "vkd", {}, {}),
+        ("vkd defaults + augment 1.0, cap 1.0, visible kept (1), real people in the NLL and kept", "vkd", {},
+         _NEAREST),
+        ("vkd stranger + augment 1.0, visible kept (1, KL), real people in the NLL and kept", "vkd", {},
+         _STRANGER_KEPT),
+    ],
     "smfa": [
         ("smfa lr 1e-2 (the earlier default)", "smfa", {"lr": 1e-2}, {}),
         ("smfa (defaults: lr 5e-3)", "smfa", {}, {}),
