@@ -141,7 +141,8 @@ def sample_looks(n: int, rng: random.Random, min_distance: int = 2, avoid: Seque
 def draw(look: Look, pose: Pose, size: int = 32) -> Image.Image:
     """Draw one photo. Drawn at 4× and downsampled so shapes stay smooth at 32 px."""
     if VARIES in (pose.shirt or look.shirt, pose.accessory or look.accessory):
-        raise ValueError("a person of a \"face\" identity world wears what each photo's pose says; this pose says nothing")
+        raise ValueError("a person of a \"face\" identity world wears what each photo's pose says; "
+                         "this pose says nothing")
     s = size * 4
     img = Image.new("RGB", (s, s), BACKGROUND[pose.background])
     d = ImageDraw.Draw(img)

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 
 from PIL import Image
-
-from dataclasses import replace
 
 from .portraits import ACCESSORIES, IDENTITIES, SHIRT, draw, random_pose, sample_looks
 from .store import DataBundle, world_identity

@@ -63,8 +63,8 @@ def caption_records(rng: random.Random, n: int, image_size: int = 32, identity: 
         look = random_look(rng, identity)
         pose = random_pose(rng, "test" if rng.random() < 0.3 else "train")
         records.append(Record(id=f"describe-{i}", profile_id="random", question=DESCRIBE_QUESTION,
-                              answer=describe(look, pose.background, identity), task="generation", modality="image+text",
-                              split="stage0", phase="stage0", image=draw(look, pose, image_size)))
+                              answer=describe(look, pose.background, identity), task="generation",
+                              modality="image+text", split="stage0", phase="stage0", image=draw(look, pose, image_size)))
     return records
 
 
