@@ -308,7 +308,7 @@ def test_tune_set_refuses_what_no_trial_could_use(untrained_llava, small_world, 
     res = runner.invoke(app, base + ["--methods", "npo,graddiff", "--set", "beta=0.2"])
     assert res.exit_code == 2 and "method 'graddiff' has no option(s) beta" in res.output
     res = runner.invoke(app, base + ["--methods", "graddiff", "--set", "lr=0.1"])
-    assert res.exit_code == 2 and "lr are searched" in res.output
+    assert res.exit_code == 2 and "lr is searched" in res.output
     res = runner.invoke(app, base + ["--methods", "vkd", "--set", "forget_loss=bogus"])
     assert res.exit_code == 2 and "forget_loss" in res.output
     assert not (tmp_path / "t").exists()

@@ -163,7 +163,8 @@ def check_fixed(methods: list[str], fixed: dict[str, Any]) -> None:
 
     searched = sorted({"lr", "steps"} & set(fixed))
     if searched:
-        raise ValueError(f"--set fixes method options; {' and '.join(searched)} are searched "
+        verb = "are" if len(searched) > 1 else "is"
+        raise ValueError(f"--set fixes method options; {' and '.join(searched)} {verb} searched "
                          f"(use `unlearn` for a fixed schedule)")
     for name in methods:
         get_method(name).make_config(fixed)  # names the method and the option it lacks
