@@ -301,17 +301,9 @@ def test_set_fixes_a_method_option_in_every_trial_and_leaves_it_out_of_the_searc
     assert "alpha 7.5" not in table.split("| method |", 1)[1]  # not repeated on each row
 
 
-def test_tune_set_refuses_what_no_trial_could_use(untrained_llava, small_world, tmp_path):
-    """Each refusal is one line, exit 2, before --out exists: an option a tuned method lacks (named), lr and steps
-    (what a tune searches), a value the method cannot run with, and a resume with other fixed options."""
-    base = ["tune", "--model", str(untrained_llava), "--data", str(small_world), "--out", str(tmp_path / "t")]
-    res = runner.invoke(app, base + ["--methods", "npo,graddiff", "--set", "beta=0.2"])
-    assert res.exit_code == 2 and "method 'graddiff' has no option(s) beta" in res.output
-    res = runner.invoke(app, base + ["--methods", "graddiff", "--set", "lr=0.1"])
-    assert res.exit_code == 2 and "lr is searched" in res.output
-    res = runner.invoke(app, base + ["--methods", "vkd", "--set", "forget_loss=bogus"])
-    assert res.exit_code == 2 and "forget_loss" in res.output
-    assert not (tmp_path / "t").exists()
+def test_tune_resume_refuses_other_fixed_options(untrained_llava, small_world, tmp_path):
+    """`--set` options are settings like any other: a resume with other ones is refused in one line, before any
+    model work; a tuned.json from before `--set` fixed nothing, and resumes without it."""
     out = tmp_path / "r"
     out.mkdir()
     from dataclasses import asdict
@@ -415,6 +407,12 @@ def test_tune_cli_refuses_bad_input_in_one_line(untrained_llava, small_world, tm
     assert res.exit_code == 2 and "--budget" in res.output
     res = runner.invoke(app, base + ["--methods", "ga"])  # 6 people: no tuning population
     assert res.exit_code == 2 and "too small for a tuning population" in res.output
+    # --set: an option a tuned method lacks (the method named), lr or steps (what a tune searches), a value the
+    # method cannot run with
+    for methods, item, said in (("npo,graddiff", "beta=0.2", "method 'graddiff' has no option(s) beta"),
+                                ("graddiff", "lr=0.1", "lr is searched"), ("vkd", "forget_loss=bogus", "forget_loss")):
+        res = runner.invoke(app, base + ["--methods", methods, "--set", item])
+        assert res.exit_code == 2 and said in res.output, item
     assert not (tmp_path / "t").exists()  # nothing half-written
 
 
