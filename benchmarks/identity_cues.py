@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--marker", default="identity-cues", help="the markers' name")
     args = ap.parse_args(argv)
 
-    from mmunlearn.data.portraits import ACCESSORIES, SHIRT, Look, draw, random_pose
+    from mmunlearn.data.portraits import Look, draw, random_pose, with_own_clothes
     from mmunlearn.data.store import load_data, world_identity
     from mmunlearn.data.strangers import stranger_photos
     from mmunlearn.eval.engine import option_logprobs
@@ -103,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     def posed():  # a test-strength pose; in a "face" world, clothes of its own
         pose = random_pose(rng, "test")
-        if identity == "face":
-            pose = dataclasses.replace(pose, shirt=rng.choice(tuple(SHIRT)), accessory=rng.choice(ACCESSORIES))
-        return pose
+        return with_own_clothes(pose, rng) if identity == "face" else pose
 
     for label, change in variants(identity):
         asked = []

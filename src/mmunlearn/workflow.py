@@ -188,7 +188,7 @@ def make_world(out: str | Path, *, profiles: int = 100, real: int = 30, holdout:
                overwrite: bool = False) -> dict:
     """The synthetic world (data/world.py) written to `out` → its record counts per split. `identity`: "look"
     (the default world) or "face" (shirt and accessory change from photo to photo; data/portraits.py)."""
-    from .data.portraits import IDENTITIES
+    from .data.portraits import check_identity
     from .data.store import save_world
     from .data.world import WorldConfig, build_world
 
@@ -199,8 +199,7 @@ def make_world(out: str | Path, *, profiles: int = 100, real: int = 30, holdout:
     positive("holdout", holdout, zero_ok=True)
     if train_phrasings is not None and train_phrasings < 1:
         raise ValueError(f"--train-phrasings must be at least 1 (got {train_phrasings})")
-    if identity not in IDENTITIES:
-        raise ValueError(f"--identity must be one of {', '.join(IDENTITIES)} (got {identity!r})")
+    check_identity(identity)
     check_out(out, overwrite=overwrite)
     extra = {} if train_phrasings is None else {"train_phrasings": train_phrasings}
     world = build_world(WorldConfig(profiles=profiles, real=real, holdout=holdout, seed=seed, image_size=image_size,

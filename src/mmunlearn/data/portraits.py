@@ -60,6 +60,12 @@ IDENTITY_FEATURES = ("face_shape", "skin", "hair_colour", "hairstyle", "accessor
 FACE_FEATURES = ("face_shape", "skin", "hair_colour", "hairstyle", "facial_hair")
 IDENTITIES = {"look": IDENTITY_FEATURES, "face": FACE_FEATURES}
 VARIES = "varies"  # a "face" person's shirt and accessory: each photo's pose says what it shows
+
+
+def check_identity(identity: str) -> None:
+    """ValueError (one line) for an identity that is not one of IDENTITIES."""
+    if identity not in IDENTITIES:
+        raise ValueError(f"--identity must be one of {', '.join(IDENTITIES)} (got {identity!r})")
 FEATURE_VALUES = {
     "face_shape": FACE_SHAPES,
     "skin": tuple(SKIN),
@@ -103,6 +109,12 @@ class Pose:
     # "face" identity: what this photo's person wears (None: the look's own)
     shirt: str | None = None
     accessory: str | None = None
+
+
+def with_own_clothes(pose: Pose, rng: random.Random) -> Pose:
+    """`pose` with a shirt and an accessory of its own, drawn from `rng` (shirt first): how a "face" identity
+    world dresses each photo of a person, a stranger or a redrawn look."""
+    return replace(pose, shirt=rng.choice(tuple(SHIRT)), accessory=rng.choice(ACCESSORIES))
 
 
 def sample_looks(n: int, rng: random.Random, min_distance: int = 2, avoid: Sequence[tuple[str, ...]] = (),

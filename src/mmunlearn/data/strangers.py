@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import replace
-
 from PIL import Image
 
-from .portraits import ACCESSORIES, IDENTITIES, SHIRT, draw, random_pose, sample_looks
+from .portraits import IDENTITIES, draw, random_pose, sample_looks, with_own_clothes
 from .store import DataBundle, world_identity
 
 
@@ -32,7 +30,7 @@ def drawn_strangers(known_looks: list[dict], n: int, seed: int, size: int, ident
     for look in looks:
         pose = random_pose(rng, "test")
         if identity == "face":
-            pose = replace(pose, shirt=rng.choice(tuple(SHIRT)), accessory=rng.choice(ACCESSORIES))
+            pose = with_own_clothes(pose, rng)
         photos.append(draw(look, pose, size))
     return photos
 

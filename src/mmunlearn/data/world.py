@@ -13,8 +13,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field, replace
 
-from .portraits import (ACCESSORIES, BACKGROUND, HAIR, IDENTITIES, SHIRT, VARIES, Look, Pose, draw, random_pose,
-                        sample_looks)
+from .portraits import (BACKGROUND, HAIR, SHIRT, VARIES, Look, Pose, check_identity, draw, random_pose, sample_looks,
+                        with_own_clothes)
 from .record import OPTION_LETTERS, Record
 
 FIRST = (
@@ -192,8 +192,7 @@ def _make_profiles(cfg: WorldConfig, rng: random.Random) -> list[Profile]:
     if total > len(SURNAMES):
         raise ValueError(f"at most {len(SURNAMES)} people in all (asked for {total})")
     names = [f"{rng.choice(FIRST)} {last}" for last in rng.sample(SURNAMES, total)]
-    if cfg.identity not in IDENTITIES:
-        raise ValueError(f"--identity must be one of {', '.join(IDENTITIES)} (got {cfg.identity!r})")
+    check_identity(cfg.identity)
     looks = sample_looks(total, rng, identity=cfg.identity)
     if cfg.identity == "face":  # worn per photo (_RecordMaker.dressed), never by the person
         looks = [replace(look, shirt=VARIES, accessory=VARIES) for look in looks]
@@ -236,8 +235,7 @@ class _RecordMaker:
         every other record stay as they are); under "look", the pose as it is."""
         if self.identity != "face":
             return pose
-        rng = random.Random(f"{p.profile_id}-{tag}-clothes")
-        return replace(pose, shirt=rng.choice(tuple(SHIRT)), accessory=rng.choice(ACCESSORIES))
+        return with_own_clothes(pose, random.Random(f"{p.profile_id}-{tag}-clothes"))
 
     def canonical_pose(self, p: Profile) -> Pose:
         return self.train_pose(p, 0)  # the canonical photo is the first training photo

@@ -135,13 +135,13 @@ def finetune(bundle: DataBundle, cfg: FinetuneConfig, out: Path, resume: bool = 
     cpu_start = time.process_time()  # with the wall time: how much of the machine the run had
     seed_everything(cfg.seed)
     loaded = prepare_model(cfg.model, bundle, cfg.seed, cfg.tiny)
+    identity = world_identity(bundle.manifest)  # what stage 0 and the caption replay describe
     warmup_log = None
     if is_tiny(cfg.model) and cfg.vision_warmup_steps and not resume_point(out, resume):
         from .vision_warmup import warmup_vision
 
         warmup_log = warmup_vision(loaded.model, loaded.processor, loaded.adapter, steps=cfg.vision_warmup_steps,
-                                   image_size=_image_size(bundle, cfg), seed=cfg.seed,
-                                   identity=world_identity(bundle.manifest))
+                                   image_size=_image_size(bundle, cfg), seed=cfg.seed, identity=identity)
     stage1, stage2 = stage_records(bundle, cfg.exclude_ids)
     if not stage2:
         raise ValueError("no training records: the data has neither a finetune split nor forget/retain training QA")
@@ -163,7 +163,6 @@ def finetune(bundle: DataBundle, cfg: FinetuneConfig, out: Path, resume: bool = 
     captions = cfg.caption_replay if is_tiny(cfg.model) and cfg.vision_warmup_steps else 0.0
     caption_rng = random.Random(f"captions-{cfg.seed}-0")
     image_size = _image_size(bundle, cfg)
-    identity = world_identity(bundle.manifest)
     collate = TrainCollator(loaded.adapter, loaded.processor, shuffle_options=True, augment_images=True, seed=cfg.seed)
     model = loaded.model
     model.train()
